@@ -1,0 +1,248 @@
+"""Reverse-mode automatic differentiation: the Function base class and the backward engine.
+
+A differentiable op is a :class:`Function` subclass with ``forward(*arrays)`` and
+``backward(gy)`` side by side, both on plain xp arrays. Calling ``Op(params).apply(*tensors)``
+runs ``forward`` and, when gradients are wanted, records the op as the output's ``grad_fn``:
+the graph is the chain of ``grad_fn.inputs`` links, built while the forward pass runs.
+
+:func:`run_backward` walks that graph without recursion. Each op gets a *generation*, one more
+than the newest of its inputs; a max-heap on generation (ties broken by creation order) visits
+every op only after all ops that consumed its output, so reuse (``x * x``), diamonds and shared
+weights receive the exact sum of their gradients. Gradients are accumulated out of place
+(``a + b``, never ``a += b``) so no array handed out is ever modified afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import traceback
+from typing import TYPE_CHECKING
+
+from minillm.backend import device_of, get_array_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from minillm.tensor import Tensor
+
+_grad_enabled = True
+_anomaly_mode = False
+_creation_counter = itertools.count()
+
+
+# ---------------------------------------------------------------------------------------------
+# Grad mode
+# ---------------------------------------------------------------------------------------------
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool):
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def no_grad():
+    """Context manager: ops inside record no graph (inference, optimizer updates)."""
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """Context manager: turn graph recording back on inside a ``no_grad`` block."""
+    return _grad_mode(True)
+
+
+def set_anomaly_mode(enabled: bool) -> bool:
+    """Switch anomaly detection on/off; returns the previous setting (see minillm.debug)."""
+    global _anomaly_mode
+    previous = _anomaly_mode
+    _anomaly_mode = bool(enabled)
+    return previous
+
+
+def is_anomaly_enabled() -> bool:
+    return _anomaly_mode
+
+
+class AnomalyError(FloatingPointError):
+    """A NaN or Inf appeared in an op's output or gradient while anomaly detection was on."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Function
+# ---------------------------------------------------------------------------------------------
+class Function:
+    """Base class of every differentiable op.
+
+    Subclasses implement ``forward(self, *arrays) -> array`` and ``backward(self, gy)`` which
+    returns one gradient per forward input (a tuple, or a single array for one input; ``None``
+    where ``needs_input_grad`` is False or the input is not differentiable). Values needed by
+    backward are stored as attributes in ``forward``; the engine drops them after backward.
+
+    Attributes set by :meth:`apply` when a graph is recorded:
+        inputs: the input Tensors.
+        needs_input_grad: per input, whether its gradient is wanted.
+        generation: topological depth used to order backward.
+        name: optional label (``block3.attn.softmax``) shown in errors, repr and graphs.
+        created_at: the user's stack frame summary (only under anomaly detection).
+    """
+
+    inputs: tuple | None = None
+    needs_input_grad: tuple = ()
+    generation: int = 0
+    name: str | None = None
+    created_at = None
+    output_hooks: list | None = None     # hooks registered on the (non-leaf) output tensor
+    retained_output = None               # weakref to the output when retain_grad() was called
+
+    def forward(self, *arrays):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
+
+    def backward(self, gy):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
+
+    def label(self) -> str:
+        return f"{type(self).__name__}({self.name})" if self.name else type(self).__name__
+
+    def apply(self, *inputs: "Tensor") -> "Tensor":
+        """Run ``forward`` on the inputs' arrays; record this op as the output's ``grad_fn``."""
+        from minillm.tensor import Tensor  # noqa: PLC0415  (tensor imports autograd)
+
+        arrays = [t.data for t in inputs]
+        _check_same_device(self, arrays)
+        needs = tuple(t.requires_grad for t in inputs) if _grad_enabled else ()
+        record = any(needs)
+        if record:
+            self.needs_input_grad = needs
+        output = self.forward(*arrays)
+        if not record:
+            return Tensor._from_op(output, None)
+        self.inputs = inputs
+        self.generation = max([t.grad_fn.generation for t in inputs if t.grad_fn is not None],
+                              default=0) + 1
+        if _anomaly_mode:
+            self.created_at = _user_frame()
+            _check_finite(self, output, "forward output")
+        return Tensor._from_op(output, self)
+
+    def release(self) -> None:
+        """Drop the links and saved arrays once backward has used them (frees memory)."""
+        self.__dict__.clear()
+        self.inputs = None
+
+
+def _check_same_device(fn: Function, arrays) -> None:
+    # Fast path: every operand is a host array.
+    if all(type(a).__module__ == "numpy" for a in arrays):
+        return
+    devices = [device_of(a) for a in arrays]
+    if len(set(devices)) > 1:
+        described = ", ".join(f"input {i} on {d!r}" for i, d in enumerate(devices))
+        raise RuntimeError(f"{fn.label()}: inputs are on different devices ({described}); "
+                           "move them with tensor.to(device) first")
+
+
+def _user_frame():
+    """The innermost stack frame outside minillm: the user's line that created the op."""
+    frames = traceback.extract_stack()[:-2]
+    for frame in reversed(frames):
+        if "/minillm/" not in frame.filename.replace("\\", "/"):
+            return frame
+    return frames[-1] if frames else None
+
+
+def _check_finite(fn: Function, array, what: str) -> None:
+    xp = get_array_module(array)
+    if array.dtype.kind == "f" and not bool(xp.isfinite(array).all()):
+        where = ""
+        if fn.created_at is not None:
+            frame = fn.created_at
+            where = f"\n  the op was created at {frame.filename}:{frame.lineno}: {frame.line}"
+        raise AnomalyError(f"{fn.label()} produced NaN/Inf in its {what}{where}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The backward engine
+# ---------------------------------------------------------------------------------------------
+def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
+    """Back-propagate ``grad`` (d loss / d root) to every leaf that requires grad.
+
+    Iterative: a heap of pending ops keyed by (-generation, creation tie counter). Gradients
+    for an op's output are summed in ``pending`` until the op is popped; by then every consumer
+    has contributed, because consumers always have a higher generation.
+    """
+    if root.grad_fn is None:
+        _accumulate_leaf(root, grad)
+        return
+    start = root.grad_fn
+    if start.inputs is None:
+        raise RuntimeError(
+            f"backward through {start.label()} a second time: the graph was freed after the first "
+            "backward; call backward(retain_graph=True) the first time to keep it")
+    pending = {start: grad}
+    tie = itertools.count()
+    heap = [(-start.generation, next(tie), start)]
+    while heap:
+        _, _, fn = heapq.heappop(heap)
+        gy = pending.pop(fn)
+        if fn.output_hooks:
+            for hook in fn.output_hooks:
+                replaced = hook(_wrap_grad(gy))
+                if replaced is not None:
+                    gy = replaced.data if hasattr(replaced, "data") else replaced
+        if fn.retained_output is not None:
+            out = fn.retained_output()
+            if out is not None:
+                out.grad = gy if out.grad is None else out.grad + gy
+        if fn.inputs is None:
+            raise RuntimeError(
+                f"backward through {fn.label()} a second time: the graph was freed after the "
+                "first backward; call backward(retain_graph=True) the first time to keep it")
+        grads = fn.backward(gy)
+        if type(grads) is not tuple:
+            grads = (grads,)
+        inputs = fn.inputs
+        if len(grads) != len(inputs):
+            raise RuntimeError(f"{fn.label()}.backward returned {len(grads)} gradients for "
+                               f"{len(inputs)} inputs")
+        for index, (tensor, gx, needed) in enumerate(zip(inputs, grads, fn.needs_input_grad)):
+            if not needed or gx is None:
+                continue
+            data = tensor.data
+            if gx.shape != data.shape or gx.dtype != data.dtype:
+                raise RuntimeError(
+                    f"{fn.label()}.backward returned a gradient of shape {tuple(gx.shape)} and dtype "
+                    f"{gx.dtype} for input {index}, which has shape {tuple(data.shape)} and dtype "
+                    f"{data.dtype}")
+            if _anomaly_mode:
+                _check_finite(fn, gx, f"gradient for input {index}")
+            producer = tensor.grad_fn
+            if producer is None:
+                _accumulate_leaf(tensor, gx)
+            elif producer in pending:
+                pending[producer] = pending[producer] + gx
+            else:
+                pending[producer] = gx
+                heapq.heappush(heap, (-producer.generation, next(tie), producer))
+        if not retain_graph:
+            fn.release()
+
+
+def _wrap_grad(array):
+    from minillm.tensor import Tensor  # noqa: PLC0415
+
+    return Tensor(array)
+
+
+def _accumulate_leaf(tensor: "Tensor", gx) -> None:
+    if tensor._hooks:
+        for hook in tensor._hooks:
+            replaced = hook(_wrap_grad(gx))
+            if replaced is not None:
+                gx = replaced.data if hasattr(replaced, "data") else replaced
+    tensor.grad = gx if tensor.grad is None else tensor.grad + gx

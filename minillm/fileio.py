@@ -1,0 +1,60 @@
+"""Atomic file writes: a file is either the old version or the complete new one, never half.
+
+Every writer in minillm (checkpoints, tokenizers, shards, configs, logs that must not be torn)
+goes through these helpers. The new content is written to a temporary file in the *same*
+directory (so the final ``os.replace`` is a rename within one file system, which POSIX makes
+atomic), flushed and fsynced, then renamed over the target. A crash or a kill at any moment
+leaves the previous file intact; at worst a stray ``.tmp`` file remains and is ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on clean exit, fsync and rename it onto ``path``.
+
+    ``mode`` must be a write mode ("w", "wb", "w+b", ...). If the body raises, the temporary file
+    is removed and ``path`` is left exactly as it was.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_open: mode={mode!r} is not a write mode; expected 'w' or 'wb'")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        if "b" not in mode and encoding is None:
+            encoding = "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        raise
+    # fsync the directory so the rename itself survives a power cut (best effort: not on Windows).
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)

@@ -1,0 +1,235 @@
+"""Activations and (log-)softmax.
+
+``gelu``, ``silu``, ``softmax`` and ``log_softmax`` are fused: one Function with a
+hand-derived backward that saves as little as possible. Each keeps a ``*_composed`` twin built
+from primitive ops (exp, tanh, mul, ...); tests check that both agree, values and gradients.
+"""
+from __future__ import annotations
+
+import math
+
+from minillm.autograd import Function
+from minillm.backend import erf, get_array_module
+from minillm.ops import elementwise as ew
+from minillm.ops import reduce as rd
+from minillm.tensor import Tensor
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+class ReLU(Function):
+    """y = max(x, 0).  Saves: the mask x > 0."""
+
+    def forward(self, x):
+        self.positive = x > 0
+        return x * self.positive
+
+    def backward(self, gy):
+        # dy/dx = [x > 0]
+        return gy * self.positive
+
+
+def relu(x: Tensor) -> Tensor:
+    return ReLU().apply(x)
+
+
+class Tanh(Function):
+    """y = tanh x.  Saves: y."""
+
+    def forward(self, x):
+        self.y = get_array_module(x).tanh(x)
+        return self.y
+
+    def backward(self, gy):
+        # dy/dx = 1 - tanh^2 x
+        return gy * (1 - self.y * self.y)
+
+
+def tanh(x: Tensor) -> Tensor:
+    return Tanh().apply(x)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2, which never overflows.  Saves: y."""
+
+    def forward(self, x):
+        y = get_array_module(x).tanh(x * 0.5)
+        y += 1
+        y *= 0.5
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        # dy/dx = y (1 - y)
+        return gy * self.y * (1 - self.y)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return Sigmoid().apply(x)
+
+
+class GELU(Function):
+    """Gaussian Error Linear Unit.
+
+    approximate="tanh" (GPT-2):  y = x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))
+    approximate="none" (exact):  y = x · Φ(x) = x/2 · (1 + erf(x/√2))
+    Saves: x and the tanh (or Φ) term.
+    """
+
+    def __init__(self, approximate: str = "tanh"):
+        self.approximate = approximate
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.x = x
+        if self.approximate == "tanh":
+            inner = x * x
+            inner *= _GELU_CUBIC
+            inner += 1
+            inner *= x
+            inner *= _SQRT_2_OVER_PI                      # √(2/π) (x + 0.044715 x³)
+            self.t = xp.tanh(inner, out=inner)
+            y = self.t + 1
+        else:
+            self.t = erf(x * (1 / math.sqrt(2.0)))       # erf(x/√2) = 2Φ(x) - 1
+            y = self.t + 1
+        y *= x
+        y *= 0.5
+        return y
+
+    def backward(self, gy):
+        x, t = self.x, self.t
+        if self.approximate == "tanh":
+            # dy/dx = (1 + t)/2 + x/2 · (1 - t²) · √(2/π) · (1 + 3·0.044715 x²)
+            d_inner = x * x
+            d_inner *= 3 * _GELU_CUBIC
+            d_inner += 1
+            d_inner *= _SQRT_2_OVER_PI
+            sech2 = 1 - t * t
+            d_inner *= sech2
+            d_inner *= x
+            d_inner += 1 + t
+            d_inner *= 0.5
+            return gy * d_inner
+        # dy/dx = Φ(x) + x φ(x),  φ(x) = e^{-x²/2} / √(2π)
+        xp = get_array_module(gy)
+        density = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+        return gy * (0.5 * (1 + t) + x * density)
+
+
+def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate={approximate!r}; expected 'tanh' or 'none'")
+    return GELU(approximate).apply(x)
+
+
+def gelu_composed(x: Tensor, approximate: str = "tanh") -> Tensor:
+    """GELU from primitive ops (the reference twin of the fused :func:`gelu`)."""
+    if approximate == "tanh":
+        inner = ew.mul(ew.add(x, ew.mul(ew.pow(x, 3), _GELU_CUBIC)), _SQRT_2_OVER_PI)
+        return ew.mul(ew.mul(x, 0.5), ew.add(tanh(inner), 1.0))
+    raise ValueError("gelu_composed: only approximate='tanh' has a composed twin (erf is not a "
+                     "primitive op)")
+
+
+class SiLU(Function):
+    """y = x · σ(x) (also called swish).  Saves: x and σ(x)."""
+
+    def forward(self, x):
+        s = get_array_module(x).tanh(x * 0.5)
+        s += 1
+        s *= 0.5
+        self.x, self.s = x, s
+        return x * s
+
+    def backward(self, gy):
+        # dy/dx = σ + x σ (1 - σ) = σ (1 + x (1 - σ))
+        d = 1 - self.s
+        d *= self.x
+        d += 1
+        d *= self.s
+        return gy * d
+
+
+def silu(x: Tensor) -> Tensor:
+    return SiLU().apply(x)
+
+
+def silu_composed(x: Tensor) -> Tensor:
+    """SiLU from primitive ops: x · σ(x)."""
+    return ew.mul(x, sigmoid(x))
+
+
+class Softmax(Function):
+    """y_i = e^{x_i - m} / Σ_j e^{x_j - m} along ``axis`` (m = max, so nothing overflows).
+    Shapes: y like x.  Saves: y."""
+
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = x - x.max(axis=self.axis, keepdims=True)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=self.axis, keepdims=True)
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        # dy_i/dx_j = y_i (δ_ij - y_j)  =>  gx = y ⊙ (gy - Σ_j gy_j y_j)
+        y = self.y
+        dot = (gy * y).sum(axis=self.axis, keepdims=True)
+        gx = gy - dot
+        gx *= y
+        return gx
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    _check_axis(x, axis, "softmax")
+    return Softmax(axis).apply(x)
+
+
+def softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
+    """Softmax from primitives: exp(x - max) / sum(exp(x - max))."""
+    shifted = ew.sub(x, rd.max(x, axis=axis, keepdims=True).detach())
+    e = ew.exp(shifted)
+    return ew.div(e, rd.sum(e, axis=axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y_i = x_i - m - ln Σ_j e^{x_j - m} along ``axis``.  Saves: y."""
+
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = x - x.max(axis=self.axis, keepdims=True)
+        y -= xp.log(xp.exp(y).sum(axis=self.axis, keepdims=True))
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        # dy_i/dx_j = δ_ij - softmax_j  =>  gx = gy - softmax ⊙ Σ_j gy_j
+        xp = get_array_module(gy)
+        gx = xp.exp(self.y)
+        gx *= -gy.sum(axis=self.axis, keepdims=True)
+        gx += gy
+        return gx
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    _check_axis(x, axis, "log_softmax")
+    return LogSoftmax(axis).apply(x)
+
+
+def log_softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
+    """log_softmax from primitives: (x - max) - log(sum(exp(x - max)))."""
+    shifted = ew.sub(x, rd.max(x, axis=axis, keepdims=True).detach())
+    return ew.sub(shifted, ew.log(rd.sum(ew.exp(shifted), axis=axis, keepdims=True)))
+
+
+def _check_axis(x: Tensor, axis: int, op: str) -> None:
+    if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: axis={axis!r} is out of range for a tensor of shape {x.shape}")
