@@ -9,13 +9,14 @@
 from minillm import functional
 from minillm.autograd import Function, enable_grad, is_grad_enabled, no_grad
 from minillm.backend import cuda_available, get_array_module, manual_seed
+from minillm import debug
 from minillm.debug import GradcheckError, gradcheck
 from minillm.tensor import Tensor, ones, randn, tensor, zeros
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Function", "GradcheckError", "Tensor", "cuda_available", "enable_grad", "functional",
+    "Function", "GradcheckError", "Tensor", "cuda_available", "debug", "enable_grad", "functional",
     "get_array_module", "gradcheck", "is_grad_enabled", "manual_seed", "no_grad", "ones",
     "randn", "tensor", "zeros",
 ]

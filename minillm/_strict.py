@@ -100,6 +100,10 @@ class StrictArray(NDArrayOperatorsMixin):
     T = property(lambda self: StrictArray(self._array.T))
 
     def __getattr__(self, name):
+        if name.startswith("__"):
+            # __array_interface__, __array_struct__, buffer protocol...: forwarding these would
+            # let NumPy read the host memory behind our back, which CuPy arrays never allow.
+            raise AttributeError(name)
         attribute = getattr(self._array, name)
         if not callable(attribute):
             return _wrap(attribute)

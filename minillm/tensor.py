@@ -174,8 +174,8 @@ class Tensor:
 
     # -- repr -----------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=40,
-                               edgeitems=3, prefix="tensor(")
+        body = np.array2string(self.numpy(), separator=", ", precision=4,  # host: a copy
+                               threshold=40, edgeitems=3, prefix="tensor(")
         parts = [f"tensor({body}", f"shape={self.shape}", f"dtype={self.data.dtype}"]
         if self.device != "cpu":
             parts.append(f"device='{self.device}'")
@@ -333,7 +333,7 @@ def _to_array(data, dtype, device):
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, (bool, int, float, list, tuple)) or isinstance(data, np.generic):
-        array = np.asarray(data)
+        array = np.asarray(data)  # host: Python numbers/lists start on the host
         if array.dtype.kind not in "biuf":
             raise TypeError(f"tensor(data=...): expected numbers, got {type(data).__name__} holding "
                             f"{array.dtype} values")

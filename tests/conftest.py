@@ -1,0 +1,52 @@
+"""Test configuration: ``pytest --backend numpy|strict|cupy`` picks the device tests run on.
+
+- numpy (default): tensors on the host.
+- strict: the "cuda" device is served by the strict CuPy-like emulation (minillm._strict),
+  which refuses implicit host conversion and host/device mixing: it proves the GPU code path
+  on a machine without a GPU.
+- cupy: the real GPU; every test is skipped, with the reason, when CuPy or a GPU is missing.
+
+Tests that should follow the chosen backend take the ``device`` fixture.
+"""
+import numpy as np
+import pytest
+
+from minillm import backend
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="store", default="numpy", choices=("numpy", "strict", "cupy"),
+                     help="array backend for device-parametrised tests (default: numpy)")
+
+
+def pytest_configure(config):
+    if config.getoption("--backend") == "strict":
+        backend.use_strict_device(True)
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--backend") == "cupy" and not backend.cuda_available():
+        skip = pytest.mark.skip(reason="--backend cupy: CuPy is not installed or no NVIDIA GPU is "
+                                       "visible on this machine")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device(request) -> str:
+    """The device that tensors in this test live on ("cpu", or "cuda" for strict/cupy)."""
+    return "cpu" if request.config.getoption("--backend") == "numpy" else "cuda"
+
+
+@pytest.fixture
+def strict_device():
+    """Switch the strict CuPy-like emulation on for one test (regardless of --backend)."""
+    previous = backend.strict_device_enabled()
+    backend.use_strict_device(True)
+    yield "cuda"
+    backend.use_strict_device(previous)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(1234))
