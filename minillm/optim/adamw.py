@@ -1,0 +1,78 @@
+"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's formulas exactly."""
+from __future__ import annotations
+
+from minillm.backend import get_array_module
+from minillm.optim.optimizer import Optimizer, check_number
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay.
+
+    For each parameter p with gradient g, at its t-th update (t = 1, 2, ...)::
+
+        p ← p − lr·wd·p                          decoupled decay, applied first
+        m ← β1·m + (1 − β1)·g                    first moment (state "exp_avg")
+        v ← β2·v + (1 − β2)·g²                   second moment (state "exp_avg_sq")
+        m̂ = m / (1 − β1^t),   v̂ = v / (1 − β2^t)
+        p ← p − lr · m̂ / (√v̂ + eps)              eps added after the square root
+
+    This is ``torch.optim.AdamW`` (amsgrad=False, maximize=False). The state and the
+    arithmetic stay in the parameter's dtype (float32 master weights stay float32).
+
+    Args:
+        params: Tensors, or param-group dicts (see :class:`~minillm.optim.Optimizer`).
+        lr: learning rate, >= 0.
+        betas: (β1, β2), each in [0, 1).
+        eps: > 0, keeps the division finite where v̂ is ~0.
+        weight_decay: wd >= 0. Use :func:`~minillm.optim.decay_groups` to exempt biases
+            and norm gains.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    def _validate_group(self, group: dict) -> None:
+        group["lr"] = check_number("AdamW", "lr", group["lr"])
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"AdamW: betas={betas!r} is invalid; expected a pair (beta1, beta2)")
+        group["betas"] = (check_number("AdamW", "betas[0]", betas[0], below=1.0),
+                          check_number("AdamW", "betas[1]", betas[1], below=1.0))
+        group["eps"] = check_number("AdamW", "eps", group["eps"], strictly_above=True)
+        group["weight_decay"] = check_number("AdamW", "weight_decay", group["weight_decay"])
+
+    def _buffer_names(self, group: dict) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(self, param, grad, state: dict, group: dict, scratch) -> None:
+        xp = get_array_module(param)
+        lr, (beta1, beta2), eps, weight_decay = (group["lr"], group["betas"], group["eps"],
+                                                 group["weight_decay"])
+        if "exp_avg" not in state:
+            state["exp_avg"] = xp.zeros_like(param)
+            state["exp_avg_sq"] = xp.zeros_like(param)
+        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        # Every operation below writes into param, m, v or the scratch array: no temporaries.
+        # The scalars are Python floats, so float32 arrays are computed in float32.
+        if weight_decay != 0.0:
+            xp.multiply(param, 1.0 - lr * weight_decay, out=param)
+        # m ← β1·m + (1 − β1)·g
+        m *= beta1
+        xp.multiply(grad, 1.0 - beta1, out=scratch)
+        m += scratch
+        # v ← β2·v + (1 − β2)·g²
+        v *= beta2
+        xp.multiply(grad, grad, out=scratch)
+        scratch *= 1.0 - beta2
+        v += scratch
+        # p ← p − lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps). Multiplying the denominator by
+        # √(1−β2^t) gives the same value with one pass fewer:
+        #     p ← p − (lr·√(1−β2^t)/(1−β1^t)) · m / (√v + eps·√(1−β2^t))
+        bias_correction1 = 1.0 - beta1 ** t
+        sqrt_bias_correction2 = (1.0 - beta2 ** t) ** 0.5
+        xp.sqrt(v, out=scratch)
+        scratch += eps * sqrt_bias_correction2
+        xp.divide(m, scratch, out=scratch)
+        scratch *= -lr * sqrt_bias_correction2 / bias_correction1
+        param += scratch
