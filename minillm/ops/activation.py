@@ -1,6 +1,6 @@
 """Activations and (log-)softmax.
 
-``gelu``, ``silu``, ``softmax`` and ``log_softmax`` are fused: one Function with a
+``gelu``, ``silu``, ``swiglu``, ``softmax`` and ``log_softmax`` are fused: one Function with a
 hand-derived backward that saves as little as possible. Each keeps a ``*_composed`` twin built
 from primitive ops (exp, tanh, mul, ...); tests check that both agree, values and gradients.
 """
@@ -16,6 +16,7 @@ from minillm.tensor import Tensor
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_CUBIC = 0.044715
+_ELEMENTWISE_BLOCK = 1 << 18     # elements per block of a multi-pass backward (1 MiB in float32)
 
 
 class ReLU(Function):
@@ -72,50 +73,72 @@ def sigmoid(x: Tensor) -> Tensor:
 class GELU(Function):
     """Gaussian Error Linear Unit.
 
-    approximate="tanh" (GPT-2):  y = x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))
+    approximate="tanh" (GPT-2):  y = x · u,  u = (1 + tanh(√(2/π) (x + 0.044715 x³))) / 2
     approximate="none" (exact):  y = x · Φ(x) = x/2 · (1 + erf(x/√2))
-    Saves: x and the tanh (or Φ) term.
+    Saves: x only for "tanh" (u is recomputed in backward: the (N, 4C) feed-forward
+    activation is the largest per-layer array, and one tanh costs less than keeping a second
+    copy alive until backward); x and erf(x/√2) for "none".
     """
 
     def __init__(self, approximate: str = "tanh"):
         self.approximate = approximate
 
     def forward(self, x):
-        xp = get_array_module(x)
         self.x = x
         if self.approximate == "tanh":
-            inner = x * x
-            inner *= _GELU_CUBIC
-            inner += 1
-            inner *= x
-            inner *= _SQRT_2_OVER_PI                      # √(2/π) (x + 0.044715 x³)
-            self.t = xp.tanh(inner, out=inner)
-            y = self.t + 1
-        else:
-            self.t = erf(x * (1 / math.sqrt(2.0)))       # erf(x/√2) = 2Φ(x) - 1
-            y = self.t + 1
+            y = _gelu_gate(x)                            # u
+            y *= x
+            return y
+        self.t = erf(x * (1 / math.sqrt(2.0)))           # erf(x/√2) = 2Φ(x) - 1
+        y = self.t + 1
         y *= x
         y *= 0.5
         return y
 
     def backward(self, gy):
-        x, t = self.x, self.t
+        x = self.x
         if self.approximate == "tanh":
-            # dy/dx = (1 + t)/2 + x/2 · (1 - t²) · √(2/π) · (1 + 3·0.044715 x²)
-            d_inner = x * x
-            d_inner *= 3 * _GELU_CUBIC
-            d_inner += 1
-            d_inner *= _SQRT_2_OVER_PI
-            sech2 = 1 - t * t
-            d_inner *= sech2
-            d_inner *= x
-            d_inner += 1 + t
-            d_inner *= 0.5
-            return gy * d_inner
+            # With t = tanh(a), a = √(2/π)(x + 0.044715 x³), u = (1 + t)/2, 1 - t² = 4u(1 - u):
+            #   dy/dx = u + x · (1 - t²)/2 · da/dx = u + 2 u (1 - u) · x √(2/π)(1 + 3·0.044715 x²)
+            xp = get_array_module(gy)
+            g = xp.empty(x.shape, dtype=gy.dtype)
+            xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
+            # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew)
+            # and only the returned gradient is a full-size allocation.
+            size = min(xf.size, _ELEMENTWISE_BLOCK)
+            u_buf = xp.empty(size, dtype=gy.dtype)
+            w_buf = xp.empty(size, dtype=gy.dtype)
+            for start in range(0, xf.size, size):
+                xs, gs = xf[start:start + size], gf[start:start + size]
+                u, w = u_buf[:xs.size], w_buf[:xs.size]
+                _gelu_gate(xs, out=u)
+                xp.multiply(xs, xs, out=gs)
+                gs *= 6 * _SQRT_2_OVER_PI * _GELU_CUBIC
+                gs += 2 * _SQRT_2_OVER_PI
+                gs *= xs                                 # 2 x da/dx
+                xp.subtract(1, u, out=w)
+                w *= u                                   # u (1 - u)
+                gs *= w
+                gs += u
+                gs *= gyf[start:start + size]
+            return g
         # dy/dx = Φ(x) + x φ(x),  φ(x) = e^{-x²/2} / √(2π)
         xp = get_array_module(gy)
         density = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
-        return gy * (0.5 * (1 + t) + x * density)
+        return gy * (0.5 * (1 + self.t) + x * density)
+
+
+def _gelu_gate(x, out=None):
+    """u = (1 + tanh(√(2/π)(x + 0.044715 x³))) / 2 in ``out`` or a fresh array (7 passes)."""
+    xp = get_array_module(x)
+    u = xp.multiply(x, x, out=out)
+    u *= _SQRT_2_OVER_PI * _GELU_CUBIC
+    u += _SQRT_2_OVER_PI
+    u *= x                                               # √(2/π) (x + 0.044715 x³)
+    xp.tanh(u, out=u)
+    u *= 0.5
+    u += 0.5
+    return u
 
 
 def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
@@ -159,6 +182,64 @@ def silu(x: Tensor) -> Tensor:
 def silu_composed(x: Tensor) -> Tensor:
     """SiLU from primitive ops: x · σ(x)."""
     return ew.mul(x, sigmoid(x))
+
+
+def _sigmoid_via_tanh(x):
+    """σ(x) = (1 + tanh(x/2)) / 2 in a fresh array (no overflow for large |x|)."""
+    s = get_array_module(x).tanh(x * 0.5)
+    s += 1
+    s *= 0.5
+    return s
+
+
+class SwiGLU(Function):
+    """y = silu(a) · b = a σ(a) b (Shazeer 2020, "GLU Variants Improve Transformer"): the gated
+    unit of the Llama feed-forward, a = x W_gate^T and b = x W_up^T.
+
+    Shapes: a, b (..., H) -> y (..., H).
+    Saves: a and b (inputs of the graph anyway); σ(a) is recomputed in backward, which costs
+    one tanh but keeps no extra (..., H) array alive between forward and backward.
+    """
+
+    def forward(self, a, b):
+        y = _sigmoid_via_tanh(a)
+        y *= a
+        y *= b
+        self.a, self.b = a, b
+        return y
+
+    def backward(self, gy):
+        # dy/da = b · σ(a) (1 + a (1 - σ(a))),  dy/db = a σ(a) = silu(a)
+        a, b = self.a, self.b
+        s = _sigmoid_via_tanh(a)
+        ga = gb = None
+        if self.needs_input_grad[1]:
+            gb = a * s
+            gb *= gy
+        if self.needs_input_grad[0]:
+            ga = 1 - s
+            ga *= a
+            ga += 1
+            ga *= s
+            ga *= b
+            ga *= gy
+        return ga, gb
+
+
+def swiglu(a: Tensor, b: Tensor) -> Tensor:
+    """silu(a) * b, fused (see :class:`SwiGLU`); a is the gate, b the up projection."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"swiglu: a and b must be Tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.shape != b.shape:
+        raise ValueError(f"swiglu: gate a has shape {a.shape} and b has {b.shape}; expected equal shapes")
+    if a.dtype != b.dtype:
+        raise TypeError(f"swiglu: a has dtype {a.dtype} and b has {b.dtype}; expected equal dtypes")
+    return SwiGLU().apply(a, b)
+
+
+def swiglu_composed(a: Tensor, b: Tensor) -> Tensor:
+    """SwiGLU from primitive ops: silu_composed(a) * b."""
+    return ew.mul(silu_composed(a), b)
 
 
 class Softmax(Function):

@@ -1,0 +1,331 @@
+"""GPTConfig and GPT: a decoder-only transformer language model.
+
+    idx (B, T) token ids
+      -> token embedding (+ learned or sinusoidal positions) -> dropout
+      -> n_layer blocks (attention + feed-forward, residual; pre- or post-norm)
+      -> final norm (pre-norm only) -> head (tied to the token embedding by default)
+      -> logits (B, T, V); with targets, the mean cross-entropy over non-ignored targets.
+
+One class covers GPT-2 (LayerNorm, learned positions, GELU, biases, tied head) and Llama-style
+models (RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases): see the presets
+:meth:`GPTConfig.gpt2` and :meth:`GPTConfig.llama`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minillm import functional as F
+from minillm.backend import get_array_module, random_normal, to_device
+from minillm.nn.block import Block, make_norm
+from minillm.nn.layers import Dropout, Embedding, Linear
+from minillm.nn.module import Module, ModuleList
+from minillm.nn.positions import (
+    LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
+)
+from minillm.tensor import Tensor
+
+_CHOICES = {
+    "norm": ("layernorm", "rmsnorm"),
+    "pos": ("learned", "sinusoidal", "rope"),
+    "mlp": ("gelu", "swiglu"),
+    "norm_position": ("pre", "post"),
+    "gelu_approximate": ("tanh", "none"),
+}
+
+
+@dataclass
+class GPTConfig:
+    """Every hyperparameter of :class:`GPT`. The defaults are GPT-2 small (124M parameters).
+
+    Attributes:
+        vocab_size: V, the number of token ids (ids are 0..V-1).
+        block_size: the longest sequence (context length) the model accepts; position tables
+            are built for this many positions.
+        n_layer: the number of transformer blocks.
+        n_head: H, query heads per attention layer; the head size is D = n_embd / n_head.
+        n_kv_head: key/value heads (grouped-query attention); None means n_head (MHA), 1 is MQA.
+            n_head must be a multiple of it. Stored resolved (an int) after construction.
+        n_embd: C, the width of the residual stream.
+        dropout: dropout probability on the embeddings, the attention weights and both
+            residual branches (training mode only); 0.0 disables it.
+        bias: biases in every Linear and LayerNorm (GPT-2: True; Llama: False).
+        norm: "layernorm" or "rmsnorm".
+        norm_eps: the epsilon inside the norms' square root.
+        pos: "learned" (GPT-2), "sinusoidal" (the original transformer) or "rope" (Llama).
+        rope_theta: RoPE base θ: pair i rotates by p · θ^(-2i/D) at position p.
+        mlp: "gelu" (two matrices, hidden 4C) or "swiglu" (three, hidden from the Llama rule).
+        mlp_hidden: the feed-forward hidden width; None means 4·C for "gelu" and the Llama rule
+            int(2/3 · 4C) rounded up to a multiple of ``mlp_multiple_of`` for "swiglu".
+        mlp_multiple_of: the rounding of the SwiGLU hidden width (Llama uses 256; 64 default).
+        gelu_approximate: "tanh" (GPT-2's GELU) or "none" (the exact erf form).
+        norm_position: "pre" (GPT-2, Llama; a final norm before the head) or "post" (the
+            original transformer's Add & Norm; no final norm).
+        tie_weights: share the token embedding matrix with the output head (GPT-2 does).
+        init_std: the standard deviation of the normal initialisation of every Linear and
+            embedding matrix (0.02 as in GPT-2); residual output projections use
+            init_std / sqrt(2 · n_layer).
+    """
+
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    pos: str = "learned"
+    rope_theta: float = 10000.0
+    mlp: str = "gelu"
+    mlp_hidden: int | None = None
+    mlp_multiple_of: int = 64
+    gelu_approximate: str = "tanh"
+    norm_position: str = "pre"
+    tie_weights: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_multiple_of"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig: {name}={value!r}; expected a positive int")
+        for name, value in (("n_kv_head", self.n_kv_head), ("mlp_hidden", self.mlp_hidden)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                                      or value <= 0):
+                raise ValueError(f"GPTConfig: {name}={value!r}; expected a positive int or None")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected one of {choices}")
+        for name in ("bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected True or False")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             "expected n_embd = n_head * head_size")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig: n_head={self.n_head} is not divisible by n_kv_head="
+                             f"{self.n_kv_head}; expected each key/value head to serve the same "
+                             "number of query heads")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout={self.dropout!r}; expected a probability in [0, 1)")
+        for name in ("norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig: {name}={value!r}; expected a positive number")
+        if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 1:
+            raise ValueError(f"GPTConfig: rope_theta={self.rope_theta!r}; expected a number > 1")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"GPTConfig: pos='rope' needs an even head size, got n_embd/n_head = "
+                             f"{self.head_dim}")
+        if self.pos == "sinusoidal" and self.n_embd % 2:
+            raise ValueError(f"GPTConfig: pos='sinusoidal' needs an even n_embd, got {self.n_embd}")
+
+    @property
+    def head_dim(self) -> int:
+        """D = n_embd / n_head."""
+        return self.n_embd // self.n_head
+
+    # -- dict round trip ------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict:
+        """A plain dict of every field (JSON/TOML friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GPTConfig":
+        """Build a config from a dict; unknown keys are an error that lists the valid ones."""
+        if not isinstance(values, dict):
+            raise TypeError(f"GPTConfig.from_dict: expected a dict, got {type(values).__name__}")
+        _reject_unknown(values, "GPTConfig.from_dict")
+        return cls(**values)
+
+    # -- presets --------------------------------------------------------------------------------
+    @classmethod
+    def gpt2(cls, **overrides) -> "GPTConfig":
+        """GPT-2: LayerNorm, learned positions, GELU (tanh) MLP, biases, tied head, pre-norm.
+        Sizes default to GPT-2 small (12 layers, 12 heads, 768 wide, 1024 positions)."""
+        _reject_unknown(overrides, "GPTConfig.gpt2")
+        values = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_kv_head=None,
+                      n_embd=768, bias=True, norm="layernorm", pos="learned", mlp="gelu",
+                      norm_position="pre", tie_weights=True)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def llama(cls, **overrides) -> "GPTConfig":
+        """Llama: RMSNorm, RoPE (θ = 10000), SwiGLU, grouped-query attention, no biases, untied
+        head, pre-norm. Sizes default to a small model (8 layers, 8 query / 2 key-value heads,
+        512 wide, 32000 ids, 1024 positions); override them freely. Overriding n_head alone
+        keeps 2 key/value heads when n_head is even and falls back to n_head (MHA) otherwise."""
+        _reject_unknown(overrides, "GPTConfig.llama")
+        values = dict(vocab_size=32000, block_size=1024, n_layer=8, n_head=8, n_kv_head=2,
+                      n_embd=512, bias=False, norm="rmsnorm", pos="rope", mlp="swiglu",
+                      norm_position="pre", tie_weights=False)
+        values.update(overrides)
+        if "n_head" in overrides and "n_kv_head" not in overrides \
+                and values["n_head"] % values["n_kv_head"]:
+            values["n_kv_head"] = values["n_head"]
+        return cls(**values)
+
+
+def _reject_unknown(values: dict, where: str) -> None:
+    unknown = sorted(set(values) - set(GPTConfig.field_names()))
+    if unknown:
+        raise ValueError(f"{where}: unknown config keys {unknown}; valid keys are "
+                         f"{GPTConfig.field_names()}")
+
+
+class GPT(Module):
+    """A decoder-only transformer language model configured by :class:`GPTConfig`.
+
+    Submodules: tok_emb, pos_emb (learned/sinusoidal, else None), rotary (RoPE, else None; shared
+    by every attention layer), drop, blocks, norm_f (pre-norm only), lm_head (untied only).
+
+    Initialisation (GPT-2): every Linear and embedding matrix ~ N(0, init_std²), biases 0, norm
+    scales 1, and the residual output projections (attn.o_proj, mlp.down_proj) ~
+    N(0, (init_std / sqrt(2·n_layer))²) so the residual stream's variance does not grow with
+    depth. Random numbers come from the global generator (``minillm.manual_seed``).
+    """
+
+    def __init__(self, config: GPTConfig, dtype=np.float32, device: str = "cpu"):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT: config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.tok_emb = Embedding(c.vocab_size, c.n_embd, dtype=dtype, device=device)
+        self.pos_emb = None
+        self.rotary = None
+        if c.pos == "learned":
+            self.pos_emb = LearnedPositionalEmbedding(c.block_size, c.n_embd, dtype=dtype, device=device)
+        elif c.pos == "sinusoidal":
+            self.pos_emb = SinusoidalPositionalEmbedding(c.block_size, c.n_embd, dtype=dtype, device=device)
+        else:
+            self.rotary = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta, dtype=dtype, device=device)
+        self.drop = Dropout(c.dropout)
+        self.blocks = ModuleList(Block(c, self.rotary, dtype=dtype, device=device) for _ in range(c.n_layer))
+        self.norm_f = make_norm(c, dtype, device) if c.norm_position == "pre" else None
+        self.lm_head = None if c.tie_weights else Linear(c.n_embd, c.vocab_size, bias=False,
+                                                         dtype=dtype, device=device)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        c = self.config
+        residual_std = c.init_std / math.sqrt(2 * c.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, (Linear, Embedding, LearnedPositionalEmbedding)):
+                std = residual_std if name.endswith(("attn.o_proj", "mlp.down_proj")) else c.init_std
+                w = module.weight
+                w.data = random_normal(w.shape, w.dtype, w.device, std=std)
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    bias.data = get_array_module(bias.data).zeros(bias.shape, dtype=bias.dtype)
+
+    # -- input checks ---------------------------------------------------------------------------
+    def _ids(self, ids, what: str, allow_ignore: bool = False):
+        """``ids`` as an integer (B, T) array on the model's device, validated."""
+        array = ids.data if isinstance(ids, Tensor) else ids
+        if isinstance(array, (list, tuple)):
+            array = np.asarray(array)  # host: a Python list from the user becomes a host array
+        if not hasattr(array, "dtype") or array.dtype.kind not in "iu":
+            raise TypeError(f"GPT: {what} must be an integer array or Tensor of token ids, got "
+                            f"{getattr(array, 'dtype', type(ids).__name__)}")
+        if array.ndim != 2:
+            raise ValueError(f"GPT: {what} has shape {tuple(array.shape)}; expected (B, T)")
+        array = to_device(array, self.device)
+        v = self.config.vocab_size
+        if array.size:
+            xp = get_array_module(array)
+            checked = array[array != -100] if allow_ignore else array
+            if checked.size:
+                low, high = int(xp.min(checked)), int(xp.max(checked))
+                if low < 0 or high >= v:
+                    bad = low if low < 0 else high
+                    extra = " or -100 (ignored)" if allow_ignore else ""
+                    raise ValueError(f"GPT: {what} holds token id {bad}, out of range; expected ids "
+                                     f"in [0, vocab_size={v}){extra}")
+        return array
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, idx, targets=None, position_offset: int = 0):
+        """Logits (B, T, V) for token ids ``idx`` (B, T), and the mean cross-entropy against
+        ``targets`` (B, T) (-100 = ignore) or None without targets.
+
+        ``position_offset`` is the absolute position of idx[:, 0] (0 for a full sequence; a
+        key/value cache feeds later positions); offset + T must not exceed block_size.
+        """
+        c = self.config
+        ids = self._ids(idx, "idx")
+        b, t = ids.shape
+        if not isinstance(position_offset, int) or position_offset < 0:
+            raise ValueError(f"GPT: position_offset={position_offset!r}; expected an int >= 0")
+        if position_offset + t > c.block_size:
+            raise ValueError(f"GPT: sequence of length T={t} (from position {position_offset}) is "
+                             f"longer than block_size={c.block_size}; crop idx to its last "
+                             f"{c.block_size - position_offset} tokens")
+        x = self.tok_emb(ids)                                    # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(t, position_offset)             # (B, T, C) + (T, C)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, position_offset)                        # (B, T, C)
+        if self.norm_f is not None:
+            x = self.norm_f(x)
+        if self.lm_head is None:
+            logits = F.linear(x, self.tok_emb.weight)            # (B, T, C) @ (C, V) -> (B, T, V)
+        else:
+            logits = self.lm_head(x)                             # (B, T, V)
+        loss = None
+        if targets is not None:
+            target_ids = self._ids(targets, "targets", allow_ignore=True)
+            if target_ids.shape != ids.shape:
+                raise ValueError(f"GPT: targets have shape {tuple(target_ids.shape)}; expected the "
+                                 f"shape of idx {tuple(ids.shape)}")
+            loss = F.cross_entropy(logits, target_ids, ignore_index=-100)
+        return logits, loss
+
+    # -- accounting -----------------------------------------------------------------------------
+    def num_parameters(self, non_embedding: bool = False, trainable_only: bool = False) -> int:
+        """Parameters counted once each; ``non_embedding`` leaves out the position table and,
+        when the head is untied, the token embedding (lookups do no arithmetic)."""
+        total = super().num_parameters(trainable_only)
+        if non_embedding:
+            if isinstance(self.pos_emb, LearnedPositionalEmbedding):
+                total -= self.pos_emb.weight.size
+            if self.lm_head is not None:
+                total -= self.tok_emb.weight.size
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward) for sequences of ``seq_len`` tokens
+        (default block_size), the PaLM/nanoGPT estimate used for MFU:
+
+            6·N + 12·n_layer·T·C
+
+        N counts the weights that take part in matrix products: every Linear weight plus the
+        (V × C) head, tied or not (embedding lookups and norms do no matrix work). Each such
+        weight costs 2 FLOPs per token forward and 4 backward (6·N). The attention products
+        q·k^T and A·v cost 2·2·T·C per token per layer forward, times 3 with backward
+        (12·n_layer·T·C), counting the full T × T square that is computed (the causal mask
+        makes half of it unused: a count of useful work would take 6·n_layer·T·C).
+        """
+        c = self.config
+        t = c.block_size if seq_len is None else seq_len
+        n = sum(m.weight.size for m in self.modules() if isinstance(m, Linear))
+        if self.lm_head is None:
+            n += self.tok_emb.weight.size
+        return 6 * n + 12 * c.n_layer * t * c.n_embd
+
+    def extra_repr(self) -> str:
+        return f"{self.num_parameters() / 1e6:.2f}M parameters"

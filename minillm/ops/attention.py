@@ -1,0 +1,394 @@
+"""Attention ops: ``scaled_dot_product_attention`` (fused) and ``rope`` (rotary positions).
+
+Scaled dot-product attention (Vaswani et al. 2017), for one head with queries Q (T, D), keys
+K (S, D) and values V (S, D):
+
+    S = scale · Q K^T + M          (M: the causal and/or user mask, 0 or -inf / additive)
+    A = softmax(S)  row-wise
+    O = dropout(A) V
+
+Grouped-query attention (GQA; MHA when H_kv = H, MQA when H_kv = 1): query head h reads key/
+value head h // g, g = H / H_kv. Rather than copying K and V g times (``repeat_kv``), the fused
+op views the queries as (B, H_kv, g, T, D) and lets the batched matmul broadcast K and V over
+the group axis, so nothing is repeated in memory.
+
+Backward (per head, G = dL/dO, A_d = dropout(A), mask m of the dropout):
+
+    dL/dV = A_d^T G,   dL/dA = (G V^T) ⊙ m,   dL/dS = A ⊙ (dL/dA - δ),   δ = rowsum(G ⊙ O)
+    dL/dQ = scale · dL/dS K,   dL/dK = scale · dL/dS^T Q
+
+δ = rowsum(dL/dA ⊙ A) equals rowsum(G ⊙ O) (O = A_d V), the FlashAttention identity, which
+needs a (T, D) product instead of a second (T, S) one. Saves: Q, K, V and O (graph tensors
+anyway), the attention weights A (B, H, T, S) and the dropout mask when p > 0.
+
+The output is written in (B, T, H, D) memory order and returned as a (B, H, T, D) view, so the
+usual ``transpose(1, 2).reshape(B, T, C)`` that follows costs no copy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minillm.autograd import Function
+from minillm.backend import device_of, dropout_keep_mask, get_array_module, module_for_device
+from minillm.ops import activation as act
+from minillm.ops import elementwise as ew
+from minillm.ops import linalg
+from minillm.ops import shape as sh
+from minillm.tensor import Tensor
+
+_mask_cache: dict = {}       # (T, S, dtype, device) -> additive causal mask (T, S); a few entries
+_MASK_CACHE_SIZE = 8
+_BLOCK_ELEMENTS = 1 << 19    # scores per batch block (2 MiB in float32): cache-sized softmax passes
+
+
+def causal_mask(t: int, s: int, dtype, device: str = "cpu"):
+    """The additive causal mask (T, S): 0 where query i may see key j, -inf elsewhere.
+
+    Aligned bottom-right: query i (of the last T positions) sees keys j <= i + (S - T), which is
+    the usual mask when S = T and the right one for a query block that follows S - T cached
+    keys. Built once per (T, S, dtype, device) and reused (callers must not modify it).
+    """
+    key = (t, s, np.dtype(dtype).str, device)
+    mask = _mask_cache.get(key)
+    if mask is None:
+        xp = module_for_device(device)
+        rows = xp.arange(t).reshape(t, 1) + (s - t)              # (T, 1) absolute query positions
+        cols = xp.arange(s).reshape(1, s)                        # (1, S)
+        mask = xp.where(cols <= rows, 0.0, -math.inf).astype(dtype)   # (T, S)
+        if len(_mask_cache) >= _MASK_CACHE_SIZE:
+            _mask_cache.pop(next(iter(_mask_cache)))
+        _mask_cache[key] = mask
+    return mask
+
+
+class ScaledDotProductAttention(Function):
+    """softmax(scale · Q K^T + M) V with GQA, optional causal/additive mask and dropout.
+
+    Shapes: q (B, H, T, D), k (B, H_kv, S, D), v (B, H_kv, S, D) -> o (B, H, T, D) (a view of a
+    (B, T, H, D) buffer). ``mask``: None or an additive float array broadcastable to
+    (B, H_kv, g, T, S) (the wrapper prepares it).
+    Saves: q, k, v, o, the weights A (B, H_kv, g, T, S) and the dropout mask (p > 0).
+
+    Both passes run over blocks of the batch axis (about ``_BLOCK_ELEMENTS`` scores each): the
+    several in-place softmax passes then touch a slab that is still in cache, and backward
+    needs only a block-sized scratch for dL/dS instead of a second (B, H, T, S) array.
+    """
+
+    def __init__(self, scale: float, mask, dropout_p: float):
+        self.scale, self.mask, self.dropout_p = scale, mask, dropout_p
+
+    def _blocks(self, b: int, per_item: int):
+        """Slices of the batch axis holding about _BLOCK_ELEMENTS scores each."""
+        size = max(1, min(b, _BLOCK_ELEMENTS // max(per_item, 1)))
+        return [slice(i, min(i + size, b)) for i in range(0, b, size)], size
+
+    def _mask_block(self, rows: slice):
+        mask = self.mask
+        if mask is None or mask.ndim < 5 or mask.shape[0] == 1:
+            return mask                                          # (T, S) or shared by the batch
+        return mask[rows]                                        # a per-batch-element mask
+
+    def forward(self, q, k, v):
+        xp = get_array_module(q)
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        g = h // h_kv
+        q5 = q.reshape(b, h_kv, g, t, d)                         # (B, Hkv, g, T, D)
+        k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
+        v5 = v.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
+        att = xp.empty((b, h_kv, g, t, s), dtype=q.dtype)        # (B, Hkv, g, T, S)
+        out = xp.empty((b, t, h_kv, g, d), dtype=q.dtype)        # (B, T, Hkv, g, D) memory order
+        out5 = out.transpose(0, 2, 3, 1, 4)                      # (B, Hkv, g, T, D) view
+        dropped = self.dropout_p > 0.0
+        if dropped:
+            self.keep = dropout_keep_mask(att.shape, 1.0 - self.dropout_p, att.dtype, device_of(att))
+        blocks, _ = self._blocks(b, h * t * s)
+        for rows in blocks:
+            a = att[rows]                                        # (b', Hkv, g, T, S)
+            qs = q5[rows] * self.scale                           # (b', Hkv, g, T, D) scaled queries
+            xp.matmul(qs, k5[rows].swapaxes(-1, -2), out=a)      # (.., T, D) @ (.., D, S) -> (.., T, S)
+            mask = self._mask_block(rows)
+            if mask is not None:
+                a += mask
+            a -= a.max(axis=-1, keepdims=True)                   # softmax in place, stable
+            xp.exp(a, out=a)
+            norm = a.sum(axis=-1, keepdims=True)                 # (b', Hkv, g, T, 1)
+            a *= xp.reciprocal(norm, out=norm)
+            weights = a * self.keep[rows] if dropped else a
+            xp.matmul(weights, v5[rows], out=out5[rows])         # (.., T, S) @ (.., S, D) -> (.., T, D)
+        out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
+        self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
+        return out
+
+    def backward(self, gy):
+        # dV = A_d^T G;  dS = A ⊙ ((G V^T) ⊙ m - rowsum(G ⊙ O));  dQ = scale dS K;  dK = scale dS^T Q
+        xp = get_array_module(gy)
+        q, k, v, att = self.q, self.k, self.v, self.att
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        g = h // h_kv
+        needs = self.needs_input_grad
+        dropped = self.dropout_p > 0.0
+        gy5 = gy.reshape(b, h_kv, g, t, d)                       # (B, Hkv, g, T, D)
+        gy_flat = gy.reshape(b, h_kv, g * t, d)                  # (B, Hkv, g·T, D)
+        q_flat = q.reshape(b, h_kv, g * t, d)                    # (B, Hkv, g·T, D)
+        k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
+        v5 = v.reshape(b, h_kv, 1, s, d)
+        delta = xp.einsum("bhtd,bhtd->bht", gy, self.out)        # (B, H, T) rowsum(G ⊙ O)
+        delta5 = delta.reshape(b, h_kv, g, t, 1)                 # (B, Hkv, g, T, 1)
+        # The gradients are written in (B, T, heads, D) memory order, like the output, so the
+        # transpose/reshape backward steps that lead to the q/k/v projections copy nothing.
+        gq = xp.empty((b, t, h_kv, g, d), dtype=gy.dtype) if needs[0] else None   # (B, T, Hkv, g, D)
+        gk = xp.empty((b, s, h_kv, d), dtype=gy.dtype) if needs[1] else None      # (B, S, Hkv, D)
+        gv = xp.empty((b, s, h_kv, d), dtype=gy.dtype) if needs[2] else None      # (B, S, Hkv, D)
+        blocks, size = self._blocks(b, h * t * s)
+        scratch = xp.empty((size, h_kv, g, t, s), dtype=gy.dtype)   # dL/dS, one block at a time
+        for rows in blocks:
+            n = rows.stop - rows.start
+            gs = scratch[:n]                                     # (b', Hkv, g, T, S)
+            xp.matmul(gy5[rows], v5[rows].swapaxes(-1, -2), out=gs)   # (.., T, D) @ (.., D, S)
+            if dropped:
+                gs *= self.keep[rows]
+            gs -= delta5[rows]
+            gs *= att[rows]                                      # dL/dS
+            if needs[0]:
+                xp.matmul(gs, k5[rows], out=gq[rows].transpose(0, 2, 3, 1, 4))   # (.., T, S) @ (.., S, D)
+            gs_flat = gs.reshape(n, h_kv, g * t, s)              # (b', Hkv, g·T, S)
+            if needs[1]:
+                xp.matmul(gs_flat.swapaxes(-1, -2), q_flat[rows],
+                          out=gk[rows].transpose(0, 2, 1, 3))    # (.., S, g·T) @ (.., g·T, D) -> (.., S, D)
+            if needs[2]:
+                weights = att[rows] * self.keep[rows] if dropped else att[rows]
+                xp.matmul(weights.reshape(n, h_kv, g * t, s).swapaxes(-1, -2), gy_flat[rows],
+                          out=gv[rows].transpose(0, 2, 1, 3))    # (.., S, g·T) @ (.., g·T, D) -> (.., S, D)
+        if needs[0]:
+            gq *= self.scale
+            gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
+        if needs[1]:
+            gk *= self.scale
+            gk = gk.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
+        if needs[2]:
+            gv = gv.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
+        return gq, gk, gv
+
+
+def _prepare_mask(attn_mask, is_causal: bool, q: Tensor, k: Tensor):
+    """Combine ``is_causal`` and ``attn_mask`` into one additive array broadcastable to
+    (B, H_kv, g, T, S), or None."""
+    b, h, t, _ = q.shape
+    h_kv, s = k.shape[1], k.shape[2]
+    dtype, device = q.dtype, q.device
+    mask = causal_mask(t, s, dtype, device) if is_causal else None     # (T, S)
+    if attn_mask is None:
+        return mask
+    array = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    if not hasattr(array, "dtype") or array.dtype.kind not in "bf":
+        raise TypeError(f"scaled_dot_product_attention: attn_mask must be a boolean or floating "
+                        f"array, got {getattr(array, 'dtype', type(attn_mask).__name__)}")
+    if array.ndim > 4:
+        raise ValueError(f"scaled_dot_product_attention: attn_mask has shape {tuple(array.shape)}; "
+                         "expected at most 4 dims, broadcastable to (B, H, T, S)")
+    shape4 = (1,) * (4 - array.ndim) + tuple(array.shape)
+    target = (b, h, t, s)
+    if any(m not in (1, want) for m, want in zip(shape4, target)):
+        raise ValueError(f"scaled_dot_product_attention: attn_mask has shape {tuple(array.shape)}, "
+                         f"which does not broadcast to (B, H, T, S) = {target}")
+    xp = get_array_module(array)
+    if device_of(array) != device:
+        raise ValueError(f"scaled_dot_product_attention: attn_mask is on {device_of(array)!r} but q "
+                         f"is on {device!r}; move it first")
+    if array.dtype.kind == "b":                                  # True = attend (PyTorch's meaning)
+        array = xp.where(array, 0.0, -math.inf).astype(dtype)
+    else:
+        array = array.astype(dtype, copy=False)
+    array = array.reshape(shape4)                                # (b|1, h|1, T|1, S|1)
+    if shape4[1] == h and h != 1:
+        array = array.reshape(shape4[0], h_kv, h // h_kv, shape4[2], shape4[3])   # split heads
+    else:
+        array = array.reshape(shape4[0], 1, 1, shape4[2], shape4[3])
+    return array if mask is None else array + mask
+
+
+def _check_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, op: str) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{op}: {name} has shape {x.shape}; expected 4 dims (B, heads, T, D)")
+        if x.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} has dtype {x.dtype} but q has {q.dtype}")
+    b, h, _, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"{op}: shapes q {q.shape}, k {k.shape}, v {v.shape} do not match; expected "
+                         "k and v of shape (B, H_kv, S, D) with q's B and D")
+    if h % k.shape[1]:
+        raise ValueError(f"{op}: q has {h} heads and k/v have {k.shape[1]}; expected the query heads "
+                         "to be a multiple of the key/value heads (grouped-query attention)")
+    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p={dropout_p!r}; expected a probability in [0, 1)")
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None) -> Tensor:
+    """Attention softmax(q k^T · scale + mask) v, fused (see :class:`ScaledDotProductAttention`).
+
+    Args:
+        q: (B, H, T, D); k, v: (B, H_kv, S, D) with H a multiple of H_kv (GQA/MQA).
+        attn_mask: None, a boolean array (True = may attend, as in PyTorch) or an additive float
+            array, broadcastable to (B, H, T, S).
+        dropout_p: dropout on the attention weights (pass 0.0 in eval mode).
+        is_causal: mask future keys (bottom-right aligned when T < S, see :func:`causal_mask`).
+        scale: defaults to 1/sqrt(D).
+    A row whose keys are all masked has no defined softmax and comes out as NaN.
+    """
+    _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    mask = _prepare_mask(attn_mask, is_causal, q, k)
+    return ScaledDotProductAttention(scale, mask, float(dropout_p)).apply(q, k, v)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, H_kv, S, D) -> (B, H_kv·n_rep, S, D), each key/value head repeated n_rep times in a
+    row (head h of the result is head h // n_rep of the input). Built from broadcast_to and
+    reshape, so its gradient sums the copies."""
+    if n_rep == 1:
+        return x
+    b, h_kv, s, d = x.shape
+    x5 = sh.reshape(x, (b, h_kv, 1, s, d))                       # (B, Hkv, 1, S, D)
+    x5 = sh.broadcast_to(x5, (b, h_kv, n_rep, s, d))             # (B, Hkv, n_rep, S, D)
+    return sh.reshape(x5, (b, h_kv * n_rep, s, d))               # (B, H, S, D)
+
+
+def scaled_dot_product_attention_composed(q: Tensor, k: Tensor, v: Tensor, attn_mask=None,
+                                          dropout_p: float = 0.0, is_causal: bool = False,
+                                          scale: float | None = None) -> Tensor:
+    """The reference twin from primitives: repeat_kv, matmul, softmax_composed, dropout."""
+    from minillm.ops.dropout import dropout  # noqa: PLC0415
+
+    _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention_composed")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)              # (B, H, S, D)
+    scores = ew.mul(linalg.matmul(q, sh.swapaxes(k, -1, -2)), scale)   # (B, H, T, S)
+    mask = _prepare_mask(attn_mask, is_causal, q, k)             # k now has H heads: no split
+    if mask is not None:
+        b, h, t, s = scores.shape
+        if mask.ndim == 5:
+            mask = mask.reshape(mask.shape[0], mask.shape[1] * mask.shape[2], t, s)
+        scores = ew.add(scores, Tensor._from_op(mask, None))
+    weights = act.softmax_composed(scores, axis=-1)
+    if dropout_p > 0.0:
+        weights = dropout(weights, dropout_p, training=True)
+    return linalg.matmul(weights, v)                             # (B, H, T, S) @ (B, H, S, D) -> (B, H, T, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------------------------
+def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0, dtype=np.float32,
+                device: str = "cpu"):
+    """cos and sin tables (max_positions, head_dim/2) for :func:`rope`.
+
+    Pair i rotates by angle p · θ^(-2i/D) at position p (computed in float64, then cast).
+    """
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"rope_tables: head_dim={head_dim!r}; expected a positive even int")
+    if not isinstance(max_positions, int) or max_positions <= 0:
+        raise ValueError(f"rope_tables: max_positions={max_positions!r}; expected a positive int")
+    if not isinstance(theta, (int, float)) or theta <= 1.0:
+        raise ValueError(f"rope_tables: theta={theta!r}; expected a number > 1")
+    xp = module_for_device(device)
+    exponents = xp.arange(0, head_dim, 2, dtype=np.float64) / head_dim      # (D/2,)
+    inv_freq = 1.0 / (float(theta) ** exponents)                             # (D/2,)
+    positions = xp.arange(max_positions, dtype=np.float64).reshape(-1, 1)   # (P, 1)
+    angles = positions * inv_freq.reshape(1, -1)                             # (P, D/2)
+    return xp.cos(angles).astype(dtype), xp.sin(angles).astype(dtype)
+
+
+class Rope(Function):
+    """Rotary position embedding (Su et al. 2021), half-split layout (GPT-NeoX, HF Llama): the
+    pair (x_i, x_{i+D/2}) at position p is rotated by the angle p·θ_i:
+
+        y_i       = x_i cos - x_{i+D/2} sin
+        y_{i+D/2} = x_{i+D/2} cos + x_i sin
+
+    Shapes: x (..., T, D), cos and sin (T, D/2) -> y (..., T, D), in x's memory order (so a
+    (B, H, T, D) view of a (B, T, H, D) projection stays free to transpose back).
+    Saves: cos and sin (the rows used; constants).
+    """
+
+    def __init__(self, cos, sin):
+        self.cos, self.sin = cos, sin
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]                    # (..., T, D/2) each
+        y = xp.empty_like(x)                                     # x's memory order (often B, T, H, D)
+        y1, y2 = y[..., :half], y[..., half:]
+        scratch = x2 * self.sin
+        xp.multiply(x1, self.cos, out=y1)
+        y1 -= scratch
+        xp.multiply(x1, self.sin, out=scratch)
+        xp.multiply(x2, self.cos, out=y2)
+        y2 += scratch
+        return y
+
+    def backward(self, gy):
+        # the rotation's transpose (angle -p·θ_i):
+        #   dL/dx_i = g_i cos + g_{i+D/2} sin,  dL/dx_{i+D/2} = g_{i+D/2} cos - g_i sin
+        xp = get_array_module(gy)
+        half = gy.shape[-1] // 2
+        g1, g2 = gy[..., :half], gy[..., half:]
+        gx = xp.empty_like(gy)                                   # gy's memory order
+        gx1, gx2 = gx[..., :half], gx[..., half:]
+        scratch = g2 * self.sin
+        xp.multiply(g1, self.cos, out=gx1)
+        gx1 += scratch
+        xp.multiply(g1, self.sin, out=scratch)
+        xp.multiply(g2, self.cos, out=gx2)
+        gx2 -= scratch
+        return gx
+
+
+def _rope_rows(x: Tensor, cos, sin, position_offset: int, op: str):
+    cos = cos.data if isinstance(cos, Tensor) else cos
+    sin = sin.data if isinstance(sin, Tensor) else sin
+    if not isinstance(x, Tensor) or x.ndim < 2:
+        raise ValueError(f"{op}: x must be a Tensor of shape (..., T, D), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    t, d = x.shape[-2], x.shape[-1]
+    if d % 2:
+        raise ValueError(f"{op}: the head size D={d} is odd; rotary embedding needs an even D")
+    if cos.ndim != 2 or cos.shape != sin.shape or cos.shape[1] != d // 2:
+        raise ValueError(f"{op}: cos/sin tables have shapes {tuple(cos.shape)} and "
+                         f"{tuple(sin.shape)}; expected (positions, {d // 2}) for head size {d}")
+    if not isinstance(position_offset, int) or position_offset < 0:
+        raise ValueError(f"{op}: position_offset={position_offset!r}; expected an int >= 0")
+    if position_offset + t > cos.shape[0]:
+        raise ValueError(f"{op}: positions {position_offset}..{position_offset + t - 1} exceed the "
+                         f"table of {cos.shape[0]} positions; build longer tables (rope_tables)")
+    if cos.dtype != x.dtype:
+        raise TypeError(f"{op}: tables have dtype {cos.dtype} but x has {x.dtype}; expected equal")
+    rows = slice(position_offset, position_offset + t)
+    return cos[rows], sin[rows]                                  # (T, D/2) each
+
+
+def rope(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:
+    """Apply rotary embeddings to x (..., T, D) at positions position_offset..+T-1, using rows
+    of the tables from :func:`rope_tables` (see :class:`Rope`)."""
+    c, s = _rope_rows(x, cos, sin, position_offset, "rope")
+    return Rope(c, s).apply(x)
+
+
+def rope_composed(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:
+    """rope from primitives: x · cos + rotate_half(x) · sin, rotate_half(x) = (-x2, x1)."""
+    c, s = _rope_rows(x, cos, sin, position_offset, "rope_composed")
+    x1, x2 = sh.split(x, 2, axis=-1)
+    c_full = Tensor._from_op(get_array_module(c).concatenate([c, c], axis=-1), None)   # (T, D)
+    s_full = Tensor._from_op(get_array_module(s).concatenate([s, s], axis=-1), None)
+    rotated = sh.concatenate([ew.neg(x2), x1], axis=-1)
+    return ew.add(ew.mul(x, c_full), ew.mul(rotated, s_full))

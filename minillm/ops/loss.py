@@ -1,0 +1,193 @@
+"""Cross-entropy from logits, fused: log-softmax, target pick, smoothing and reduction in one op.
+
+For a row of logits z (V values) and its target t, with label smoothing ε,
+
+    loss = lse(z) - (1 - ε) z_t - ε · mean_j z_j,     lse(z) = m + ln Σ_j e^{z_j - m},  m = max z
+
+(the cross-entropy against the smoothed distribution (1 - ε)·onehot(t) + ε/V). Rows whose
+target equals ``ignore_index`` contribute nothing and are not counted by the mean.
+
+Memory: the logits are the biggest array of a language model (N × V), so the op never holds
+more than one other (N, V) float array: forward computes lse block by block of rows in a small
+reused scratch buffer (it stays in cache and no (N, V) array is allocated) and saves only
+lse (N, 1); backward recomputes softmax = e^{z - lse} straight into the (N, V) gradient it
+returns, then subtracts the smoothed one-hot in place.
+``cross_entropy_composed`` is the reference twin built from primitive ops.
+"""
+from __future__ import annotations
+
+from minillm.autograd import Function
+from minillm.backend import device_of, get_array_module, to_device
+from minillm.ops import activation as act
+from minillm.ops import elementwise as ew
+from minillm.ops import reduce as rd
+from minillm.ops import shape as sh
+from minillm.tensor import Tensor
+
+_REDUCTIONS = ("mean", "sum", "none")
+_BLOCK_ELEMENTS = 1 << 18    # forward scratch: blocks of rows of about 256K values (1 MiB in float32)
+
+
+class CrossEntropy(Function):
+    """Cross-entropy of ``logits`` against integer ``targets`` (see the module docstring).
+
+    Shapes: logits (..., V), targets (...) -> a scalar () for "mean"/"sum", (...) for "none"
+    (0 at ignored positions).
+    Saves: logits (an input), lse (N, 1), the targets, the valid-row mask and the row count.
+    Forward allocates no (N, V) array (lse is computed in blocks of rows); backward allocates
+    exactly one, the gradient.
+    """
+
+    def __init__(self, targets, ignore_index: int, label_smoothing: float, reduction: str,
+                 valid, count: int):
+        self.targets, self.ignore_index = targets, ignore_index
+        self.label_smoothing, self.reduction = label_smoothing, reduction
+        self.valid, self.count = valid, count          # valid (N,) bool; count = number of valid rows
+
+    def forward(self, logits):
+        xp = get_array_module(logits)
+        v = logits.shape[-1]
+        z = logits.reshape(-1, v)                                # (N, V)
+        n = z.shape[0]
+        eps = self.label_smoothing
+        lse = xp.empty((n, 1), dtype=logits.dtype)               # (N, 1)
+        rows = max(1, min(n, _BLOCK_ELEMENTS // v))
+        scratch = xp.empty((rows, v), dtype=logits.dtype)        # (rows, V), reused per block
+        for start in range(0, n, rows):
+            zb = z[start:start + rows]                           # (r, V)
+            sb = scratch[:zb.shape[0]]
+            m = zb.max(axis=1, keepdims=True)                    # (r, 1)
+            xp.subtract(zb, m, out=sb)
+            xp.exp(sb, out=sb)
+            out = lse[start:start + rows]
+            sb.sum(axis=1, keepdims=True, out=out)
+            xp.log(out, out=out)
+            out += m                                             # lse = m + ln Σ e^{z - m}
+        del scratch
+        self.rows = xp.arange(n)
+        self.safe_targets = xp.where(self.valid, self.targets.reshape(-1), 0)   # (N,)
+        loss = lse[:, 0] - z[self.rows, self.safe_targets] * (1.0 - eps)        # (N,)
+        if eps:
+            loss -= z.mean(axis=1) * eps
+        loss *= self.valid                                       # ignored rows -> 0
+        self.logits_shape, self.lse = logits.shape, lse
+        self.logits = logits
+        if self.reduction == "none":
+            return loss.reshape(logits.shape[:-1])               # (...)
+        total = loss.sum(keepdims=True)                          # (1,): an array, never a scalar
+        if self.reduction == "mean":
+            total /= self.count
+        return total.reshape(())
+
+    def backward(self, gy):
+        # dloss_i/dz_ij = softmax_ij - (1 - ε)[j = t_i] - ε/V   (times the row's weight:
+        # 1/count for "mean", 1 for "sum", gy_i for "none"; 0 for ignored rows)
+        xp = get_array_module(gy)
+        v = self.logits_shape[-1]
+        eps = self.label_smoothing
+        if self.reduction == "none":
+            scale = gy.reshape(-1) * self.valid                  # (N,)
+        else:
+            scale = self.valid * (gy / self.count if self.reduction == "mean" else gy)
+            scale = scale.astype(gy.dtype, copy=False)           # (N,)
+        z = self.logits.reshape(-1, v)                           # (N, V)
+        n = z.shape[0]
+        g = xp.empty((n, v), dtype=gy.dtype)                     # (N, V): the gradient buffer
+        rows = max(1, min(n, _BLOCK_ELEMENTS // v))
+        for start in range(0, n, rows):                          # block by block: stays in cache
+            gb = g[start:start + rows]                           # (r, V)
+            xp.subtract(z[start:start + rows], self.lse[start:start + rows], out=gb)
+            xp.exp(gb, out=gb)                                   # softmax
+            if eps:
+                gb -= eps / v
+            gb *= scale[start:start + rows, None]
+        g[self.rows, self.safe_targets] -= scale * (1.0 - eps)
+        return g.reshape(self.logits_shape)
+
+
+def _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction):
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"cross_entropy: logits must be a Tensor, got {type(logits).__name__}")
+    if logits.dtype.kind != "f" or logits.ndim < 1:
+        raise TypeError(f"cross_entropy: logits must be a floating tensor of shape (..., V), got "
+                        f"dtype {logits.dtype} and shape {logits.shape}")
+    array = targets.data if isinstance(targets, Tensor) else targets
+    if not hasattr(array, "dtype") or array.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be an integer array or Tensor, got "
+                        f"{getattr(array, 'dtype', type(targets).__name__)}")
+    if tuple(array.shape) != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets have shape {tuple(array.shape)} but logits have "
+                         f"shape {logits.shape}; expected targets of shape {logits.shape[:-1]}")
+    if not isinstance(ignore_index, int):
+        raise TypeError(f"cross_entropy: ignore_index={ignore_index!r}; expected an int")
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing={label_smoothing!r}; expected a number "
+                         "in [0, 1]")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction={reduction!r}; expected one of {_REDUCTIONS}")
+    return array
+
+
+def _valid_rows(logits: Tensor, array, ignore_index: int, reduction: str):
+    """The (N,) mask of rows whose target is not ignored, and their count; checks the range."""
+    flat = array.reshape(-1)
+    valid = flat != ignore_index
+    count = int(valid.sum())
+    v = logits.shape[-1]
+    if count:
+        used = flat[valid]
+        low, high = int(used.min()), int(used.max())
+        if low < 0 or high >= v:
+            bad = low if low < 0 else high
+            raise ValueError(f"cross_entropy: target {bad} is out of range; expected class ids in "
+                             f"[0, {v}) or ignore_index={ignore_index}")
+    elif reduction == "mean" and flat.size:
+        raise ValueError(f"cross_entropy: every target equals ignore_index={ignore_index}, so the "
+                         "mean over non-ignored targets is undefined (0/0); give at least one real "
+                         "target or use reduction='sum'")
+    if reduction == "mean" and not flat.size:
+        raise ValueError("cross_entropy: no targets (empty batch); the mean is undefined")
+    return valid, count
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: str = "mean") -> Tensor:
+    """Cross-entropy loss from unnormalised logits (PyTorch's ``F.cross_entropy`` with class ids
+    on the last axis); see :class:`CrossEntropy`.
+
+    Args:
+        logits: (..., V) floating tensor.
+        targets: (...) integer class ids in [0, V), or ``ignore_index`` to skip a position.
+        ignore_index: target value that contributes no loss and is not counted by the mean.
+        label_smoothing: ε in [0, 1]; the target distribution becomes (1-ε)·onehot + ε/V.
+        reduction: "mean" over non-ignored targets (an error when there are none), "sum", or
+            "none" (per-position losses, 0 where ignored).
+    """
+    array = _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction)
+    array = to_device(array, device_of(logits.data))             # explicit transfer if needed
+    valid, count = _valid_rows(logits, array, ignore_index, reduction)
+    return CrossEntropy(array, ignore_index, float(label_smoothing), reduction, valid,
+                        count).apply(logits)
+
+
+def cross_entropy_composed(logits: Tensor, targets, ignore_index: int = -100,
+                           label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+    """cross_entropy from primitives: log_softmax_composed, an integer-array pick, masks."""
+    array = _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction)
+    array = to_device(array, device_of(logits.data))
+    valid, count = _valid_rows(logits, array, ignore_index, reduction)
+    xp = get_array_module(array)
+    v = logits.shape[-1]
+    logp = act.log_softmax_composed(sh.reshape(logits, (-1, v)), axis=-1)   # (N, V)
+    rows = xp.arange(logp.shape[0])
+    safe = xp.where(valid, array.reshape(-1), 0)
+    nll = ew.neg(sh.getitem(logp, (rows, safe)))                            # (N,)
+    if label_smoothing:
+        smooth = ew.neg(rd.mean(logp, axis=-1))                             # (N,)
+        nll = ew.add(ew.mul(nll, 1.0 - label_smoothing), ew.mul(smooth, float(label_smoothing)))
+    weights = Tensor._from_op(valid.astype(logits.dtype), None)
+    per_row = ew.mul(nll, weights)
+    if reduction == "none":
+        return sh.reshape(per_row, logits.shape[:-1])
+    total = rd.sum(per_row)
+    return ew.div(total, float(count)) if reduction == "mean" else total
