@@ -1,0 +1,91 @@
+"""Run monitoring: a JSON-lines metrics log, a loss-curve PNG, the machine's matmul peak (MFU)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``path`` (``{"step": 10, "loss": 3.2, ...}``).
+
+    Each line is flushed when written, so a crash loses nothing already logged and the file
+    can be followed while the run goes on (``tail -f``). ``records`` keeps them in memory too;
+    an existing log is read on construction and only rewritten by :meth:`truncate_after`
+    (the trainer calls it when a run starts: from step 0 it clears the log, after a resume it
+    drops what the interrupted run logged past its checkpoint).
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.records: list[dict] = []
+        if path is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    self.records = [json.loads(line) for line in handle if line.strip()]
+
+    def write(self, **record) -> None:
+        record = {k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in record.items()}
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (all of them for step 0)."""
+        self.records = [r for r in self.records if r.get("step", 0) <= step]
+        if self.path is not None:
+            from minillm.fileio import atomic_write_text  # noqa: PLC0415
+
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def plot_loss_curve(records: list[dict], path: str) -> bool:
+    """Write train/validation loss against step to ``path`` (PNG) when matplotlib is installed.
+
+    Returns False (and writes nothing) without matplotlib: it is optional by design.
+    """
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval" and "val_loss" in r]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    if train:
+        axes.plot(*zip(*train), label="train loss", linewidth=1)
+    if val:
+        axes.plot(*zip(*val), "o-", label="validation loss")
+    axes.set_xlabel("step")
+    axes.set_ylabel("cross-entropy (nats/token)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def measure_matmul_peak(device: str = "cpu", size: int = 1024, repeats: int = 5) -> float:
+    """The machine's achievable float32 matmul rate in FLOP/s (best of ``repeats``), the
+    denominator of MFU (model FLOPs utilisation)."""
+    from minillm.backend import module_for_device, synchronize  # noqa: PLC0415
+
+    xp = module_for_device(device)
+    a = xp.ones((size, size), dtype=np.float32)
+    b = xp.ones((size, size), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
