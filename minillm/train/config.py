@@ -59,7 +59,7 @@ class TrainConfig:
     # -- optimizer and schedule ---------------------------------------------------------------
     lr: float = _f(2e-3, "optim", "peak learning rate")
     min_lr: float = _f(2e-4, "optim", "learning rate at the end of the cosine decay")
-    warmup_steps: int = _f(100, "optim", "linear warmup steps")
+    warmup_steps: int = _f(50, "optim", "linear warmup steps")
     weight_decay: float = _f(0.1, "optim", "AdamW decoupled weight decay (matrices only)")
     beta1: float = _f(0.9, "optim", "AdamW beta1")
     beta2: float = _f(0.99, "optim", "AdamW beta2")
@@ -68,12 +68,13 @@ class TrainConfig:
     # -- training loop ------------------------------------------------------------------------
     batch_size: int = _f(32, "train", "sequences per micro-batch")
     grad_accum_steps: int = _f(1, "train", "micro-batches per optimizer step")
-    max_steps: int = _f(1500, "train", "optimizer steps")
+    max_steps: int = _f(400, "train", "optimizer steps")
     seed: int = _f(1337, "train", "seed for initialisation, dropout and batch sampling")
     device: str = _f("cpu", "train", "where to train", ("cpu", "cuda"))
-    precision: str = _f("fp32", "train", "compute precision", ("fp32", "fp16", "bf16"))
+    precision: str = _f("fp32", "train", "compute precision: fp32, or mixed fp16 (with dynamic loss scaling) / "
+                        "bf16 (emulated); see minillm/amp.py", ("fp32", "fp16", "bf16"))
     out_dir: str = _f("runs/shakespeare", "train", "folder for checkpoints, metrics and plots")
-    eval_interval: int = _f(250, "train", "evaluate every this many steps (and at the end)")
+    eval_interval: int = _f(100, "train", "evaluate every this many steps (and at the end)")
     eval_batches: int = _f(0, "train", "validation batches per evaluation; 0 = the whole validation set")
     log_interval: int = _f(10, "train", "write a metrics line every this many steps")
     save_interval: int = _f(0, "train", "save the 'last' checkpoint every this many steps; 0 = at evaluations")

@@ -62,3 +62,12 @@ def test_parse_overrides():
         parse_overrides(["--lr"])
     with pytest.raises(ValueError, match="unexpected argument"):
         parse_overrides(["lr", "3"])
+
+
+def test_every_example_config_parses():
+    import pathlib
+
+    configs = sorted((pathlib.Path(__file__).resolve().parents[2] / "examples" / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        TrainConfig.from_toml(path)
