@@ -8,6 +8,7 @@ Modules hold Parameters and call the fused ops of :mod:`minillm.functional`; see
 from minillm.nn.attention import CausalSelfAttention
 from minillm.nn.block import Block
 from minillm.nn.gpt import GPT, GPTConfig
+from minillm.nn.kv_cache import KVCache, LayerKVCache
 from minillm.nn.layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm
 from minillm.nn.mlp import MLP, SwiGLUMLP, swiglu_hidden
 from minillm.nn.module import Module, ModuleList, Parameter, functional_call
@@ -16,8 +17,8 @@ from minillm.nn.positions import (
 )
 
 __all__ = [
-    "Block", "CausalSelfAttention", "Dropout", "Embedding", "GPT", "GPTConfig", "LayerNorm",
-    "LearnedPositionalEmbedding", "Linear", "MLP", "Module", "ModuleList", "Parameter",
+    "Block", "CausalSelfAttention", "Dropout", "Embedding", "GPT", "GPTConfig", "KVCache",
+    "LayerKVCache", "LayerNorm", "LearnedPositionalEmbedding", "Linear", "MLP", "Module", "ModuleList", "Parameter",
     "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEmbedding", "SwiGLUMLP",
     "functional_call", "sinusoidal_table", "swiglu_hidden",
 ]

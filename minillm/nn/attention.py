@@ -12,6 +12,9 @@ The computation is split in two steps so that a key/value cache can sit between 
     y = attn.attend(q, k, v)                          # (B, T, C)
 
 ``forward(x, position_offset=0)`` does both, for self-attention over x alone.
+``forward(x, position_offset, kv_cache=layer_cache)`` (generation, under ``no_grad``) writes the
+new keys/values into a preallocated :class:`~minillm.nn.kv_cache.LayerKVCache` and attends over
+every cached position (see ``minillm/nn/kv_cache.py``).
 """
 from __future__ import annotations
 
@@ -87,12 +90,22 @@ class CausalSelfAttention(Module):
         y = F.reshape(y, (b, t, self.n_embd))                    # (B, T, C)
         return self.o_proj(y)
 
-    def forward(self, x: Tensor, position_offset: int = 0) -> Tensor:
-        """x (B, T, C) -> (B, T, C)."""
+    def forward(self, x: Tensor, position_offset: int = 0, kv_cache=None) -> Tensor:
+        """x (B, T, C) -> (B, T, C).
+
+        With ``kv_cache`` (a LayerKVCache whose length is ``position_offset``): k, v (B, H_kv, T, D)
+        are written into the cache and q attends over all S = length + T cached keys/values, the
+        causal mask aligned to the last T (a single new query sees every key: no mask). The cache
+        holds plain arrays, so this path records no graph (generation runs under no_grad).
+        """
         if x.ndim != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"CausalSelfAttention: x has shape {x.shape}; expected (B, T, {self.n_embd})")
         q, k, v = self.project_qkv(x, position_offset)
-        return self.attend(q, k, v)
+        if kv_cache is None:
+            return self.attend(q, k, v)
+        keys, values = kv_cache.update(k.data, v.data)           # (B, H_kv, S, D) views of the cache
+        k_all, v_all = Tensor._from_op(keys, None), Tensor._from_op(values, None)
+        return self.attend(q, k_all, v_all, is_causal=q.shape[2] > 1)
 
     def extra_repr(self) -> str:
         return (f"n_embd={self.n_embd}, n_head={self.n_head}, n_kv_head={self.n_kv_head}, "

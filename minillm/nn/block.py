@@ -58,10 +58,11 @@ class Block(Module):
         self.mlp = make_mlp(config, dtype, device)
         self.drop = Dropout(config.dropout)
 
-    def forward(self, x: Tensor, position_offset: int = 0) -> Tensor:
-        """x (B, T, C) -> (B, T, C); ``position_offset`` is passed to attention (RoPE)."""
+    def forward(self, x: Tensor, position_offset: int = 0, kv_cache=None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); ``position_offset`` (RoPE) and ``kv_cache`` (this layer's
+        LayerKVCache, generation only) are passed to attention."""
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.norm1(x), position_offset))
+            x = x + self.drop(self.attn(self.norm1(x), position_offset, kv_cache))
             return x + self.drop(self.mlp(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x, position_offset)))
+        x = self.norm1(x + self.drop(self.attn(x, position_offset, kv_cache)))
         return self.norm2(x + self.drop(self.mlp(x)))

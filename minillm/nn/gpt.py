@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minillm import functional as F
+from minillm.autograd import is_grad_enabled
 from minillm.backend import get_array_module, random_normal, to_device
 from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
@@ -258,18 +259,30 @@ class GPT(Module):
         return array
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, idx, targets=None, position_offset: int = 0):
+    def forward(self, idx, targets=None, position_offset: int = 0, kv_cache=None,
+                only_last: bool = False):
         """Logits (B, T, V) for token ids ``idx`` (B, T), and the mean cross-entropy against
         ``targets`` (B, T) (-100 = ignore) or None without targets.
 
         ``position_offset`` is the absolute position of idx[:, 0] (0 for a full sequence; a
         key/value cache feeds later positions); offset + T must not exceed block_size.
+
+        ``kv_cache`` (a :class:`~minillm.nn.kv_cache.KVCache`, generation under ``no_grad``): idx
+        continues the cached positions, so its positions start at ``kv_cache.length`` (pass
+        position_offset 0 or that length); every layer writes its keys/values there and the
+        cache's length grows by T. ``only_last`` applies the final norm and head to the last
+        position only: logits (B, 1, V) (generation needs no more; not with targets).
         """
         c = self.config
         ids = self._ids(idx, "idx")
         b, t = ids.shape
         if not isinstance(position_offset, int) or position_offset < 0:
             raise ValueError(f"GPT: position_offset={position_offset!r}; expected an int >= 0")
+        if kv_cache is not None:
+            position_offset = self._check_kv_cache(kv_cache, b, position_offset)
+        if only_last and targets is not None:
+            raise ValueError("GPT: only_last=True computes the last position's logits only; expected "
+                             "targets=None")
         if position_offset + t > c.block_size:
             raise ValueError(f"GPT: sequence of length T={t} (from position {position_offset}) is "
                              f"longer than block_size={c.block_size}; crop idx to its last "
@@ -278,8 +291,13 @@ class GPT(Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(t, position_offset)             # (B, T, C) + (T, C)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, position_offset)                        # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if kv_cache is None else kv_cache.layers[i]
+            x = block(x, position_offset, layer_cache)           # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        if only_last:
+            x = F.getitem(x, (slice(None), slice(t - 1, t)))     # (B, 1, C)
         if self.norm_f is not None:
             x = self.norm_f(x)
         if self.lm_head is None:
@@ -294,6 +312,47 @@ class GPT(Module):
                                  f"shape of idx {tuple(ids.shape)}")
             loss = F.cross_entropy(logits, target_ids, ignore_index=-100)
         return logits, loss
+
+    def _check_kv_cache(self, kv_cache, b: int, position_offset: int) -> int:
+        """The absolute position of idx[:, 0] when feeding ``kv_cache`` (its length)."""
+        if is_grad_enabled():
+            raise RuntimeError("GPT: kv_cache holds plain arrays (no graph); run cached generation under "
+                               "minillm.no_grad()")
+        if len(kv_cache.layers) != self.config.n_layer or kv_cache.batch_size != b:
+            raise ValueError(f"GPT: kv_cache has {len(kv_cache.layers)} layers and batch size "
+                             f"{kv_cache.batch_size}; expected {self.config.n_layer} layers and the batch "
+                             f"size of idx, {b} (build it with KVCache.for_model(model, B))")
+        if position_offset not in (0, kv_cache.length):
+            raise ValueError(f"GPT: position_offset={position_offset} but kv_cache.length={kv_cache.length}; "
+                             "with a cache, idx continues the cached positions (pass 0 or the length)")
+        return kv_cache.length
+
+    # -- generation (minillm.generation does the work; it sits above nn) -----------------------
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, repetition_penalty: float | None = None, stop=None,
+                 seed=None, **options):
+        """Continue the prompt(s) ``idx`` by up to ``max_new_tokens`` tokens each: greedy at
+        temperature 0, otherwise sampled (top-k, top-p, repetition penalty), KV-cached.
+
+        ``idx``: a (B, T) integer array or Tensor (returns a (B, T + n) array on the model's
+        device) or lists of token ids of any lengths (returns lists). ``options``: tokenizer,
+        use_cache, overflow, slide, pad_id. See :func:`minillm.generation.generate` for every
+        argument, the ragged-batch approach and the context-overflow policy.
+        """
+        from minillm.generation import generate  # noqa: PLC0415  (generation sits above nn)
+
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, **options)
+
+    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, repetition_penalty: float | None = None, stop=None,
+               seed=None, **options):
+        """A generator of the new token ids (ints) of ONE prompt, yielded as they are produced;
+        the arguments are :meth:`generate`'s (see :func:`minillm.generation.stream`)."""
+        from minillm.generation import stream  # noqa: PLC0415  (generation sits above nn)
+
+        return stream(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      repetition_penalty=repetition_penalty, stop=stop, seed=seed, **options)
 
     # -- accounting -----------------------------------------------------------------------------
     def num_parameters(self, non_embedding: bool = False, trainable_only: bool = False) -> int:

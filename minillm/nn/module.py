@@ -195,14 +195,14 @@ class Module:
     @property
     def device(self) -> str:
         """The device of the first parameter ("cpu" for a module without parameters)."""
-        for parameter in self.parameters():
+        for _, parameter in self.named_parameters():   # lazy: stops at the first one
             return parameter.device
         return "cpu"
 
     @property
     def dtype(self):
         """The dtype of the first parameter (float32 for a module without parameters)."""
-        for parameter in self.parameters():
+        for _, parameter in self.named_parameters():   # lazy: stops at the first one
             return parameter.dtype
         return np.dtype(np.float32)
 
