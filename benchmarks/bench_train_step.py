@@ -1,9 +1,17 @@
 """One training step (forward + backward + AdamW) of a GPT-2-preset model: minillm vs PyTorch
-eager, side by side, float32, the same thread count.
+eager, side by side, the same thread count, float32 or mixed precision.
 
     python benchmarks/bench_train_step.py                         # configs A,B,C, 10 steps each
     python benchmarks/bench_train_step.py --configs B --steps 20 --threads 2
     python benchmarks/bench_train_step.py --no-torch --no-memory  # minillm alone, timing only
+    python benchmarks/bench_train_step.py --precision fp16        # minillm.amp vs torch.autocast
+    python benchmarks/bench_train_step.py --device cuda           # CuPy vs PyTorch CUDA (needs a GPU)
+
+Precision: "fp32", or mixed "fp16"/"bf16" -- minillm under ``amp.autocast`` (fp16 with
+``amp.GradScaler``: scale, unscale, inf check, step, update), PyTorch under ``torch.autocast``
+(fp16 with ``torch.amp.GradScaler``). On the host minillm *emulates* both formats (see
+minillm/amp.py: float32 BLAS on rounded values), so expect fp16/bf16 to be slower than fp32
+there; the memory column is what fp16 is for on a CPU.
 
 Configs (GPT-2 preset: LayerNorm, learned positions, GELU, tied head, biases; dropout 0):
 
@@ -65,8 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2, help="BLAS / intra-op threads for both")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32",),
-                        help="only fp32 so far (mixed precision comes with minillm.amp)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="fp32, or mixed precision fp16 / bf16 (minillm.amp, torch.autocast)")
     parser.add_argument("--no-torch", action="store_true", help="time minillm alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", choices=("minillm", "torch"), help=argparse.SUPPRESS)
@@ -110,10 +118,12 @@ def make_batch(name: str):
 
 
 class MinillmStep:
-    """minillm: logits, loss = model(idx, targets); backward; AdamW step; zero_grad."""
+    """minillm: logits, loss = model(idx, targets); backward; AdamW step; zero_grad (under
+    amp.autocast for fp16/bf16; fp16 with the GradScaler's scale/unscale/step/update)."""
 
-    def __init__(self, name: str, device: str):
+    def __init__(self, name: str, device: str, precision: str = "fp32"):
         import minillm as mm
+        from minillm import amp
         from minillm.nn import GPT
 
         mm.manual_seed(0)
@@ -121,7 +131,8 @@ class MinillmStep:
         from minillm.optim import AdamW
 
         self.opt = AdamW(self.model.parameters(), **ADAMW)
-        self.device = device
+        self.device, self.precision, self.amp = device, precision, amp
+        self.scaler = amp.GradScaler() if precision == "fp16" else None
 
     def set_batch(self, idx, targets):
         from minillm.backend import to_device
@@ -129,9 +140,22 @@ class MinillmStep:
         self.idx, self.targets = to_device(idx, self.device), to_device(targets, self.device)
 
     def __call__(self):
-        _, loss = self.model(self.idx, self.targets)
-        loss.backward()
-        self.opt.step()
+        if self.precision == "fp32":
+            _, loss = self.model(self.idx, self.targets)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad()
+            return loss
+        with self.amp.autocast(self.precision):
+            _, loss = self.model(self.idx, self.targets)
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            self.scaler.step(self.opt)
+            self.scaler.update()
         self.opt.zero_grad()
         return loss
 
@@ -210,7 +234,7 @@ class TorchStep:
     """PyTorch eager: the same model, weights and batch; torch.optim.AdamW (its default
     implementation for the device)."""
 
-    def __init__(self, name: str, device: str, threads: int, weights: dict | None):
+    def __init__(self, name: str, device: str, threads: int, weights: dict | None, precision: str = "fp32"):
         import torch
 
         torch.set_num_threads(threads)
@@ -222,15 +246,31 @@ class TorchStep:
         self.device = "cuda" if device == "cuda" else "cpu"
         self.model.to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), **ADAMW)
+        self.precision = precision
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device) if precision == "fp16" else None
 
     def set_batch(self, idx, targets):
         self.idx = self.torch.from_numpy(idx).to(self.device)
         self.targets = self.torch.from_numpy(targets).to(self.device)
 
     def __call__(self):
-        _, loss = self.model(self.idx, self.targets)
-        loss.backward()
-        self.opt.step()
+        if self.dtype is None:
+            _, loss = self.model(self.idx, self.targets)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            return loss
+        with self.torch.autocast(self.device, dtype=self.dtype):
+            _, loss = self.model(self.idx, self.targets)
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            self.scaler.step(self.opt)
+            self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         return loss
 
@@ -282,10 +322,10 @@ def time_config(name: str, args) -> dict:
     from common import OtherCpu
 
     idx, targets = make_batch(name)
-    contenders = {"minillm": MinillmStep(name, args.device)}
+    contenders = {"minillm": MinillmStep(name, args.device, args.precision)}
     if not args.no_torch:
         weights = {k: _host(v) for k, v in contenders["minillm"].model.state_dict().items()}
-        contenders["torch"] = TorchStep(name, args.device, args.threads, weights)
+        contenders["torch"] = TorchStep(name, args.device, args.threads, weights, args.precision)
     for step in contenders.values():
         step.set_batch(idx, targets)
     first_losses = {}
@@ -335,8 +375,8 @@ def memory_child(args) -> None:
     idx, targets = make_batch(name)
     # Warm the library up first (lazy kernel/thread-pool initialisation is not the model's
     # memory): one step of a tiny model, then drop it before the baseline is read.
-    warm = MinillmStep("warmup", args.device) if args.memory_child == "minillm" else \
-        TorchStep("warmup", args.device, args.threads, None)
+    warm = MinillmStep("warmup", args.device, args.precision) if args.memory_child == "minillm" else \
+        TorchStep("warmup", args.device, args.threads, None, args.precision)
     warm.set_batch(*make_batch("warmup"))
     warm()
     warm.sync()
@@ -352,9 +392,9 @@ def memory_child(args) -> None:
     result = {"baseline_rss_mib": baseline / 1024, "hwm_reset": hwm_reset}
     if args.memory_child == "minillm":
         tracemalloc.start()
-        step = MinillmStep(name, args.device)
+        step = MinillmStep(name, args.device, args.precision)
     else:
-        step = TorchStep(name, args.device, args.threads, None)
+        step = TorchStep(name, args.device, args.threads, None, args.precision)
     step.set_batch(idx, targets)
     for _ in range(3):
         step()
@@ -376,7 +416,8 @@ def memory_child(args) -> None:
 
 def measure_memory(name: str, contender: str, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--configs", name, "--threads",
-               str(args.threads), "--device", args.device, "--memory-child", contender]
+               str(args.threads), "--device", args.device, "--precision", args.precision,
+               "--memory-child", contender]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
     for line in done.stdout.splitlines():
         if line.startswith("MEMORY "):
@@ -406,6 +447,9 @@ def main(argv=None) -> None:
             import torch
         except ImportError:
             print("torch is not installed: timing minillm alone (pip install torch==2.13.0)")
+            with_torch = False
+        if with_torch and args.device == "cuda" and not torch.cuda.is_available():
+            print("this PyTorch build has no CUDA: timing minillm (CuPy) alone")
             with_torch = False
     peaks = matmul_peaks(args.device, with_torch)
     machine_peak = max(peaks.values())
@@ -468,7 +512,7 @@ def main(argv=None) -> None:
                "peak MiB", "memory ratio", "other cores"]
     table = format_table(headers, rows)
     payload["matmul_peak_gflops"] = peaks
-    note = (f"\n{args.threads} threads, {args.device}, fp32, {args.steps} timed steps per contender "
+    note = (f"\n{args.threads} threads, {args.device}, {args.precision}, {args.steps} timed steps per contender "
             f"(alternating) after {args.warmup} warm-up; machine matmul peak {machine_peak:.1f} GFLOP/s; "
             "'other cores' = median cores that other processes used during a step.")
     text = table + note + "".join("\nWARNING: " + w for w in warnings)

@@ -40,6 +40,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from minillm import backend
 from minillm.fileio import atomic_open
 
 HEADER_LENGTH_BYTES = 8
@@ -103,12 +104,7 @@ def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """
     if not isinstance(values, np.ndarray):
         raise TypeError(f"float32_to_bf16_bits: values must be a numpy array, got {type(values).__name__}")
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    lsb = (bits >> np.uint32(16)) & np.uint32(1)
-    rounded = ((bits + np.uint32(0x7FFF) + lsb) >> np.uint32(16)).astype(np.uint16)
-    is_nan = np.isnan(values.astype(np.float32, copy=False))
-    quiet_nan = ((bits >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
-    return np.where(is_nan, quiet_nan, rounded)
+    return backend.float32_to_bf16_bits(values)   # the one implementation (mixed precision uses it too)
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -118,7 +114,7 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
             f"bf16_bits_to_float32: bits must be a numpy uint16 array, got "
             f"{type(bits).__name__} with dtype {getattr(bits, 'dtype', None)}"
         )
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return backend.bf16_bits_to_float32(bits)
 
 
 # ----------------------------------------------------------------------------------------------

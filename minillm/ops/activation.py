@@ -3,13 +3,21 @@
 ``gelu``, ``silu``, ``swiglu``, ``softmax`` and ``log_softmax`` are fused: one Function with a
 hand-derived backward that saves as little as possible. Each keeps a ``*_composed`` twin built
 from primitive ops (exp, tanh, mul, ...); tests check that both agree, values and gradients.
+
+float16 inputs (mixed precision, :mod:`minillm.amp`): ``gelu``, ``silu`` and ``swiglu`` compute in
+float32 and round the result once to float16 (``*Half`` subclasses: NumPy has no fast float16
+arithmetic, and one rounding is more accurate than one per step); under ``amp.autocast``,
+``softmax`` and ``log_softmax`` of a float16 input run in float32 and return float32.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import erf, get_array_module
+from minillm.backend import cast, erf, get_array_module
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
 from minillm.tensor import Tensor
@@ -98,34 +106,44 @@ class GELU(Function):
     def backward(self, gy):
         x = self.x
         if self.approximate == "tanh":
-            # With t = tanh(a), a = √(2/π)(x + 0.044715 x³), u = (1 + t)/2, 1 - t² = 4u(1 - u):
-            #   dy/dx = u + x · (1 - t²)/2 · da/dx = u + 2 u (1 - u) · x √(2/π)(1 + 3·0.044715 x²)
-            xp = get_array_module(gy)
-            g = xp.empty(x.shape, dtype=gy.dtype)
-            xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
-            # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew)
-            # and only the returned gradient is a full-size allocation.
-            size = min(xf.size, _ELEMENTWISE_BLOCK)
-            u_buf = xp.empty(size, dtype=gy.dtype)
-            w_buf = xp.empty(size, dtype=gy.dtype)
-            for start in range(0, xf.size, size):
-                xs, gs = xf[start:start + size], gf[start:start + size]
-                u, w = u_buf[:xs.size], w_buf[:xs.size]
-                _gelu_gate(xs, out=u)
-                xp.multiply(xs, xs, out=gs)
-                gs *= 6 * _SQRT_2_OVER_PI * _GELU_CUBIC
-                gs += 2 * _SQRT_2_OVER_PI
-                gs *= xs                                 # 2 x da/dx
-                xp.subtract(1, u, out=w)
-                w *= u                                   # u (1 - u)
-                gs *= w
-                gs += u
-                gs *= gyf[start:start + size]
-            return g
+            return _gelu_tanh_backward(x, gy)
         # dy/dx = Φ(x) + x φ(x),  φ(x) = e^{-x²/2} / √(2π)
         xp = get_array_module(gy)
         density = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
         return gy * (0.5 * (1 + self.t) + x * density)
+
+
+def _gelu_tanh_backward(x, gy):
+    """dL/dx of the tanh GELU for saved x and upstream gy (a new array in gy's dtype)."""
+    # With t = tanh(a), a = √(2/π)(x + 0.044715 x³), u = (1 + t)/2, 1 - t² = 4u(1 - u):
+    #   dy/dx = u + x · (1 - t²)/2 · da/dx = u + 2 u (1 - u) · x √(2/π)(1 + 3·0.044715 x²)
+    xp = get_array_module(gy)
+    g = xp.empty(x.shape, dtype=gy.dtype)
+    xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
+    # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew)
+    # and only the returned gradient is a full-size allocation.
+    size = min(xf.size, _ELEMENTWISE_BLOCK)
+    u_buf = xp.empty(size, dtype=gy.dtype)
+    w_buf = xp.empty(size, dtype=gy.dtype)
+    for start in range(0, xf.size, size):
+        xs, gs = xf[start:start + size], gf[start:start + size]
+        u, w = u_buf[:xs.size], w_buf[:xs.size]
+        _gelu_gate(xs, out=u)
+        xp.multiply(xs, xs, out=gs)
+        gs *= 6 * _SQRT_2_OVER_PI * _GELU_CUBIC
+        gs += 2 * _SQRT_2_OVER_PI
+        gs *= xs                                 # 2 x da/dx
+        xp.subtract(1, u, out=w)
+        w *= u                                   # u (1 - u)
+        gs *= w
+        gs += u
+        gs *= gyf[start:start + size]
+    return g
+
+
+def _half_blocks(size: int) -> list:
+    """Slices of a flat float16 array of ``size`` elements, processed in float32 one at a time."""
+    return [slice(i, min(i + _ELEMENTWISE_BLOCK, size)) for i in range(0, size, _ELEMENTWISE_BLOCK)]
 
 
 def _gelu_gate(x, out=None):
@@ -141,10 +159,45 @@ def _gelu_gate(x, out=None):
     return u
 
 
+class GELUHalf(GELU):
+    """:class:`GELU` of a float16 x: computed in float32 block by block (a float32 copy of one
+    block at a time) and rounded once to float16.  Saves: x (float16)."""
+
+    def forward(self, x):
+        if self.approximate != "tanh":                   # the erf form keeps a full-size t anyway
+            y = super().forward(cast(x, np.float32))
+            self.x = x
+            return cast(y, np.float16)
+        xp = get_array_module(x)
+        y = xp.empty(x.shape, dtype=np.float16)
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        for block in _half_blocks(xf.size):
+            xs = cast(xf[block], np.float32)
+            u = _gelu_gate(xs)
+            u *= xs                                      # x · u
+            yf[block] = cast(u, np.float16)
+        self.x = x
+        return y
+
+    def backward(self, gy):
+        # the float32 derivative per block, rounded once to float16
+        x = self.x
+        if self.approximate != "tanh":
+            self.x = cast(x, np.float32)
+            return cast(super().backward(cast(gy, np.float32)), np.float16)
+        xp = get_array_module(gy)
+        g = xp.empty(x.shape, dtype=np.float16)
+        xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)
+        for block in _half_blocks(xf.size):
+            gf[block] = cast(_gelu_tanh_backward(cast(xf[block], np.float32), cast(gyf[block], np.float32)),
+                             np.float16)
+        return g
+
+
 def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate={approximate!r}; expected 'tanh' or 'none'")
-    return GELU(approximate).apply(x)
+    return (GELUHalf if x.dtype == np.float16 else GELU)(approximate).apply(x)
 
 
 def gelu_composed(x: Tensor, approximate: str = "tanh") -> Tensor:
@@ -175,8 +228,22 @@ class SiLU(Function):
         return gy * d
 
 
+class SiLUHalf(SiLU):
+    """:class:`SiLU` of a float16 x: computed in float32, rounded once to float16.
+    Saves: x (float16) and σ(x) (float32)."""
+
+    def forward(self, x):
+        y = super().forward(cast(x, np.float32))
+        self.x = x
+        return cast(y, np.float16)
+
+    def backward(self, gy):
+        self.x = cast(self.x, np.float32)
+        return cast(super().backward(cast(gy, np.float32)), np.float16)
+
+
 def silu(x: Tensor) -> Tensor:
-    return SiLU().apply(x)
+    return (SiLUHalf if x.dtype == np.float16 else SiLU)().apply(x)
 
 
 def silu_composed(x: Tensor) -> Tensor:
@@ -209,20 +276,58 @@ class SwiGLU(Function):
         return y
 
     def backward(self, gy):
-        # dy/da = b · σ(a) (1 + a (1 - σ(a))),  dy/db = a σ(a) = silu(a)
-        a, b = self.a, self.b
-        s = _sigmoid_via_tanh(a)
-        ga = gb = None
-        if self.needs_input_grad[1]:
-            gb = a * s
-            gb *= gy
-        if self.needs_input_grad[0]:
-            ga = 1 - s
-            ga *= a
-            ga += 1
-            ga *= s
-            ga *= b
-            ga *= gy
+        return _swiglu_backward(self.a, self.b, gy, self.needs_input_grad)
+
+
+def _swiglu_backward(a, b, gy, needs):
+    """(dL/da, dL/db) of y = silu(a) · b (None where not needed)."""
+    # dy/da = b · σ(a) (1 + a (1 - σ(a))),  dy/db = a σ(a) = silu(a)
+    s = _sigmoid_via_tanh(a)
+    ga = gb = None
+    if needs[1]:
+        gb = a * s
+        gb *= gy
+    if needs[0]:
+        ga = 1 - s
+        ga *= a
+        ga += 1
+        ga *= s
+        ga *= b
+        ga *= gy
+    return ga, gb
+
+
+class SwiGLUHalf(SwiGLU):
+    """:class:`SwiGLU` of float16 a, b: computed in float32 block by block, rounded once to
+    float16.  Saves: a and b (float16)."""
+
+    def forward(self, a, b):
+        xp = get_array_module(a)
+        y = xp.empty(a.shape, dtype=np.float16)
+        af, bf, yf = a.reshape(-1), b.reshape(-1), y.reshape(-1)
+        for block in _half_blocks(af.size):
+            a32 = cast(af[block], np.float32)
+            ys = _sigmoid_via_tanh(a32)
+            ys *= a32
+            ys *= cast(bf[block], np.float32)            # silu(a) · b
+            yf[block] = cast(ys, np.float16)
+        self.a, self.b = a, b
+        return y
+
+    def backward(self, gy):
+        # the float32 derivatives per block, rounded once to float16
+        xp = get_array_module(gy)
+        needs = self.needs_input_grad
+        af, bf, gyf = self.a.reshape(-1), self.b.reshape(-1), gy.reshape(-1)
+        ga = xp.empty(self.a.shape, dtype=np.float16) if needs[0] else None
+        gb = xp.empty(self.b.shape, dtype=np.float16) if needs[1] else None
+        for block in _half_blocks(af.size):
+            ga_s, gb_s = _swiglu_backward(cast(af[block], np.float32), cast(bf[block], np.float32),
+                                          cast(gyf[block], np.float32), needs)
+            if needs[0]:
+                ga.reshape(-1)[block] = cast(ga_s, np.float16)
+            if needs[1]:
+                gb.reshape(-1)[block] = cast(gb_s, np.float16)
         return ga, gb
 
 
@@ -234,7 +339,7 @@ def swiglu(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(f"swiglu: gate a has shape {a.shape} and b has {b.shape}; expected equal shapes")
     if a.dtype != b.dtype:
         raise TypeError(f"swiglu: a has dtype {a.dtype} and b has {b.dtype}; expected equal dtypes")
-    return SwiGLU().apply(a, b)
+    return (SwiGLUHalf if a.dtype == np.float16 else SwiGLU)().apply(a, b)
 
 
 def swiglu_composed(a: Tensor, b: Tensor) -> Tensor:
@@ -266,9 +371,16 @@ class Softmax(Function):
         return gx
 
 
+def _float32_under_autocast(x: Tensor) -> Tensor:
+    """float16 x cast to float32 under ``amp.autocast`` (softmax and log_softmax are float32 ops)."""
+    if x.dtype == np.float16 and amp.active_format() is not None:
+        return ew.cast(x, np.float32)
+    return x
+
+
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     _check_axis(x, axis, "softmax")
-    return Softmax(axis).apply(x)
+    return Softmax(axis).apply(_float32_under_autocast(x))
 
 
 def softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
@@ -302,7 +414,7 @@ class LogSoftmax(Function):
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     _check_axis(x, axis, "log_softmax")
-    return LogSoftmax(axis).apply(x)
+    return LogSoftmax(axis).apply(_float32_under_autocast(x))
 
 
 def log_softmax_composed(x: Tensor, axis: int = -1) -> Tensor:

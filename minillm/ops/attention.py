@@ -30,8 +30,9 @@ import math
 
 import numpy as np
 
+from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import device_of, dropout_keep_mask, get_array_module, module_for_device
+from minillm.backend import cast, device_of, dropout_keep_mask, get_array_module, module_for_device
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import linalg
@@ -174,12 +175,121 @@ class ScaledDotProductAttention(Function):
         return gq, gk, gv
 
 
-def _prepare_mask(attn_mask, is_causal: bool, q: Tensor, k: Tensor):
+class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
+    """:class:`ScaledDotProductAttention` in a low-precision format (``amp.autocast``).
+
+    Q, K, V, the weights A, dL/dO and dL/dS enter the four matrix products as the format's values
+    (float32 sums: see :mod:`minillm.amp`); the scale, the mask, softmax and the row sums δ run
+    in float32. The output and the input gradients are in the format's storage dtype.
+
+    Shapes: as the float32 op; q, k, v arrive in the format's storage dtype (the wrapper casts).
+    Saves: q, k, v, o (graph arrays in the format), A *packed* (float16, or bfloat16 bits for bf16:
+    half the bytes of the float32 op's A) and the dropout mask as float16. The scores are computed
+    block by block in a float32 scratch, so no float32 (B, H, T, S) array is ever allocated.
+    """
+
+    def __init__(self, scale: float, mask, dropout_p: float, fmt):
+        super().__init__(scale, mask, dropout_p)
+        self.fmt = fmt
+
+    def forward(self, q, k, v):
+        xp = get_array_module(q)
+        fmt = self.fmt
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        g = h // h_kv
+        q5 = q.reshape(b, h_kv, g, t, d)                         # (B, Hkv, g, T, D)
+        k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
+        v5 = v.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
+        att = xp.empty((b, h_kv, g, t, s), dtype=fmt.packed_dtype)   # (B, Hkv, g, T, S) packed A
+        out = xp.empty((b, t, h_kv, g, d), dtype=fmt.storage_dtype)  # (B, T, Hkv, g, D) memory order
+        out5 = out.transpose(0, 2, 3, 1, 4)                      # (B, Hkv, g, T, D) view
+        dropped = self.dropout_p > 0.0
+        if dropped:
+            self.keep = dropout_keep_mask(att.shape, 1.0 - self.dropout_p, np.float16, device_of(att))
+        for rows in self._blocks(b, h * t * s)[0]:
+            v_op = fmt.operand(v5[rows])                         # the block's operands in the format
+            a = xp.matmul(fmt.operand(q5[rows]), fmt.operand(k5[rows]).swapaxes(-1, -2))   # (.., T, D) @ (.., D, S)
+            a = a.astype(np.float32, copy=False)                 # scores in float32 (a GPU GEMM gives fp16)
+            a *= self.scale
+            mask = self._mask_block(rows)
+            if mask is not None:
+                a += mask
+            a -= a.max(axis=-1, keepdims=True)                   # softmax in float32, in place
+            xp.exp(a, out=a)
+            norm = a.sum(axis=-1, keepdims=True)
+            a *= xp.reciprocal(norm, out=norm)
+            packed = fmt.pack(a)                                 # A rounded to the format
+            att[rows] = packed
+            weights = fmt.unpack_operand(packed)
+            if dropped:
+                weights = fmt.operand(weights * self.keep[rows])
+            out5[rows] = fmt.to_storage(xp.matmul(weights, v_op))   # (.., T, S) @ (.., S, D) -> (.., T, D)
+        out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
+        self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
+        return out
+
+    def backward(self, gy):
+        # as the float32 op: dV = A_d^T G;  dS = A ⊙ ((G V^T) ⊙ m - δ);  dQ = scale dS K;  dK = scale dS^T Q
+        xp = get_array_module(gy)
+        fmt, q, k, v, att = self.fmt, self.q, self.k, self.v, self.att
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        g = h // h_kv
+        needs = self.needs_input_grad
+        dropped = self.dropout_p > 0.0
+        gy5 = gy.reshape(b, h_kv, g, t, d)                       # (B, Hkv, g, T, D)
+        out5 = self.out.reshape(b, h_kv, g, t, d)
+        q_flat = q.reshape(b, h_kv, g * t, d)                    # (B, Hkv, g·T, D)
+        k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
+        v5 = v.reshape(b, h_kv, 1, s, d)
+        # the gradients, in the inputs' dtypes and (B, T, heads, D) memory order like the float32 op
+        gq = xp.empty((b, t, h_kv, g, d), dtype=q.dtype) if needs[0] else None   # (B, T, Hkv, g, D)
+        gk = xp.empty((b, s, h_kv, d), dtype=k.dtype) if needs[1] else None      # (B, S, Hkv, D)
+        gv = xp.empty((b, s, h_kv, d), dtype=v.dtype) if needs[2] else None      # (B, S, Hkv, D)
+        for rows in self._blocks(b, h * t * s)[0]:
+            n = rows.stop - rows.start
+            gy_op = fmt.operand(gy5[rows])                       # (b', Hkv, g, T, D) G in the format
+            gy32 = gy_op.astype(np.float32, copy=False)
+            delta = xp.einsum("...td,...td->...t", gy32, out5[rows].astype(np.float32, copy=False))
+            weights = fmt.unpack_operand(att[rows])              # (b', Hkv, g, T, S) A in the format
+            gs = xp.matmul(gy_op, fmt.operand(v5[rows]).swapaxes(-1, -2))   # G V^T (.., T, S)
+            gs = gs.astype(np.float32, copy=False)
+            if dropped:
+                gs *= self.keep[rows]
+            gs -= delta[..., None]
+            gs *= weights                                        # dL/dS (float32)
+            gs_op = fmt.operand(gs)                              # ... entering two products in the format
+            if needs[0]:
+                part = xp.matmul(gs_op, fmt.operand(k5[rows]))   # (.., T, S) @ (.., S, D) -> (.., T, D)
+                part = part.astype(np.float32, copy=False) * self.scale
+                gq[rows].transpose(0, 2, 3, 1, 4)[...] = fmt.to_storage(part)
+            gs_flat = gs_op.reshape(n, h_kv, g * t, s)           # (b', Hkv, g·T, S)
+            if needs[1]:
+                part = xp.matmul(gs_flat.swapaxes(-1, -2), fmt.operand(q_flat[rows]))   # (.., S, g·T) @ (.., g·T, D)
+                part = part.astype(np.float32, copy=False) * self.scale
+                gk[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
+            if needs[2]:
+                if dropped:
+                    weights = fmt.operand(weights * self.keep[rows])
+                w_flat = weights.reshape(n, h_kv, g * t, s)
+                part = xp.matmul(w_flat.swapaxes(-1, -2), gy_op.reshape(n, h_kv, g * t, d))   # (.., S, g·T) @ (.., g·T, D)
+                gv[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
+        if needs[0]:
+            gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
+        if needs[1]:
+            gk = gk.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
+        if needs[2]:
+            gv = gv.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
+        return gq, gk, gv
+
+
+def _prepare_mask(attn_mask, is_causal: bool, q: Tensor, k: Tensor, dtype=None):
     """Combine ``is_causal`` and ``attn_mask`` into one additive array broadcastable to
-    (B, H_kv, g, T, S), or None."""
+    (B, H_kv, g, T, S), or None (in ``dtype``, default q's)."""
     b, h, t, _ = q.shape
     h_kv, s = k.shape[1], k.shape[2]
-    dtype, device = q.dtype, q.device
+    dtype, device = q.dtype if dtype is None else dtype, q.device
     mask = causal_mask(t, s, dtype, device) if is_causal else None     # (T, S)
     if attn_mask is None:
         return mask
@@ -243,9 +353,17 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         is_causal: mask future keys (bottom-right aligned when T < S, see :func:`causal_mask`).
         scale: defaults to 1/sqrt(D).
     A row whose keys are all masked has no defined softmax and comes out as NaN.
+    Under ``amp.autocast``: :class:`ScaledDotProductAttentionLowPrecision` (q, k, v are cast to
+    the format's storage dtype first, e.g. float32 keys of a KV cache).
     """
+    fmt = amp.active_format()
+    if fmt is not None:
+        q, k, v = (ew.cast(x, fmt.storage_dtype) if isinstance(x, Tensor) else x for x in (q, k, v))
     _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if fmt is not None:
+        mask = _prepare_mask(attn_mask, is_causal, q, k, dtype=np.float32)
+        return ScaledDotProductAttentionLowPrecision(scale, mask, float(dropout_p), fmt).apply(q, k, v)
     mask = _prepare_mask(attn_mask, is_causal, q, k)
     return ScaledDotProductAttention(scale, mask, float(dropout_p)).apply(q, k, v)
 
@@ -354,6 +472,19 @@ class Rope(Function):
         return gx
 
 
+class RopeHalf(Rope):
+    """:class:`Rope` of a float16 x with float32 tables (queries/keys under ``amp.autocast``):
+    rotated in float32 (NumPy has no fast float16 arithmetic) and rounded once to float16.
+    Saves: cos and sin."""
+
+    def forward(self, x):
+        return cast(super().forward(cast(x, np.float32)), np.float16)   # x's memory order kept
+
+    def backward(self, gy):
+        # the float32 op's backward, rounded to the input's float16
+        return cast(super().backward(cast(gy, np.float32)), np.float16)
+
+
 def _rope_rows(x: Tensor, cos, sin, position_offset: int, op: str):
     cos = cos.data if isinstance(cos, Tensor) else cos
     sin = sin.data if isinstance(sin, Tensor) else sin
@@ -371,8 +502,9 @@ def _rope_rows(x: Tensor, cos, sin, position_offset: int, op: str):
     if position_offset + t > cos.shape[0]:
         raise ValueError(f"{op}: positions {position_offset}..{position_offset + t - 1} exceed the "
                          f"table of {cos.shape[0]} positions; build longer tables (rope_tables)")
-    if cos.dtype != x.dtype:
-        raise TypeError(f"{op}: tables have dtype {cos.dtype} but x has {x.dtype}; expected equal")
+    if cos.dtype != x.dtype and not (x.dtype == np.float16 and cos.dtype == np.float32):
+        raise TypeError(f"{op}: tables have dtype {cos.dtype} but x has {x.dtype}; expected equal "
+                        "(or float16 x with float32 tables)")
     rows = slice(position_offset, position_offset + t)
     return cos[rows], sin[rows]                                  # (T, D/2) each
 
@@ -381,6 +513,8 @@ def rope(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:
     """Apply rotary embeddings to x (..., T, D) at positions position_offset..+T-1, using rows
     of the tables from :func:`rope_tables` (see :class:`Rope`)."""
     c, s = _rope_rows(x, cos, sin, position_offset, "rope")
+    if x.dtype != c.dtype:
+        return RopeHalf(c, s).apply(x)                           # float16 x, float32 tables
     return Rope(c, s).apply(x)
 
 

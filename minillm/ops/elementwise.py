@@ -3,13 +3,15 @@ clip, where, cast.
 
 Binary ops broadcast like NumPy; their backward sums the gradient back to each input's shape
 (:func:`sum_to`). Python numbers take the tensor operand's dtype, so float32 stays float32.
+Operands of two float dtypes promote like NumPy (a float32 residual stream plus a float16 branch
+under mixed precision is float32); add, sub, mul and div return each gradient in its input's dtype.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from minillm.autograd import Function
-from minillm.backend import get_array_module
+from minillm.backend import cast as cast_array, get_array_module
 from minillm.ops._util import as_tensor, binary_operands, sum_to
 from minillm.tensor import Tensor
 
@@ -29,17 +31,23 @@ def _apply_binary(fn: Function, a, b, op: str) -> Tensor:
         raise
 
 
+def _input_grad(gradient, shape: tuple, dtype):
+    """sum_to(gradient, shape) in the input's dtype (it differs only for mixed-dtype operands)."""
+    gradient = sum_to(gradient, shape)
+    return gradient if gradient.dtype == dtype else cast_array(gradient, dtype)
+
+
 class Add(Function):
-    """y = a + b (broadcasting).  Shapes: a, b broadcastable -> y.  Saves: the input shapes."""
+    """y = a + b (broadcasting).  Shapes: a, b broadcastable -> y.  Saves: the input shapes and dtypes."""
 
     def forward(self, a, b):
-        self.a_shape, self.b_shape = a.shape, b.shape
+        self.a_shape, self.b_shape, self.a_dtype, self.b_dtype = a.shape, b.shape, a.dtype, b.dtype
         return a + b
 
     def backward(self, gy):
         # dy/da = 1, dy/db = 1
-        return (sum_to(gy, self.a_shape) if self.needs_input_grad[0] else None,
-                sum_to(gy, self.b_shape) if self.needs_input_grad[1] else None)
+        return (_input_grad(gy, self.a_shape, self.a_dtype) if self.needs_input_grad[0] else None,
+                _input_grad(gy, self.b_shape, self.b_dtype) if self.needs_input_grad[1] else None)
 
 
 def add(a, b) -> Tensor:
@@ -47,16 +55,16 @@ def add(a, b) -> Tensor:
 
 
 class Sub(Function):
-    """y = a - b (broadcasting).  Saves: the input shapes."""
+    """y = a - b (broadcasting).  Saves: the input shapes and dtypes."""
 
     def forward(self, a, b):
-        self.a_shape, self.b_shape = a.shape, b.shape
+        self.a_shape, self.b_shape, self.a_dtype, self.b_dtype = a.shape, b.shape, a.dtype, b.dtype
         return a - b
 
     def backward(self, gy):
         # dy/da = 1, dy/db = -1
-        return (sum_to(gy, self.a_shape) if self.needs_input_grad[0] else None,
-                sum_to(-gy, self.b_shape) if self.needs_input_grad[1] else None)
+        return (_input_grad(gy, self.a_shape, self.a_dtype) if self.needs_input_grad[0] else None,
+                _input_grad(-gy, self.b_shape, self.b_dtype) if self.needs_input_grad[1] else None)
 
 
 def sub(a, b) -> Tensor:
@@ -72,8 +80,9 @@ class Mul(Function):
 
     def backward(self, gy):
         # dy/da = b, dy/db = a
-        return (sum_to(gy * self.b, self.a.shape) if self.needs_input_grad[0] else None,
-                sum_to(gy * self.a, self.b.shape) if self.needs_input_grad[1] else None)
+        a, b = self.a, self.b
+        return (_input_grad(gy * b, a.shape, a.dtype) if self.needs_input_grad[0] else None,
+                _input_grad(gy * a, b.shape, b.dtype) if self.needs_input_grad[1] else None)
 
 
 def mul(a, b) -> Tensor:
@@ -92,9 +101,9 @@ class Div(Function):
         ga = gb = None
         g_over_b = gy / self.b
         if self.needs_input_grad[0]:
-            ga = sum_to(g_over_b, self.a.shape)
+            ga = _input_grad(g_over_b, self.a.shape, self.a.dtype)
         if self.needs_input_grad[1]:
-            gb = sum_to(-g_over_b * self.a / self.b, self.b.shape)
+            gb = _input_grad(-g_over_b * self.a / self.b, self.b.shape, self.b.dtype)
         return ga, gb
 
 
@@ -313,11 +322,11 @@ class Cast(Function):
 
     def forward(self, x):
         self.input_dtype = x.dtype
-        return x.astype(self.dtype)
+        return cast_array(x, self.dtype)                 # astype (fast float16 casts on the host)
 
     def backward(self, gy):
         # dy/dx = 1 (in the input's dtype)
-        return gy.astype(self.input_dtype)
+        return cast_array(gy, self.input_dtype)
 
 
 def cast(x: Tensor, dtype) -> Tensor:

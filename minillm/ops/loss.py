@@ -13,11 +13,15 @@ reused scratch buffer (it stays in cache and no (N, V) array is allocated) and s
 lse (N, 1); backward recomputes softmax = e^{z - lse} straight into the (N, V) gradient it
 returns, then subtracts the smoothed one-hot in place.
 ``cross_entropy_composed`` is the reference twin built from primitive ops.
+Under ``amp.autocast`` float16 logits go to :class:`CrossEntropyHalf` (float32 inside, a float32 loss).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import device_of, get_array_module, to_device
+from minillm.backend import cast, device_of, get_array_module, to_device
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
@@ -105,6 +109,22 @@ class CrossEntropy(Function):
         return g.reshape(self.logits_shape)
 
 
+class CrossEntropyHalf(CrossEntropy):
+    """:class:`CrossEntropy` of float16 logits under ``amp.autocast`` (a float32 op there): lse,
+    the loss and softmax in float32 on a widened copy; the loss is float32, the gradient float16.
+    Saves: the float16 logits (widened again in backward), lse (float32) and the targets."""
+
+    def forward(self, logits):
+        loss = super().forward(cast(logits, np.float32))
+        self.logits = logits                             # the graph's float16 array, not the copy
+        return loss
+
+    def backward(self, gy):
+        # the float32 gradient softmax - onehot (smoothed, scaled), rounded to float16
+        self.logits = cast(self.logits, np.float32)
+        return cast(super().backward(gy), np.float16)
+
+
 def _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction):
     if not isinstance(logits, Tensor):
         raise TypeError(f"cross_entropy: logits must be a Tensor, got {type(logits).__name__}")
@@ -166,8 +186,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoot
     array = _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction)
     array = to_device(array, device_of(logits.data))             # explicit transfer if needed
     valid, count = _valid_rows(logits, array, ignore_index, reduction)
-    return CrossEntropy(array, ignore_index, float(label_smoothing), reduction, valid,
-                        count).apply(logits)
+    op = CrossEntropyHalf if logits.dtype == np.float16 and amp.active_format() is not None else CrossEntropy
+    return op(array, ignore_index, float(label_smoothing), reduction, valid, count).apply(logits)
 
 
 def cross_entropy_composed(logits: Tensor, targets, ignore_index: int = -100,

@@ -5,11 +5,17 @@ Both normalise each row x (C values) to x̂ and then scale it elementwise by a l
 row statistics once, by hand, so no (N, C) intermediate of the composed graph is kept:
 forward saves only the per-row statistics (mean and/or 1/σ, shape (..., 1)); backward rebuilds
 x̂ from the input, which the graph holds anyway. ``*_composed`` twins use primitive ops.
+
+Under ``amp.autocast`` (:mod:`minillm.amp`) the ``*LowPrecision`` subclasses run: statistics and
+x̂ in float32, the output rounded to the format's storage dtype.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import get_array_module
+from minillm.backend import cast, get_array_module
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
 from minillm.tensor import Tensor
@@ -85,7 +91,32 @@ class LayerNorm(Function):
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
 
-def _check_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, op: str) -> None:
+class LayerNormLowPrecision(LayerNorm):
+    """:class:`LayerNorm` under ``amp.autocast``: μ, σ², x̂ and the affine map in float32 (x may be
+    float32 or float16), the output rounded to the format's storage dtype: its consumers are
+    matmuls, which round it to the format anyway, and the graph keeps it at half the size in fp16.
+    Saves: x (as given), w, μ and r (float32)."""
+
+    def __init__(self, eps: float, fmt):
+        super().__init__(eps)
+        self.fmt = fmt
+
+    def forward(self, x, weight, bias=None):
+        y = super().forward(cast(x, np.float32), weight, bias)
+        self.x = x                                       # the graph's array, not a float32 copy
+        return self.fmt.to_storage(y)
+
+    def backward(self, gy):
+        # the float32 backward (dL/dx, dL/dw, dL/db), dL/dx returned in x's dtype
+        x = self.x
+        self.x = cast(x, np.float32)
+        grads = super().backward(cast(gy, np.float32))
+        gx = None if grads[0] is None else cast(grads[0], x.dtype)
+        return (gx,) + tuple(grads[1:])
+
+
+def _check_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, op: str,
+                mixed: bool = False) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError(f"{op}: x and weight must be Tensors, got {type(x).__name__} and "
                         f"{type(weight).__name__}")
@@ -95,18 +126,21 @@ def _check_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, op: 
     if bias is not None and bias.shape != weight.shape:
         raise ValueError(f"{op}: bias has shape {bias.shape}; expected {weight.shape}")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
+        if t is not None and t.dtype != x.dtype and not (mixed and x.dtype.kind == "f"):
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but x has {x.dtype}; expected equal dtypes")
     if not isinstance(eps, (int, float)) or eps <= 0:
         raise ValueError(f"{op}: eps={eps!r}; expected a positive number")
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
-    """Layer normalisation over the last axis (see :class:`LayerNorm`)."""
-    _check_norm(x, weight, bias, eps, "layer_norm")
+    """Layer normalisation over the last axis (see :class:`LayerNorm`; under ``amp.autocast``
+    :class:`LayerNormLowPrecision`)."""
+    fmt = amp.active_format()
+    _check_norm(x, weight, bias, eps, "layer_norm", mixed=fmt is not None)
+    fn = LayerNorm(float(eps)) if fmt is None else LayerNormLowPrecision(float(eps), fmt)
     if bias is None:
-        return LayerNorm(float(eps)).apply(x, weight)
-    return LayerNorm(float(eps)).apply(x, weight, bias)
+        return fn.apply(x, weight)
+    return fn.apply(x, weight, bias)
 
 
 def layer_norm_composed(x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -159,9 +193,33 @@ class RMSNorm(Function):
         return gx, gw
 
 
+class RMSNormLowPrecision(RMSNorm):
+    """:class:`RMSNorm` under ``amp.autocast``: as :class:`LayerNormLowPrecision` (float32 inside,
+    output rounded to the format's storage dtype).  Saves: x (as given), w and r (float32)."""
+
+    def __init__(self, eps: float, fmt):
+        super().__init__(eps)
+        self.fmt = fmt
+
+    def forward(self, x, weight):
+        y = super().forward(cast(x, np.float32), weight)
+        self.x = x
+        return self.fmt.to_storage(y)
+
+    def backward(self, gy):
+        x = self.x
+        self.x = cast(x, np.float32)
+        gx, gw = super().backward(cast(gy, np.float32))
+        return (None if gx is None else cast(gx, x.dtype)), gw
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
-    """RMS normalisation over the last axis (see :class:`RMSNorm`)."""
-    _check_norm(x, weight, None, eps, "rms_norm")
+    """RMS normalisation over the last axis (see :class:`RMSNorm`; under ``amp.autocast``
+    :class:`RMSNormLowPrecision`)."""
+    fmt = amp.active_format()
+    _check_norm(x, weight, None, eps, "rms_norm", mixed=fmt is not None)
+    if fmt is not None:
+        return RMSNormLowPrecision(float(eps), fmt).apply(x, weight)
     return RMSNorm(float(eps)).apply(x, weight)
 
 

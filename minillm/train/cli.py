@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint (.safetensors) written by training")
     evaluate.add_argument("--input", help="a text file or folder; default: the embedded corpus's validation part")
     evaluate.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    evaluate.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                          help="run the model under minillm.amp.autocast (mixed precision)")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--stride", type=int, default=None,
                           help="window stride (default: the block size; smaller gives more context)")
@@ -68,6 +70,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val  # noqa: PLC0415
     from minillm.train.checkpoint import load_model  # noqa: PLC0415
+    from minillm.amp import autocast  # noqa: PLC0415
     from minillm.train.evaluate import evaluate_language_model  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
@@ -86,9 +89,10 @@ def run_eval(args: argparse.Namespace) -> int:
     ids = np.array(tokenizer.encode_ordinary(text), dtype=np.int64)  # host: token ids
     if ids.size < 2:
         raise ValueError(f"--input {source!r} encodes to {ids.size} tokens; need at least 2")
-    result = evaluate_language_model(model, ids, model.config.block_size, args.batch_size,
-                                     num_bytes=len(text.encode("utf-8")), device=args.device,
-                                     stride=args.stride, prefix="")
-    result.update(checkpoint=args.checkpoint, text=source, step=checkpoint.step)
+    with autocast(args.precision):
+        result = evaluate_language_model(model, ids, model.config.block_size, args.batch_size,
+                                         num_bytes=len(text.encode("utf-8")), device=args.device,
+                                         stride=args.stride, prefix="")
+    result.update(checkpoint=args.checkpoint, text=source, step=checkpoint.step, precision=args.precision)
     print(json.dumps(result, indent=2))
     return 0

@@ -114,7 +114,7 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     model = GPT(model_config)
     model.to(cfg.device)
     log(f"model: {cfg.preset} preset, {cfg.n_layer} layers x {cfg.n_embd} wide, "
-        f"{model.num_parameters():,} parameters")
+        f"{model.num_parameters():,} parameters, {cfg.precision} on {cfg.device}")
     optimizer = AdamW(decay_groups(model.named_parameters(), cfg.weight_decay), lr=cfg.lr,
                       betas=(cfg.beta1, cfg.beta2))
     loader = RandomWindowLoader(train_tokens, cfg.batch_size, cfg.block_size, seed=cfg.seed)
@@ -128,7 +128,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
                             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
                             eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
                             save_interval=cfg.save_interval, on_nonfinite=cfg.on_nonfinite,
-                            spike_factor=cfg.spike_factor, progress=cfg.progress, out_dir=cfg.out_dir)
+                            spike_factor=cfg.spike_factor, progress=cfg.progress, out_dir=cfg.out_dir,
+                            precision=cfg.precision)
     trainer = Trainer(model, optimizer, settings, language_model_loss, loader, evaluate=evaluate,
                       tokens_per_batch=cfg.batch_size * cfg.block_size,
                       flops_per_token=model.flops_per_token(), peak_flops=measure_matmul_peak(cfg.device),

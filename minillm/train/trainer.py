@@ -11,6 +11,12 @@ One optimizer step:
 4. clip the global gradient norm; log a spike when it exceeds ``spike_factor`` times its
    running mean; AdamW step; zero the gradients.
 
+Mixed precision (``precision`` "fp16"/"bf16", see :mod:`minillm.amp`): the loss (and evaluation)
+runs under ``amp.autocast``; for fp16 a :class:`~minillm.amp.GradScaler` multiplies the loss by
+its scale before backward, divides the gradients again before clipping, and on an inf/NaN
+gradient skips the step (logged with ``skipped`` and ``overflow``) and halves the scale. Every
+train record then carries ``loss_scale``; the scaler's state travels in checkpoints.
+
 Every ``eval_interval`` steps (and at the end) ``evaluate(model)`` runs; the lowest validation
 loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest state and is what
 ``resume`` continues from, exactly: weights, optimizer moments, step, RNG state and the batch
@@ -24,8 +30,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from tqdm import tqdm
 
+from minillm.amp import GradScaler, autocast, check_precision
 from minillm.backend import get_rng_state, set_rng_state, to_device
 from minillm.optim import clip_grad_norm_, cosine_schedule
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -53,8 +61,10 @@ class LoopSettings:
     spike_factor: float = 5.0
     progress: bool = True
     out_dir: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self):
+        check_precision(self.precision, "LoopSettings: precision")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={self.on_nonfinite!r}; expected 'stop' or 'skip'")
         if self.max_steps <= 0 or self.grad_accum_steps <= 0:
@@ -77,17 +87,23 @@ class Trainer:
         peak_flops: the device's measured matmul FLOP/s (the MFU denominator).
         checkpoint_metadata: extra things stored in every checkpoint (``tokenizer``, ``train_config``).
         device: where batches go.
+        grad_scaler: the fp16 loss scaler; None builds ``GradScaler()`` when ``settings.precision``
+            is "fp16" (bf16 and fp32 use none).
     """
 
     def __init__(self, model, optimizer, settings: LoopSettings, compute_loss: Callable, batches,
                  evaluate: Callable | None = None, tokens_per_batch: int = 0,
                  flops_per_token: float | None = None, peak_flops: float | None = None,
-                 checkpoint_metadata: dict | None = None, device: str = "cpu"):
+                 checkpoint_metadata: dict | None = None, device: str = "cpu",
+                 grad_scaler: GradScaler | None = None):
         self.model, self.optimizer, self.settings = model, optimizer, settings
         self.compute_loss, self.batches, self.evaluate = compute_loss, batches, evaluate
         self.tokens_per_batch, self.flops_per_token, self.peak_flops = tokens_per_batch, flops_per_token, peak_flops
         self.checkpoint_metadata = checkpoint_metadata or {}
         self.device = device
+        if grad_scaler is None and settings.precision == "fp16":
+            grad_scaler = GradScaler()
+        self.scaler = grad_scaler
         self.step = 0
         self.best_val_loss = math.inf
         self.grad_norm_mean: float | None = None
@@ -106,6 +122,7 @@ class Trainer:
                         train_config=self.checkpoint_metadata.get("train_config"),
                         extra={"best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                                "grad_norm_mean": self.grad_norm_mean,
+                               **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
                                **self.checkpoint_metadata.get("extra", {})})
         self.last_good_checkpoint = path
 
@@ -127,6 +144,8 @@ class Trainer:
         best = checkpoint.extra.get("best_val_loss")
         self.best_val_loss = math.inf if best is None else float(best)
         self.grad_norm_mean = checkpoint.extra.get("grad_norm_mean")
+        if self.scaler is not None and checkpoint.extra.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(checkpoint.extra["grad_scaler"])
         self.last_good_checkpoint = path
 
     # -- one step ---------------------------------------------------------------------------------
@@ -140,19 +159,43 @@ class Trainer:
         lr = cosine_schedule(self.step, s.lr, s.warmup_steps, s.max_steps, s.min_lr)
         self._set_lr(lr)
         self.model.train()
+        scaler = self.scaler
+        # the loss scale (fp16) and the 1/K of accumulation in one factor (fp32: exactly 1/K as before)
+        loss_weight = (1.0 if scaler is None else scaler.get_scale()) / s.grad_accum_steps
         total_loss, extra = 0.0, {}
         for _ in range(s.grad_accum_steps):
             batch = self._to_device(self.batches.next_batch())
-            loss, metrics = self.compute_loss(self.model, batch)
-            (loss * (1.0 / s.grad_accum_steps)).backward()
+            with autocast(s.precision):
+                loss, metrics = self.compute_loss(self.model, batch)
+            if scaler is None:
+                (loss * loss_weight).backward()
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):   # fp16 overflow: the scaler's business
+                    (loss * loss_weight).backward()
             total_loss += loss.item() / s.grad_accum_steps
             for key, value in metrics.items():
                 extra[key] = extra.get(key, 0.0) + value / s.grad_accum_steps
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = clip_grad_norm_(params, s.grad_clip) if s.grad_clip > 0 else clip_grad_norm_(params, math.inf)
+        overflow = scaler is not None and scaler.unscale_(self.optimizer)   # grads / scale, inf/NaN check
+        if overflow:
+            grad_norm = math.inf
+        else:
+            grad_norm = clip_grad_norm_(params, s.grad_clip) if s.grad_clip > 0 else clip_grad_norm_(params, math.inf)
         record = {"kind": "train", "step": self.step + 1, "loss": total_loss, "lr": lr, "grad_norm": grad_norm, **extra}
+        if scaler is not None:
+            record["loss_scale"] = scaler.get_scale()
+        if overflow and math.isfinite(total_loss):
+            # fp16 gradients overflowed at this loss scale: skip the step, halve the scale
+            self.optimizer.zero_grad()
+            scaler.update()
+            record.update(skipped=True, overflow=True, next_loss_scale=scaler.get_scale(),
+                          skipped_steps=scaler.skipped_steps)
+            self.step += 1
+            return record
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad()
+            if scaler is not None:
+                scaler.update()
             if s.on_nonfinite == "stop":
                 where = self.last_good_checkpoint or "none saved yet"
                 raise NonFiniteLossError(
@@ -167,6 +210,8 @@ class Trainer:
         self.grad_norm_mean = grad_norm if self.grad_norm_mean is None else 0.95 * self.grad_norm_mean + 0.05 * grad_norm
         self.optimizer.step()
         self.optimizer.zero_grad()
+        if scaler is not None:
+            scaler.update()
         self.step += 1
         return record
 
@@ -181,7 +226,8 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run_evaluation(self) -> dict:
-        result = self.evaluate(self.model)
+        with autocast(self.settings.precision):
+            result = self.evaluate(self.model)
         record = {"kind": "eval", "step": self.step, **result}
         self.metrics.write(**record)
         val = result.get("val_loss")
@@ -219,6 +265,8 @@ class Trainer:
                                "tok/s": f"{tokens_per_s:.0f}"}
                     if "mfu" in record:
                         postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
+                    if "loss_scale" in record:
+                        postfix["scale"] = f"{record['loss_scale']:g}"
                     bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
                 at_eval = self.step % s.eval_interval == 0 or self.step == s.max_steps

@@ -1,0 +1,138 @@
+"""The GPU code path end to end, without a GPU: the strict CuPy-like device (its arrays refuse
+implicit host conversion and mixing with host arrays) runs pretraining steps through the Trainer,
+a checkpoint round trip onto either device, SFT and DPO steps, and KV-cached generation, in every
+precision. ``pytest --backend cupy`` runs the real thing on a GPU (the ``device`` fixture).
+
+Numbers: fp32 and the emulated bf16 run the same NumPy arithmetic on both devices, so the strict
+device reproduces the host bit for bit; fp16 takes the GPU's route there (float16 GEMMs instead of
+the host's float32 products of float16 values), so it agrees to float16 precision.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import minillm as mm
+from minillm import amp, backend
+from minillm.data import RandomWindowLoader
+from minillm.nn import GPT, GPTConfig
+from minillm.optim import AdamW, decay_groups
+from minillm.posttrain import CHAT_SPECIAL_TOKENS, ChatTemplate, PreferencePair, dpo_batch, render_preference_pairs
+from minillm.posttrain.dpo import DPOObjective, frozen_copy
+from minillm.posttrain.sft import sft_loss
+from minillm.tokenizer import CharTokenizer
+from minillm.train import LoopSettings, Trainer, evaluate_language_model, load_checkpoint, load_model
+from minillm.train.pretrain import language_model_loss
+
+PRECISIONS = ["fp32", "fp16", "bf16"]
+TOKENS = np.random.default_rng(1).integers(0, 40, size=2000).astype(np.uint16)
+
+
+def pretrain_trainer(out_dir, device, precision, max_steps=4, seed=0):
+    mm.manual_seed(seed)
+    model = GPT(GPTConfig.gpt2(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)).to(device)
+    optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3)
+    settings = LoopSettings(max_steps=max_steps, lr=3e-3, warmup_steps=1, eval_interval=max_steps, log_interval=1,
+                            progress=False, out_dir=str(out_dir), precision=precision)
+
+    def evaluate(m):
+        return evaluate_language_model(m, TOKENS[:200], 16, 4, num_bytes=200, device=device)
+
+    return Trainer(model, optimizer, settings, language_model_loss,
+                   RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=seed), evaluate=evaluate,
+                   tokens_per_batch=64, device=device)
+
+
+def losses(records):
+    return [r["loss"] for r in records if r.get("kind") == "train"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_pretraining_and_a_checkpoint_round_trip_on_the_strict_device(strict_device, tmp_path, precision):
+    straight = pretrain_trainer(tmp_path / "a", strict_device, precision)
+    on_device = losses(straight.fit())
+    assert all(backend.device_of(p.data) == "cuda" and p.data.dtype == np.float32
+               for p in straight.model.parameters())
+    assert all(math.isfinite(x) for x in on_device)
+
+    # exact resume on the device, the loss scaler (fp16) included
+    first = pretrain_trainer(tmp_path / "b", strict_device, precision)
+    first.fit(stop_at=2)
+    resumed = pretrain_trainer(tmp_path / "b", strict_device, precision, seed=7)
+    resumed.resume(str(tmp_path / "b" / "last.safetensors"))
+    assert losses(resumed.fit()) == on_device
+    if precision == "fp16":
+        assert load_checkpoint(tmp_path / "b" / "last.safetensors").extra["grad_scaler"]["scale"] == \
+            straight.scaler.get_scale()
+
+    # the checkpoint loads onto either device with the same weights
+    path = tmp_path / "a" / "last.safetensors"
+    trained = {k: backend.to_numpy(v) for k, v in straight.model.state_dict().items()}
+    for device in ("cpu", strict_device):
+        model, _, _ = load_model(path, device)
+        assert model.device == device
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(backend.to_numpy(value), trained[name])
+
+    # and the host run of the same steps
+    on_host = losses(pretrain_trainer(tmp_path / "c", "cpu", precision).fit())
+    if precision == "fp16":
+        np.testing.assert_allclose(on_device, on_host, rtol=2e-3)
+    else:
+        assert on_device == on_host
+
+
+class FixedBatches:
+    """The same batch every step (host arrays: the Trainer moves them to its device)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next_batch(self):
+        return self.batch
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_sft_and_dpo_steps_through_the_trainer_on_the_strict_device(strict_device, precision):
+    tokenizer = CharTokenizer.train("abc xyz", special_tokens=list(CHAT_SPECIAL_TOKENS))
+    template = ChatTemplate(tokenizer)
+    pairs = [PreferencePair("abc", "xyz", "xy"), PreferencePair("ba", "c", "cc"), PreferencePair("zz z", "a b", "b a")]
+    batch = dpo_batch(render_preference_pairs(template, pairs), block_size=32, pad_id=template.end_id)
+    mm.manual_seed(0)
+    model = GPT(GPTConfig.gpt2(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2,
+                               n_embd=16)).to(strict_device)
+    settings = LoopSettings(max_steps=2, lr=1e-2, eval_interval=10, log_interval=1, progress=False, precision=precision)
+    objectives = {"sft": (sft_loss, (batch["chosen_x"], batch["chosen_y"])),
+                  "dpo": (DPOObjective(frozen_copy(model), beta=0.1, nll_alpha=1.0), batch)}
+    for name, (objective, data) in objectives.items():
+        trainer = Trainer(model, AdamW(model.parameters(), lr=1e-2), settings, objective, FixedBatches(data),
+                          device=strict_device)
+        records = [r for r in trainer.fit() if r.get("kind") == "train"]
+        assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records), name
+        assert records[1]["loss"] < records[0]["loss"], name
+        assert all(backend.device_of(p.data) == "cuda" for p in model.parameters())
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_kv_cached_generation_on_the_strict_device(strict_device, precision):
+    mm.manual_seed(0)
+    model = GPT(GPTConfig.gpt2(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)).to(strict_device).eval()
+    prompt = backend.to_device(np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), strict_device)
+    with amp.autocast(precision):
+        cached = model.generate(prompt, max_new_tokens=6, temperature=0.0)
+        recomputed = model.generate(prompt, max_new_tokens=6, temperature=0.0, use_cache=False)
+    assert backend.device_of(cached) == "cuda" and cached.shape == (2, 10)
+    np.testing.assert_array_equal(backend.to_numpy(cached), backend.to_numpy(recomputed))
+
+
+def test_the_device_fixture_runs_one_training_step_wherever_pytest_points_it(device, tmp_path):
+    """``pytest --backend strict`` or ``--backend cupy`` (a GPU) run this on "cuda"."""
+    for precision in PRECISIONS:
+        trainer = pretrain_trainer(tmp_path / precision, device, precision, max_steps=1)
+        assert math.isfinite(losses(trainer.fit())[0])
