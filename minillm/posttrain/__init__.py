@@ -7,6 +7,12 @@ Modules, one concept each:
     batches   padded (x, y) SFT batches and DPO chosen/rejected batches; seeded samplers that resume
     tasks     program-checked instruction tasks over corpus words and small numbers, with a
               held-out split, noisy SFT data, preference pairs, evaluation and scoring
+    sft       supervised fine-tuning: vocabulary growth, the loss, the run (``minillm sft``)
+    lora      low-rank adapters: LoRALinear, apply/merge, adapter files
+    dpo       direct preference optimisation: logsigmoid, sequence log-probs, the loss, the run
+              (``minillm dpo``)
+    evaluate  greedy replies (model.generate) scored on the tasks: exact match, end-marker rate
+    cli       the ``sft`` and ``dpo`` subcommands
 
 Typical use::
 
@@ -17,6 +23,9 @@ Typical use::
     rendered = render_sft_examples(template, load_sft_jsonl("data/tasks/sft_train.jsonl"))
     batches = SFTBatchSampler(rendered, batch_size=16, block_size=128, pad_id=template.end_id, seed=0)
     x, y = batches.next_batch()                          # y is -100 off the assistant tokens
+
+    summary = run_sft(SFTConfig(checkpoint="runs/shakespeare/last.safetensors", lora_rank=8))
+    summary = run_dpo(DPOConfig(checkpoint="runs/sft/model.safetensors", beta=0.1))
 """
 from minillm.posttrain.batches import (IGNORE_INDEX, DPOBatchSampler, RenderedPair, SFTBatchSampler, dpo_batch,
                                        sft_batch)
@@ -27,6 +36,12 @@ from minillm.posttrain.datasets import (PreferencePair, load_dpo_jsonl, load_sft
 from minillm.posttrain.tasks import (DEFAULT_NOISE, TASK_NAMES, TASKS, Task, TaskSpec, check, corpus_vocabulary,
                                      load_eval_jsonl, make_eval_prompts, make_pools, make_preference_pairs,
                                      make_sft_examples, save_eval_jsonl, score, write_task_files)
+from minillm.posttrain.dpo import (DPOConfig, DPOObjective, dpo_loss, frozen_copy, logsigmoid, logsigmoid_composed,
+                                   run_dpo, sequence_logprobs, sequence_logprobs_composed)
+from minillm.posttrain.evaluate import evaluate_tasks, generate_replies
+from minillm.posttrain.lora import (LoRALinear, apply_lora, load_lora, lora_state_dict, merge_lora, parameter_counts,
+                                    save_lora)
+from minillm.posttrain.sft import SFTConfig, resize_token_embeddings, run_sft, sft_loss
 
 __all__ = [
     "IGNORE_INDEX", "DPOBatchSampler", "RenderedPair", "SFTBatchSampler", "dpo_batch", "sft_batch",
@@ -37,4 +52,9 @@ __all__ = [
     "DEFAULT_NOISE", "TASK_NAMES", "TASKS", "Task", "TaskSpec", "check", "corpus_vocabulary", "load_eval_jsonl",
     "make_eval_prompts", "make_pools", "make_preference_pairs", "make_sft_examples", "save_eval_jsonl", "score",
     "write_task_files",
+    "SFTConfig", "resize_token_embeddings", "run_sft", "sft_loss",
+    "LoRALinear", "apply_lora", "load_lora", "lora_state_dict", "merge_lora", "parameter_counts", "save_lora",
+    "DPOConfig", "DPOObjective", "dpo_loss", "frozen_copy", "logsigmoid", "logsigmoid_composed", "run_dpo",
+    "sequence_logprobs", "sequence_logprobs_composed",
+    "evaluate_tasks", "generate_replies",
 ]

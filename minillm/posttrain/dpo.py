@@ -1,0 +1,425 @@
+"""Direct preference optimisation (DPO, Rafailov et al. 2023), with an optional NLL term.
+
+    minillm dpo --checkpoint runs/sft/model.safetensors [--data pairs.jsonl] --beta 0.1
+
+For a prompt x with a chosen reply y_w and a rejected reply y_l, the policy π_θ (trained) and
+the reference π_ref (a frozen copy of the starting model) give sequence log-probabilities over
+the reply tokens only (content and ``<|end|>``; prompt and padding excluded):
+
+    log π(y | x) = Σ_t log softmax(logits_t)[y_t]
+    r_w = β (log π_θ(y_w|x) - log π_ref(y_w|x)),   r_l = β (log π_θ(y_l|x) - log π_ref(y_l|x))
+    L_DPO = -log σ(r_w - r_l)                 (averaged over the batch)
+
+r_w and r_l are the implicit rewards; their difference is the reward margin. At the start
+π_θ = π_ref, so every margin is 0 and L = -log σ(0) = ln 2.
+
+Plain DPO only cares about the margin, and at small scale it typically lowers the chosen
+replies' likelihood too (both log-probs fall, the rejected faster), which can cost greedy
+accuracy. The optional NLL term (``nll_alpha`` = α, as in RPO / Pang et al. 2024) keeps the
+chosen replies likely:
+
+    L = L_DPO + α · (1/N_w) Σ_{chosen reply tokens} -log π_θ(y_t | ...)
+
+The reference's log-probs need no gradient: they are computed under ``no_grad`` by the frozen
+copy. Logged per step: loss, dpo_loss, nll, reward margin, reward accuracy (share of pairs with
+margin > 0), chosen/rejected rewards and the policy's chosen/rejected log-probs.
+
+``logsigmoid`` is its own op (forward min(x, 0) - log1p(e^{-|x|}), never overflowing) with a
+composed twin; ``sequence_logprobs`` uses the fused cross-entropy, with a twin built from
+``log_softmax`` and an integer-array gather. Both are gradchecked in the tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from minillm import functional as F
+from minillm.autograd import Function, no_grad
+from minillm.backend import get_array_module, item, manual_seed, to_device, to_numpy
+from minillm.fileio import atomic_write_text
+from minillm.nn import GPT
+from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
+from minillm.posttrain.datasets import load_dpo_jsonl, render_preference_pairs
+from minillm.posttrain.evaluate import evaluate_tasks, per_task_subset
+from minillm.posttrain.lora import merge_lora, parameter_counts, save_lora
+from minillm.posttrain.sft import (PROGRESS_PROMPTS_PER_TASK, build_optimizer, check_run_options, load_chat_model, load_eval_prompts,
+                                   prepare_task_data, save_final_model, setup_lora)
+from minillm.posttrain.tasks import make_preference_pairs
+from minillm.tensor import Tensor
+from minillm.train.trainer import LoopSettings, Trainer
+
+# ------------------------------------------------------------------------------------------------
+# ops
+# ------------------------------------------------------------------------------------------------
+
+
+class LogSigmoid(Function):
+    """y = log σ(x) = -log(1 + e^{-x}), computed as min(x, 0) - log1p(e^{-|x|}).
+
+    The exponent -|x| is never positive, so nothing overflows: log σ(-1000) = -1000 and
+    log σ(1000) = 0 exactly, where the naive log(1/(1 + e^{-x})) gives -inf and NaN gradients.
+    Shapes: any -> same. Saves: x and y.
+    """
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = xp.minimum(x, 0)
+        y -= xp.log1p(xp.exp(-xp.abs(x)))
+        self.x, self.y = x, y
+        return y
+
+    def backward(self, gy):
+        # dy/dx = 1 - σ(x) = σ(-x) = exp(log σ(-x)) = exp(y - x), since log σ(-x) = log σ(x) - x.
+        # y - x <= 0 never overflows, and unlike (1 - tanh(x/2))/2 it keeps the relative
+        # precision of tiny gradients (σ(-50) = 2e-22, not 0).
+        xp = get_array_module(gy)
+        s = self.y - self.x
+        xp.exp(s, out=s)
+        s *= gy
+        return s
+
+
+def logsigmoid(x: Tensor) -> Tensor:
+    """log σ(x), numerically stable for any x (see :class:`LogSigmoid`)."""
+    if not isinstance(x, Tensor) or x.dtype.kind != "f":
+        raise TypeError(f"logsigmoid: x must be a floating Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    return LogSigmoid().apply(x)
+
+
+def logsigmoid_composed(x: Tensor) -> Tensor:
+    """log σ(x) from primitives: log σ(x) = log(e^x / (e^0 + e^x)) = log_softmax([0, x])[1]."""
+    zero = Tensor(get_array_module(x.data).zeros(x.shape, dtype=x.dtype))
+    pair = F.stack([zero, x], axis=-1)                                 # (..., 2)
+    return F.getitem(F.log_softmax(pair, axis=-1), (Ellipsis, 1))      # (...)
+
+
+def _check_targets(logits: Tensor, targets, where: str):
+    array = targets.data if isinstance(targets, Tensor) else targets
+    if not isinstance(logits, Tensor) or logits.ndim != 3:
+        raise ValueError(f"{where}: logits must be a (B, T, V) Tensor, got {getattr(logits, 'shape', logits)!r}")
+    if not hasattr(array, "dtype") or array.dtype.kind not in "iu" or tuple(array.shape) != logits.shape[:2]:
+        raise ValueError(f"{where}: targets must be an integer array of shape {logits.shape[:2]} (B, T), got "
+                         f"{getattr(array, 'dtype', type(targets).__name__)} {getattr(array, 'shape', '')}")
+    return array
+
+
+def sequence_logprobs(logits: Tensor, targets) -> Tensor:
+    """Per-row sum of log-probabilities of the targets that are not -100.
+
+        out[b] = Σ_{t: y[b,t] != -100} log softmax(logits[b, t])[y[b, t]]
+
+    Shapes: logits (B, T, V), targets (B, T) -> (B,). Uses the fused cross-entropy with
+    ``reduction="none"`` (-log p per position, 0 where ignored), so no (B, T, V) log-softmax is
+    kept for backward.
+    """
+    array = _check_targets(logits, targets, "sequence_logprobs")
+    nll = F.cross_entropy(logits, array, ignore_index=IGNORE_INDEX, reduction="none")   # (B, T)
+    return -F.sum(nll, axis=-1)                                                          # (B,)
+
+
+def sequence_logprobs_composed(logits: Tensor, targets) -> Tensor:
+    """:func:`sequence_logprobs` from primitives: log_softmax, then a gather by integer arrays."""
+    array = _check_targets(logits, targets, "sequence_logprobs_composed")
+    xp = get_array_module(array)
+    b, t, _ = logits.shape
+    logp = F.log_softmax(logits, axis=-1)                                        # (B, T, V)
+    valid = array != IGNORE_INDEX
+    safe = xp.where(valid, array, 0)                                             # (B, T)
+    rows = xp.arange(b)[:, None].repeat(t, axis=1)                               # (B, T)
+    cols = xp.arange(t)[None, :].repeat(b, axis=0)                               # (B, T)
+    picked = F.getitem(logp, (rows, cols, safe))                                 # (B, T)
+    return F.sum(picked * Tensor(valid.astype(logits.dtype)), axis=-1)           # (B,)
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen, ref_rejected, beta: float):
+    """The DPO loss and its diagnostics from per-pair sequence log-probs (each (B,)).
+
+        r_w = β (π_c - ref_c),  r_l = β (π_r - ref_r),  loss = mean_b -log σ(r_w - r_l)
+
+    ``ref_*`` may be Tensors or arrays (they carry no gradient). Returns ``(loss, stats)`` with
+    stats holding the (B,) arrays ``chosen_reward``, ``rejected_reward`` and ``margin``.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+        raise ValueError(f"dpo_loss: beta={beta!r}; expected a number > 0")
+    ref_c = ref_chosen if isinstance(ref_chosen, Tensor) else Tensor(ref_chosen)
+    ref_r = ref_rejected if isinstance(ref_rejected, Tensor) else Tensor(ref_rejected)
+    for name, value in (("policy_rejected", policy_rejected), ("ref_chosen", ref_c), ("ref_rejected", ref_r)):
+        if value.shape != policy_chosen.shape:
+            raise ValueError(f"dpo_loss: {name} has shape {value.shape}; expected {policy_chosen.shape} (one "
+                             "log-prob per pair)")
+    chosen_reward = (policy_chosen - ref_c.detach()) * float(beta)               # (B,)
+    rejected_reward = (policy_rejected - ref_r.detach()) * float(beta)           # (B,)
+    margin = chosen_reward - rejected_reward                                     # (B,)
+    loss = -F.mean(logsigmoid(margin))
+    stats = {"chosen_reward": chosen_reward.data, "rejected_reward": rejected_reward.data, "margin": margin.data}
+    return loss, stats
+
+
+def pair_logprobs(model, batch: dict):
+    """Sequence log-probs of the chosen and rejected replies of a ``dpo_batch`` dict, in ONE
+    forward pass over the (2B, T) stack of both sides. Returns ``(chosen (B,), rejected (B,))``."""
+    xp = get_array_module(batch["chosen_x"])
+    b = batch["chosen_x"].shape[0]
+    x = xp.concatenate([batch["chosen_x"], batch["rejected_x"]], axis=0)         # (2B, T)
+    y = xp.concatenate([batch["chosen_y"], batch["rejected_y"]], axis=0)         # (2B, T)
+    logits, _ = model(x)                                                         # (2B, T, V)
+    logps = sequence_logprobs(logits, y)                                         # (2B,)
+    return logps[:b], logps[b:]
+
+
+def frozen_copy(model: GPT) -> GPT:
+    """An independent copy of ``model`` (same config, weights copied, same device) in eval mode
+    with every parameter frozen: the DPO reference."""
+    copy = GPT(model.config)
+    copy.load_state_dict({name: array.copy() for name, array in model.state_dict().items()})
+    copy.to(model.device)
+    copy.eval()
+    for parameter in copy.parameters():
+        parameter.requires_grad = False
+    return copy
+
+
+class DPOObjective:
+    """``compute_loss`` for the Trainer: DPO against a frozen ``reference`` plus α · NLL(chosen).
+
+    ``objective(model, batch) -> (loss, metrics)`` with batch a ``dpo_batch`` dict on the device.
+    The reference's log-probs are computed under ``no_grad``.
+    """
+
+    def __init__(self, reference, beta: float = 0.1, nll_alpha: float = 0.0):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+            raise ValueError(f"DPOObjective: beta={beta!r}; expected a number > 0")
+        if isinstance(nll_alpha, bool) or not isinstance(nll_alpha, (int, float)) or nll_alpha < 0:
+            raise ValueError(f"DPOObjective: nll_alpha={nll_alpha!r}; expected a number >= 0")
+        self.reference, self.beta, self.nll_alpha = reference, float(beta), float(nll_alpha)
+
+    def reference_logprobs(self, batch: dict):
+        with no_grad():
+            chosen, rejected = pair_logprobs(self.reference, batch)
+        return chosen.data, rejected.data
+
+    def __call__(self, model, batch: dict):
+        chosen_tokens = item((batch["chosen_y"] != IGNORE_INDEX).sum())
+        if chosen_tokens == 0 or item((batch["rejected_y"] != IGNORE_INDEX).sum()) == 0:
+            raise ValueError("DPO batch: a side has no reply token (every target is -100); expected each pair "
+                             "to have reply tokens on both sides")
+        ref_chosen, ref_rejected = self.reference_logprobs(batch)
+        policy_chosen, policy_rejected = pair_logprobs(model, batch)
+        loss, stats = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
+        dpo_value = loss.item()
+        nll = -F.sum(policy_chosen) * (1.0 / chosen_tokens)                      # mean per chosen token
+        if self.nll_alpha:
+            loss = loss + nll * self.nll_alpha
+        xp = get_array_module(stats["margin"])
+        b = policy_chosen.shape[0]
+        metrics = {
+            "dpo_loss": dpo_value,
+            "nll": nll.item(),
+            "reward_margin": item(xp.mean(stats["margin"])),
+            "reward_accuracy": item((stats["margin"] > 0).sum()) / b,
+            "chosen_reward": item(xp.mean(stats["chosen_reward"])),
+            "rejected_reward": item(xp.mean(stats["rejected_reward"])),
+            "chosen_logp": item(xp.mean(policy_chosen.data)),
+            "rejected_logp": item(xp.mean(policy_rejected.data)),
+        }
+        return loss, metrics
+
+
+def preference_metrics(model, reference_logps, rendered_pairs, beta: float, block_size: int, pad_id: int,
+                       device: str = "cpu", batch_size: int = 64) -> dict:
+    """DPO diagnostics on (held-out) pairs: mean loss, reward accuracy (margin > 0), mean margin,
+    and ``prefers_chosen`` (the share where log π(chosen) > log π(rejected) outright).
+
+    ``reference_logps``: ``(chosen, rejected)`` host lists from :func:`all_pair_logprobs` of the
+    reference (computed once: the reference does not change).
+    """
+    policy_chosen, policy_rejected = all_pair_logprobs(model, rendered_pairs, block_size, pad_id, device, batch_size)
+    ref_chosen, ref_rejected = reference_logps
+    losses, correct, prefers, margins = [], 0, 0, []
+    for pc, pr, rc, rr in zip(policy_chosen, policy_rejected, ref_chosen, ref_rejected):
+        margin = beta * ((pc - rc) - (pr - rr))
+        margins.append(margin)
+        losses.append(-min(margin, 0.0) + math.log1p(math.exp(-abs(margin))))   # -log σ(margin), stable
+        correct += margin > 0
+        prefers += pc > pr
+    n = len(margins)
+    return {"pref_loss": sum(losses) / n, "reward_accuracy": correct / n, "reward_margin": sum(margins) / n,
+            "prefers_chosen": prefers / n}
+
+
+def all_pair_logprobs(model, rendered_pairs, block_size: int, pad_id: int, device: str = "cpu",
+                      batch_size: int = 64):
+    """``(chosen, rejected)``: host lists of sequence log-probs of every pair, in eval mode, no grad."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    try:
+        with no_grad():
+            for start in range(0, len(rendered_pairs), batch_size):
+                batch = dpo_batch(rendered_pairs[start:start + batch_size], block_size, pad_id)
+                batch = {key: to_device(value, device) for key, value in batch.items()}
+                c, r = pair_logprobs(model, batch)
+                chosen += [float(v) for v in to_numpy(c.data).tolist()]
+                rejected += [float(v) for v in to_numpy(r.data).tolist()]
+    finally:
+        model.train(was_training)
+    return chosen, rejected
+
+
+# ------------------------------------------------------------------------------------------------
+# the DPO run
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class DPOConfig:
+    """Everything ``run_dpo`` needs (the ``minillm dpo`` options). ``data`` empty: generate the
+    seeded task files into ``out_dir/data`` and use their (correct answer, systematic mistake)
+    pairs. ``eval_pairs`` held-out pairs measure the preference accuracy."""
+
+    checkpoint: str
+    data: str = ""
+    eval_data: str = ""
+    out_dir: str = "runs/dpo"
+    beta: float = 0.1
+    nll_alpha: float = 1.0
+    max_steps: int = 150
+    lr: float = 2e-4
+    min_lr: float = 2e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    dropout: float = 0.0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    eval_interval: int = 50
+    log_interval: int = 10
+    eval_per_task: int = 50
+    eval_pairs: int = 400
+    max_new_tokens: int = 0
+    n_sft: int = 20000
+    n_dpo: int = 4000
+    clean_data: bool = False
+    resume: str = ""
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
+    """Run DPO from ``cfg.checkpoint`` (usually an SFT model); returns the summary (also ``summary.json``).
+
+    ``stop_at`` pauses the run as in :func:`~minillm.posttrain.sft.run_sft`.
+    """
+    check_run_options("dpo", cfg)
+    if isinstance(cfg.beta, bool) or not isinstance(cfg.beta, (int, float)) or not cfg.beta > 0:
+        raise ValueError(f"dpo: beta={cfg.beta!r}; expected a number > 0")
+    if isinstance(cfg.nll_alpha, bool) or not isinstance(cfg.nll_alpha, (int, float)) or cfg.nll_alpha < 0:
+        raise ValueError(f"dpo: nll_alpha={cfg.nll_alpha!r}; expected a number >= 0")
+    if isinstance(cfg.eval_pairs, bool) or not isinstance(cfg.eval_pairs, int) or cfg.eval_pairs < 0:
+        raise ValueError(f"dpo: eval_pairs={cfg.eval_pairs!r}; expected an int >= 0")
+    started = time.perf_counter()
+    manual_seed(cfg.seed)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    model, tokenizer, template, base_vocab, _ = load_chat_model(cfg.checkpoint, cfg.device, cfg.dropout)
+    reference = frozen_copy(model)
+    log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {cfg.checkpoint}")
+
+    data_path, eval_data = cfg.data, cfg.eval_data
+    if not data_path:
+        paths = prepare_task_data(cfg.out_dir, cfg.seed, cfg.n_sft, cfg.n_dpo, cfg.eval_per_task or 1,
+                                  noisy=not cfg.clean_data)
+        data_path, eval_data = paths["dpo"], eval_data or paths["eval"]
+    rendered = render_preference_pairs(template, load_dpo_jsonl(data_path))
+    block_size = model.config.block_size
+    sampler = DPOBatchSampler(rendered, cfg.batch_size, block_size, pad_id=template.end_id, seed=cfg.seed)
+    log(f"data: {len(rendered):,} preference pairs from {data_path}")
+    eval_prompts = load_eval_prompts(eval_data, data_path, cfg.eval_per_task, cfg.seed)
+    heldout_pairs = render_preference_pairs(template, make_preference_pairs(cfg.eval_pairs, cfg.seed, "heldout")) \
+        if cfg.eval_pairs else []
+    reference_logps = all_pair_logprobs(reference, heldout_pairs, block_size, template.end_id, cfg.device) \
+        if heldout_pairs else None
+
+    param_groups, counts = None, parameter_counts(model)
+    if cfg.lora_rank:
+        param_groups, counts = setup_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                                          cfg.lora_targets, base_vocab, cfg.weight_decay)
+        log(f"LoRA: rank {cfg.lora_rank} on {len(counts['adapted'])} layers; training {counts['trainable']:,} of "
+            f"{counts['total']:,} parameters ({100 * counts['fraction']:.2f}%)")
+    optimizer = build_optimizer(model, param_groups, cfg.lr, cfg.weight_decay)
+    objective = DPOObjective(reference, cfg.beta, cfg.nll_alpha)
+
+    progress_prompts = per_task_subset(eval_prompts, PROGRESS_PROMPTS_PER_TASK)
+
+    def evaluate(model, full: bool = False) -> dict:
+        result = {}
+        if heldout_pairs:
+            pref = preference_metrics(model, reference_logps, heldout_pairs, cfg.beta, block_size, template.end_id,
+                                      cfg.device)
+            result["val_loss"] = pref.pop("pref_loss")
+            result.update({f"heldout_{k}": v for k, v in pref.items()})
+        if eval_prompts:
+            # a subset during training (decoding is the slow part); the final figures use all prompts
+            tasks = evaluate_tasks(model, template, eval_prompts if full else progress_prompts, cfg.max_new_tokens)
+            result.update(exact_match=tasks["overall"], end_rate=tasks["end_rate"],
+                          tasks={k: v for k, v in tasks.items() if k not in ("replies", "prompts")})
+        return result
+
+    before = evaluate(model, full=True) if (heldout_pairs or eval_prompts) and not cfg.resume else None
+    if before is not None:
+        log("before DPO: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if isinstance(v, float)))
+    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                            grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
+                            eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
+                            progress=cfg.progress, out_dir=cfg.out_dir)
+    extra = {"stage": "dpo", "base_vocab_size": base_vocab, "lora": counts if cfg.lora_rank else None}
+    # tokens per micro-batch (both sides of each pair; the reference's forward pass not counted)
+    pair_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) - 2 for p in rendered)
+    trainer = Trainer(model, optimizer, settings, objective, sampler,
+                      evaluate=evaluate if (heldout_pairs or eval_prompts) else None,
+                      tokens_per_batch=int(cfg.batch_size * pair_tokens / len(rendered)),
+                      checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra},
+                      device=cfg.device)
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+        log(f"resumed from {cfg.resume} at step {trainer.step}")
+    train_started = time.perf_counter()
+    records = trainer.fit(stop_at)
+    train_seconds = time.perf_counter() - train_started
+    if trainer.step < cfg.max_steps:
+        return {"stage": "dpo", "paused_at": trainer.step, "checkpoint": trainer.checkpoint_path("last")}
+
+    if cfg.lora_rank:
+        save_lora(os.path.join(cfg.out_dir, "adapters.safetensors"), model, base_vocab_size=base_vocab)
+        merge_lora(model)
+    model_path = os.path.join(cfg.out_dir, "model.safetensors")
+    save_final_model(model_path, model, tokenizer, trainer.step, cfg.to_dict(), extra)
+    after = evaluate(model, full=True) if (heldout_pairs or eval_prompts) else None
+    train_records = [r for r in records if r.get("kind") == "train" and "loss" in r]
+    summary = {
+        "stage": "dpo", "steps": trainer.step, "train_seconds": train_seconds,
+        "minutes": (time.perf_counter() - started) / 60, "beta": cfg.beta, "nll_alpha": cfg.nll_alpha,
+        "last_logged": {k: v for k, v in train_records[-1].items() if k != "kind"} if train_records else None,
+        "parameters": counts, "data": data_path, "pairs": len(rendered),
+        "before": before, "after": after, "model": model_path,
+        "adapters": os.path.join(cfg.out_dir, "adapters.safetensors") if cfg.lora_rank else None,
+    }
+    if after is not None:
+        log("after DPO: " + ", ".join(f"{k} {v:.3f}" for k, v in after.items() if isinstance(v, float)))
+    atomic_write_text(os.path.join(cfg.out_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+__all__ = ["DPOConfig", "DPOObjective", "LogSigmoid", "all_pair_logprobs", "dpo_loss", "frozen_copy", "logsigmoid",
+           "logsigmoid_composed", "pair_logprobs", "preference_metrics", "run_dpo", "sequence_logprobs",
+           "sequence_logprobs_composed"]

@@ -1,0 +1,78 @@
+"""``minillm sft`` and ``minillm dpo`` on the command line."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from minillm.cli import build_parser, main
+from minillm.train.checkpoint import load_model
+
+from tests.posttrain.test_sft import make_pretrained
+
+SMALL = ["--max-steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--eval-per-task", "1", "--n-sft", "32",
+         "--n-dpo", "16", "--max-new-tokens", "3", "--log-interval", "1", "--no-progress"]
+
+
+def test_the_subcommands_are_registered_with_their_options():
+    parser = build_parser()
+    args = parser.parse_args(["sft", "--checkpoint", "c.safetensors", "--lora-rank", "4", "--lr", "3e-4"])
+    assert args.handler.__name__ == "run_sft_command" and args.lora_rank == 4 and args.lr == 3e-4
+    assert args.data == "" and args.device == "cpu" and args.progress is True
+    args = parser.parse_args(["dpo", "--checkpoint", "m.safetensors", "--beta", "0.2", "--nll-alpha", "0",
+                              "--resume", "r.safetensors", "--device", "cuda"])
+    assert args.handler.__name__ == "run_dpo_command" and args.beta == 0.2 and args.nll_alpha == 0.0
+    assert args.resume == "r.safetensors" and args.device == "cuda"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sft"])                  # --checkpoint is required
+
+
+def test_sft_then_dpo_from_the_command_line(tmp_path, capsys):
+    pretrained = make_pretrained(tmp_path / "pre.safetensors")
+    sft_dir, dpo_dir = os.fspath(tmp_path / "sft"), os.fspath(tmp_path / "dpo")
+    assert main(["sft", "--checkpoint", pretrained, "--out-dir", sft_dir, *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "sft: 2 steps" in out and "end-marker rate: 0.000 ->" in out and "first_word" in out
+    assert os.path.exists(os.path.join(sft_dir, "model.safetensors"))
+
+    assert main(["dpo", "--checkpoint", os.path.join(sft_dir, "model.safetensors"), "--out-dir", dpo_dir,
+                 "--beta", "0.1", "--eval-pairs", "4", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "dpo: 2 steps" in out and "held-out preference accuracy" in out
+    summary = json.load(open(os.path.join(dpo_dir, "summary.json"), encoding="utf-8"))
+    assert summary["beta"] == 0.1 and summary["steps"] == 2
+    model, tokenizer, _ = load_model(os.path.join(dpo_dir, "model.safetensors"))
+    assert model.config.vocab_size == tokenizer.vocab_size
+
+
+def test_lora_from_the_command_line_reports_the_trained_fraction(tmp_path, capsys):
+    pretrained = make_pretrained(tmp_path / "pre.safetensors")
+    out_dir = os.fspath(tmp_path / "lora")
+    assert main(["sft", "--checkpoint", pretrained, "--out-dir", out_dir, "--lora-rank", "2",
+                 "--lora-targets", "q_proj,v_proj", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA: rank 2, alpha 16.0 on 2 layers" in out
+    trained_line = next(line for line in out.splitlines() if line.startswith("sft: 2 steps"))
+    assert "trained" in trained_line and "(100.0%)" not in trained_line
+    assert os.path.exists(os.path.join(out_dir, "adapters.safetensors"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-steps", "0"], "max_steps=0"),
+    (["--lora-targets", "nope"], "targets ['nope'] match no Linear layer"),
+    (["--data", "missing.jsonl"], "missing.jsonl"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, message):
+    pretrained = make_pretrained(tmp_path / "pre.safetensors")
+    argv = ["sft", "--checkpoint", pretrained, "--out-dir", os.fspath(tmp_path / "x"), *SMALL, *extra]
+    if "--lora-targets" in extra:
+        argv += ["--lora-rank", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minillm sft: error:") and message in err
+
+
+def test_a_missing_checkpoint_is_named(tmp_path, capsys):
+    assert main(["dpo", "--checkpoint", os.fspath(tmp_path / "none.safetensors"), "--no-progress"]) == 2
+    assert "none.safetensors" in capsys.readouterr().err
