@@ -12,7 +12,9 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minillm import generate_cli  # noqa: PLC0415  (each command imports its family on demand)
     from minillm.data import cli as data_cli  # noqa: PLC0415
+    from minillm.posttrain import cli as posttrain_cli  # noqa: PLC0415
     from minillm.tokenizer import cli as tokenizer_cli  # noqa: PLC0415
     from minillm.train import cli as train_cli  # noqa: PLC0415
 
@@ -21,14 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(subparsers)
     tokenizer_cli.register(subparsers)
     train_cli.register(subparsers)
-    for module_name in ("minillm.generate_cli", "minillm.posttrain.cli"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as error:
-            if not module_name.startswith(str(error.name)):
-                raise  # a real import error inside an existing module
-            continue
-        module.register(subparsers)
+    generate_cli.register(subparsers)
+    posttrain_cli.register(subparsers)
     return parser
 
 
