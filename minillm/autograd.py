@@ -192,9 +192,7 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
         gy = pending.pop(fn)
         if fn.output_hooks:
             for hook in fn.output_hooks:
-                replaced = hook(_wrap_grad(gy))
-                if replaced is not None:
-                    gy = replaced.data if hasattr(replaced, "data") else replaced
+                gy = _apply_hook(hook, gy)
         if fn.retained_output is not None:
             out = fn.retained_output()
             if out is not None:
@@ -233,16 +231,19 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
             fn.release()
 
 
-def _wrap_grad(array):
+def _apply_hook(hook, gradient):
+    """Call a tensor hook with the gradient as a Tensor; it may return a replacement (a Tensor
+    or an array) or None to keep the gradient."""
     from minillm.tensor import Tensor  # noqa: PLC0415
 
-    return Tensor(array)
+    replaced = hook(Tensor(gradient))
+    if replaced is None:
+        return gradient
+    return replaced.data if isinstance(replaced, Tensor) else replaced
 
 
 def _accumulate_leaf(tensor: "Tensor", gx) -> None:
     if tensor._hooks:
         for hook in tensor._hooks:
-            replaced = hook(_wrap_grad(gx))
-            if replaced is not None:
-                gx = replaced.data if hasattr(replaced, "data") else replaced
+            gx = _apply_hook(hook, gx)
     tensor.grad = gx if tensor.grad is None else tensor.grad + gx

@@ -65,6 +65,14 @@ def test_hooks_see_and_can_replace_gradients():
     np.testing.assert_allclose(x.grad, [20.0, 20.0])
 
 
+def test_hooks_may_return_plain_arrays():
+    x = mm.tensor([1.0, 2.0], requires_grad=True)
+    x.register_hook(lambda g: g.numpy() * 2.0)
+    (x * 3.0).sum().backward()
+    (x * 3.0).sum().backward()       # accumulation after an array-returning hook
+    np.testing.assert_allclose(x.grad, [12.0, 12.0])
+
+
 def test_retain_grad_keeps_a_non_leaf_gradient():
     x = mm.tensor([1.0, 2.0], requires_grad=True)
     y = (x * 3.0).retain_grad()
