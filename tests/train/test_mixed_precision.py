@@ -120,7 +120,8 @@ def test_precision_is_validated():
 @pytest.mark.slow
 def test_main_job_in_fp16_and_bf16_ends_within_2_percent_of_fp32(tmp_path):
     """The issue's target: 300 steps of the main job (same seed) per precision; the final
-    validation losses of fp16 and bf16 within 2% of fp32's. About 3-6 minutes per run on 2 cores."""
+    validation losses of fp16 and bf16 within 2% of fp32's. Measured (1 BLAS thread, busy 2-core
+    machine): fp32 4.1332 in 7.3 min, fp16 4.1263 in 10.1 min (one overflow skip), bf16 4.1314 in 7.0 min."""
     from minillm.train import TrainConfig
     from minillm.train.pretrain import run_pretraining
 
