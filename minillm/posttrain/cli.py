@@ -36,6 +36,7 @@ _HELP = {
     "lora_targets": "comma-separated Linear names to adapt (q_proj,v_proj,...); default: every Linear in the blocks",
     "seed": "seed for data generation, initialisation and batch order",
     "device": "where to train",
+    "precision": "compute precision: fp32, or mixed fp16 (dynamic loss scaling) / bf16 (minillm.amp)",
     "eval_interval": "evaluate (held-out loss, exact match) every this many steps",
     "log_interval": "write a metrics line every this many steps",
     "eval_per_task": "held-out prompts per task for exact match; 0 = no task evaluation",
@@ -63,6 +64,8 @@ def _add_options(parser: argparse.ArgumentParser, config_class) -> None:
             parser.add_argument(flag, action="store_true", help=help_text)
         elif field.name == "device":
             parser.add_argument(flag, default=field.default, choices=("cpu", "cuda"), help=help_text)
+        elif field.name == "precision":
+            parser.add_argument(flag, default=field.default, choices=("fp32", "fp16", "bf16"), help=help_text)
         else:
             shown = f" (default: {field.default!r})" if field.default != "" else ""
             parser.add_argument(flag, type=type(field.default), default=field.default, help=help_text + shown)

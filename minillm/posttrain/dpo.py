@@ -301,6 +301,7 @@ class DPOConfig:
     lora_targets: str = ""
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
     eval_interval: int = 50
     log_interval: int = 10
     eval_per_task: int = 50
@@ -381,7 +382,7 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
                             eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
-                            progress=cfg.progress, out_dir=cfg.out_dir)
+                            progress=cfg.progress, out_dir=cfg.out_dir, precision=cfg.precision)
     extra = {"stage": "dpo", "base_vocab_size": base_vocab, "lora": counts if cfg.lora_rank else None}
     # tokens per micro-batch (both sides of each pair; the reference's forward pass not counted)
     pair_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) - 2 for p in rendered)

@@ -267,6 +267,8 @@ def check_run_options(where: str, cfg) -> None:
                          "max_steps")
     if cfg.device not in ("cpu", "cuda"):
         raise ValueError(f"{where}: device={cfg.device!r}; expected 'cpu' or 'cuda'")
+    if cfg.precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"{where}: precision={cfg.precision!r}; expected 'fp32', 'fp16' or 'bf16'")
     if not cfg.checkpoint:
         raise ValueError(f"{where}: checkpoint is empty; expected the path of the model to start from")
     if not os.path.exists(cfg.checkpoint):
@@ -308,6 +310,7 @@ class SFTConfig:
     lora_targets: str = ""
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
     eval_interval: int = 200
     log_interval: int = 10
     eval_per_task: int = 50
@@ -379,7 +382,7 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
     settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
                             eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
-                            progress=cfg.progress, out_dir=cfg.out_dir)
+                            progress=cfg.progress, out_dir=cfg.out_dir, precision=cfg.precision)
     mean_length = sum(len(ids) - 1 for ids, _ in rendered) / len(rendered)
     extra = {"stage": "sft", "base_vocab_size": base_vocab, "lora": counts if cfg.lora_rank else None}
     trainer = Trainer(model, optimizer, settings, sft_loss, sampler, evaluate=evaluate if heldout else None,

@@ -269,3 +269,18 @@ def test_bad_options_name_the_option(tmp_path):
         run_sft(small_sft_config(tmp_path, checkpoint, max_steps=0))
     with pytest.raises(FileNotFoundError, match=r"checkpoint .*nope.safetensors"):
         run_sft(small_sft_config(tmp_path, os.fspath(tmp_path / "nope.safetensors")))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_sft_runs_in_mixed_precision(tmp_path, precision):
+    checkpoint = make_pretrained(tmp_path / "pre.safetensors")
+    summary = run_sft(small_sft_config(tmp_path, checkpoint, eval_per_task=0, max_steps=2, precision=precision),
+                      log=lambda m: None)
+    assert summary["steps"] == 2
+    records = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl", encoding="utf-8")]
+    losses = [r["loss"] for r in records if r["kind"] == "train" and not r.get("skipped")]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    if precision == "fp16":
+        assert all("loss_scale" in r for r in records if r["kind"] == "train")
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        run_sft(small_sft_config(tmp_path, checkpoint, precision="fp8"))
