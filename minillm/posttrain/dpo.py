@@ -30,7 +30,6 @@ composed twin; ``sequence_logprobs`` uses the fused cross-entropy, with a twin b
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -46,7 +45,7 @@ from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
 from minillm.posttrain.datasets import load_dpo_jsonl, render_preference_pairs
 from minillm.posttrain.evaluate import evaluate_tasks, per_task_subset
 from minillm.posttrain.lora import merge_lora, parameter_counts, save_lora
-from minillm.posttrain.sft import (PROGRESS_PROMPTS_PER_TASK, build_optimizer, check_run_options, load_chat_model, load_eval_prompts,
+from minillm.posttrain.sft import (PROGRESS_PROMPTS_PER_TASK, PostTrainConfig, build_optimizer, check_run_options, load_chat_model, load_eval_prompts,
                                    prepare_task_data, save_final_model, setup_lora)
 from minillm.posttrain.tasks import make_preference_pairs
 from minillm.tensor import Tensor
@@ -275,46 +274,20 @@ def all_pair_logprobs(model, rendered_pairs, block_size: int, pad_id: int, devic
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
-class DPOConfig:
+class DPOConfig(PostTrainConfig):
     """Everything ``run_dpo`` needs (the ``minillm dpo`` options). ``data`` empty: generate the
     seeded task files into ``out_dir/data`` and use their (correct answer, systematic mistake)
     pairs. ``eval_pairs`` held-out pairs measure the preference accuracy."""
 
-    checkpoint: str
-    data: str = ""
-    eval_data: str = ""
     out_dir: str = "runs/dpo"
-    beta: float = 0.1
-    nll_alpha: float = 1.0
     max_steps: int = 150
     lr: float = 2e-4
     min_lr: float = 2e-5
     warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    batch_size: int = 32
-    grad_accum_steps: int = 1
-    dropout: float = 0.0
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: str = ""
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"
     eval_interval: int = 50
-    log_interval: int = 10
-    eval_per_task: int = 50
+    beta: float = 0.1
+    nll_alpha: float = 1.0
     eval_pairs: int = 400
-    max_new_tokens: int = 0
-    n_sft: int = 20000
-    n_dpo: int = 4000
-    clean_data: bool = False
-    resume: str = ""
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:

@@ -282,14 +282,9 @@ def check_run_options(where: str, cfg) -> None:
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
-class SFTConfig:
-    """Everything ``run_sft`` needs (the ``minillm sft`` options).
-
-    ``dropout`` replaces the pretrained model's dropout (default 0: short fine-tuning runs on
-    small data learn faster without it, and DPO needs a deterministic policy). ``lora_rank`` 0
-    means full fine-tuning. ``data`` empty: generate the seeded task files (``n_sft`` examples,
-    noisy unless ``clean_data``) into ``out_dir/data``.
-    """
+class PostTrainConfig:
+    """The options SFT and DPO share (the ``minillm sft`` / ``minillm dpo`` flags); each stage's
+    config below changes some defaults and adds its own."""
 
     checkpoint: str
     data: str = ""
@@ -323,6 +318,17 @@ class SFTConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class SFTConfig(PostTrainConfig):
+    """Everything ``run_sft`` needs (the ``minillm sft`` options).
+
+    ``dropout`` replaces the pretrained model's dropout (default 0: short fine-tuning runs on
+    small data learn faster without it, and DPO needs a deterministic policy). ``lora_rank`` 0
+    means full fine-tuning. ``data`` empty: generate the seeded task files (``n_sft`` examples,
+    noisy unless ``clean_data``) into ``out_dir/data``.
+    """
 
 
 def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
