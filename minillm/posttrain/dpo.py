@@ -44,12 +44,11 @@ from minillm.nn import GPT
 from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
 from minillm.posttrain.datasets import load_dpo_jsonl, render_preference_pairs
 from minillm.posttrain.evaluate import evaluate_tasks, per_task_subset
-from minillm.posttrain.lora import merge_lora, parameter_counts, save_lora
-from minillm.posttrain.sft import (PROGRESS_PROMPTS_PER_TASK, PostTrainConfig, build_optimizer, check_run_options, load_chat_model, load_eval_prompts,
-                                   prepare_task_data, save_final_model, setup_lora)
+from minillm.posttrain.lora import parameter_counts
+from minillm.posttrain.sft import (PROGRESS_PROMPTS_PER_TASK, PostTrainConfig, build_optimizer, check_run_options,
+                                   load_chat_model, load_eval_prompts, prepare_task_data, setup_lora, train_stage)
 from minillm.posttrain.tasks import make_preference_pairs
 from minillm.tensor import Tensor
-from minillm.train.trainer import LoopSettings, Trainer
 
 # ------------------------------------------------------------------------------------------------
 # ops
@@ -352,32 +351,16 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     before = evaluate(model, full=True) if (heldout_pairs or eval_prompts) and not cfg.resume else None
     if before is not None:
         log("before DPO: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if isinstance(v, float)))
-    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                            grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
-                            eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
-                            progress=cfg.progress, out_dir=cfg.out_dir, precision=cfg.precision)
-    extra = {"stage": "dpo", "base_vocab_size": base_vocab, "lora": counts if cfg.lora_rank else None}
     # tokens per micro-batch (both sides of each pair; the reference's forward pass not counted)
     pair_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) - 2 for p in rendered)
-    trainer = Trainer(model, optimizer, settings, objective, sampler,
-                      evaluate=evaluate if (heldout_pairs or eval_prompts) else None,
-                      tokens_per_batch=int(cfg.batch_size * pair_tokens / len(rendered)),
-                      checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra},
-                      device=cfg.device)
-    if cfg.resume:
-        trainer.resume(cfg.resume)
-        log(f"resumed from {cfg.resume} at step {trainer.step}")
-    train_started = time.perf_counter()
-    records = trainer.fit(stop_at)
-    train_seconds = time.perf_counter() - train_started
-    if trainer.step < cfg.max_steps:
-        return {"stage": "dpo", "paused_at": trainer.step, "checkpoint": trainer.checkpoint_path("last")}
-
-    if cfg.lora_rank:
-        save_lora(os.path.join(cfg.out_dir, "adapters.safetensors"), model, base_vocab_size=base_vocab)
-        merge_lora(model)
-    model_path = os.path.join(cfg.out_dir, "model.safetensors")
-    save_final_model(model_path, model, tokenizer, trainer.step, cfg.to_dict(), extra)
+    outcome = train_stage("dpo", cfg, model, optimizer, objective, sampler,
+                          evaluate if (heldout_pairs or eval_prompts) else None,
+                          int(cfg.batch_size * pair_tokens / len(rendered)), tokenizer, base_vocab, counts,
+                          log, stop_at)
+    if outcome.paused is not None:
+        return outcome.paused
+    trainer, records, train_seconds, model_path = outcome.trainer, outcome.records, outcome.train_seconds, \
+        outcome.model_path
     after = evaluate(model, full=True) if (heldout_pairs or eval_prompts) else None
     train_records = [r for r in records if r.get("kind") == "train" and "loss" in r]
     summary = {

@@ -331,6 +331,48 @@ class SFTConfig(PostTrainConfig):
     """
 
 
+@dataclass
+class StageOutcome:
+    """What :func:`train_stage` hands back: the trainer and its records, the training time, and
+    either ``paused`` (the summary of a run stopped early by ``stop_at``) or the final model's path."""
+
+    trainer: Trainer
+    records: list
+    train_seconds: float
+    paused: dict | None = None
+    model_path: str | None = None
+
+
+def train_stage(stage: str, cfg: PostTrainConfig, model, optimizer, compute_loss, sampler, evaluate,
+                tokens_per_batch: int, tokenizer, base_vocab: int, counts: dict, log, stop_at: int | None) -> StageOutcome:
+    """The part SFT and DPO share: run the shared Trainer (resuming when asked), then save the
+    final model (LoRA adapters saved separately and merged first) as ``out_dir/model.safetensors``."""
+    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                            grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
+                            eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
+                            progress=cfg.progress, out_dir=cfg.out_dir, precision=cfg.precision)
+    extra = {"stage": stage, "base_vocab_size": base_vocab, "lora": counts if cfg.lora_rank else None}
+    trainer = Trainer(model, optimizer, settings, compute_loss, sampler, evaluate=evaluate,
+                      tokens_per_batch=tokens_per_batch,
+                      checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra},
+                      device=cfg.device)
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+        log(f"resumed from {cfg.resume} at step {trainer.step}")
+    train_started = time.perf_counter()
+    records = trainer.fit(stop_at)
+    train_seconds = time.perf_counter() - train_started
+    if trainer.step < cfg.max_steps:
+        paused = {"stage": stage, "paused_at": trainer.step, "checkpoint": trainer.checkpoint_path("last")}
+        return StageOutcome(trainer, records, train_seconds, paused=paused)
+    if cfg.lora_rank:
+        save_lora(os.path.join(cfg.out_dir, "adapters.safetensors"), model, base_vocab_size=base_vocab)
+        merge_lora(model)
+    model_path = os.path.join(cfg.out_dir, "model.safetensors")
+    save_final_model(model_path, model, tokenizer, trainer.step, cfg.to_dict(), extra)
+    return StageOutcome(trainer, records, train_seconds, model_path=model_path)
+
+
 def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
     """Run SFT as described in the module docstring; returns the summary (also ``summary.json``).
 
@@ -385,30 +427,14 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
         else None
     if before is not None:
         log(f"before SFT: exact match {before['overall']:.3f}, end-marker rate {before['end_rate']:.3f}")
-    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                            grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
-                            eval_interval=cfg.eval_interval, log_interval=cfg.log_interval,
-                            progress=cfg.progress, out_dir=cfg.out_dir, precision=cfg.precision)
     mean_length = sum(len(ids) - 1 for ids, _ in rendered) / len(rendered)
-    extra = {"stage": "sft", "base_vocab_size": base_vocab, "lora": counts if cfg.lora_rank else None}
-    trainer = Trainer(model, optimizer, settings, sft_loss, sampler, evaluate=evaluate if heldout else None,
-                      tokens_per_batch=int(cfg.batch_size * min(mean_length, block_size)),
-                      checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra},
-                      device=cfg.device)
-    if cfg.resume:
-        trainer.resume(cfg.resume)
-        log(f"resumed from {cfg.resume} at step {trainer.step}")
-    train_started = time.perf_counter()
-    records = trainer.fit(stop_at)
-    train_seconds = time.perf_counter() - train_started
-    if trainer.step < cfg.max_steps:
-        return {"stage": "sft", "paused_at": trainer.step, "checkpoint": trainer.checkpoint_path("last")}
-
-    if cfg.lora_rank:
-        save_lora(os.path.join(cfg.out_dir, "adapters.safetensors"), model, base_vocab_size=base_vocab)
-        merge_lora(model)
-    model_path = os.path.join(cfg.out_dir, "model.safetensors")
-    save_final_model(model_path, model, tokenizer, trainer.step, cfg.to_dict(), extra)
+    outcome = train_stage("sft", cfg, model, optimizer, sft_loss, sampler, evaluate if heldout else None,
+                          int(cfg.batch_size * min(mean_length, block_size)), tokenizer, base_vocab, counts,
+                          log, stop_at)
+    if outcome.paused is not None:
+        return outcome.paused
+    trainer, records, train_seconds, model_path = outcome.trainer, outcome.records, outcome.train_seconds, \
+        outcome.model_path
     after = evaluate_tasks(model, template, eval_prompts, cfg.max_new_tokens) if eval_prompts else None
     train_losses = [r["loss"] for r in records if r.get("kind") == "train" and "loss" in r]
     summary = {
