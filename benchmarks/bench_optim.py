@@ -22,6 +22,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
 
 import minillm as mm  # noqa: E402
 from minillm.optim import AdamW  # noqa: E402
@@ -34,17 +37,6 @@ def gpt_shapes(vocab: int, n_embd: int, layers: int) -> list[tuple[int, ...]]:
     block = [(c,), (c,), (c, 3 * c), (3 * c,), (c, c), (c,),          # ln_1, attention
              (c,), (c,), (c, 4 * c), (4 * c,), (4 * c, c), (c,)]      # ln_2, MLP
     return [(vocab, c)] + block * layers + [(c,), (c,)]
-
-
-def busy_jiffies() -> int | None:
-    """Jiffies every CPU spent busy so far (None off Linux)."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
-    return sum(fields[:8]) - idle
 
 
 def main() -> None:
@@ -85,18 +77,14 @@ def main() -> None:
         for step in contenders.values():
             step()
     times = {label: [] for label in contenders}
-    own_before, busy_before, wall_before = time.process_time(), busy_jiffies(), time.perf_counter()
-    for _ in range(args.rounds):
-        for label, step in contenders.items():
-            start = time.perf_counter()
-            step()
-            times[label].append(time.perf_counter() - start)
-    own_cpu = time.process_time() - own_before
-    wall = time.perf_counter() - wall_before
-    busy_after = busy_jiffies()
-    other_cpu = None
-    if busy_before is not None and busy_after is not None:
-        other_cpu = max(0.0, (busy_after - busy_before) / os.sysconf("SC_CLK_TCK") - own_cpu)
+    with common.OtherCpu() as cpu:
+        for _ in range(args.rounds):
+            for label, step in contenders.items():
+                start = time.perf_counter()
+                step()
+                times[label].append(time.perf_counter() - start)
+    wall = cpu.wall
+    other_cpu = None if cpu.other != cpu.other else cpu.other   # NaN off Linux
 
     medians = {label: statistics.median(t) * 1e3 for label, t in times.items()}
     print(f"AdamW step, {n_params / 1e6:.2f}M float32 parameters in {len(shapes)} arrays, "

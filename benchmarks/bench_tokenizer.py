@@ -31,12 +31,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
-from minillm.fileio import atomic_write_text  # noqa: E402  (after the path setup)
+import common  # noqa: E402  (after the path setup)
+from minillm.fileio import atomic_write_text  # noqa: E402
 DEFAULT_CORPUS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "shakespeare_complete.txt")
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 VOCAB_SIZE = 16_384
@@ -45,42 +46,6 @@ VOCAB_SIZE = 16_384
 # ------------------------------------------------------------------------------------------------
 # measuring helpers
 # ------------------------------------------------------------------------------------------------
-
-def busy_jiffies() -> int | None:
-    """CPU time all processes spent busy (clock ticks), or None where /proc/stat is missing."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle
-
-
-class Timed:
-    """Wall time of a block, plus the CPU seconds other processes used during it."""
-
-    def __enter__(self):
-        self.busy0 = busy_jiffies()
-        self.own0 = own_cpu_seconds()
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.t0
-        busy1 = busy_jiffies()
-        own = own_cpu_seconds() - self.own0
-        if self.busy0 is None or busy1 is None:
-            self.others_cpu = float("nan")
-        else:
-            self.others_cpu = max(0.0, (busy1 - self.busy0) / os.sysconf("SC_CLK_TCK") - own)
-        return False
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
 
 def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux (bytes on macOS).
@@ -110,10 +75,10 @@ def worker_train_ours(corpus: str) -> dict:
     from minillm.tokenizer import BPETokenizer
     text = load_text(corpus)
     rss_before = current_rss_mb()
-    with Timed() as timed:
+    with common.OtherCpu() as timed:
         tokenizer = BPETokenizer.train(text, vocab_size=VOCAB_SIZE, pattern="gpt4")
     tokenizer.save(os.path.join(RESULTS_DIR, "bench_tokenizer_16k.json"))
-    return {"seconds": timed.seconds, "others_cpu": timed.others_cpu, "vocab_size": tokenizer.vocab_size,
+    return {"seconds": timed.wall, "others_cpu": timed.other, "vocab_size": tokenizer.vocab_size,
             "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(), "corpus_mb": len(text.encode()) / 2**20}
 
 
@@ -139,9 +104,9 @@ def worker_train_hf(corpus: str) -> dict:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    with Timed() as timed:
+    with common.OtherCpu() as timed:
         tokenizer.train_from_iterator([text], trainer=trainer)
-    return {"seconds": timed.seconds, "others_cpu": timed.others_cpu, "vocab_size": tokenizer.get_vocab_size(),
+    return {"seconds": timed.wall, "others_cpu": timed.other, "vocab_size": tokenizer.get_vocab_size(),
             "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -159,18 +124,18 @@ def worker_encode(corpus: str, repeats: int) -> dict:
     result: dict = {"cold": [], "warm": [], "tiktoken": [], "others_cpu": [], "identical": None}
     for _ in range(repeats):  # alternate: ours (cold), ours (warm), tiktoken, ...
         tokenizer = BPETokenizer.from_dict(trained.to_dict())  # fresh: empty chunk cache
-        with Timed() as cold:
+        with common.OtherCpu() as cold:
             ours = tokenizer.encode_ordinary(text)
-        with Timed() as warm:
+        with common.OtherCpu() as warm:
             tokenizer.encode_ordinary(text)
-        result["cold"].append(cold.seconds)
-        result["warm"].append(warm.seconds)
-        result["others_cpu"] += [cold.others_cpu, warm.others_cpu]
+        result["cold"].append(cold.wall)
+        result["warm"].append(warm.wall)
+        result["others_cpu"] += [cold.other, warm.other]
         if encoding is not None:
-            with Timed() as theirs_timed:
+            with common.OtherCpu() as theirs_timed:
                 theirs = encoding.encode_ordinary(text)
-            result["tiktoken"].append(theirs_timed.seconds)
-            result["others_cpu"].append(theirs_timed.others_cpu)
+            result["tiktoken"].append(theirs_timed.wall)
+            result["others_cpu"].append(theirs_timed.other)
             result["identical"] = ours == theirs if result["identical"] in (None, True) else False
     result["tokens"] = len(ours)
     result["megabytes"] = len(text.encode()) / 2**20
