@@ -5,6 +5,7 @@ Modules, one concept each:
     training   BPE training (chunk counts, incremental pair counts, heap)
     merge      applying merges to a chunk; recovering merges from tiktoken ranks
     special    special tokens in text and the ``allowed_special`` policy
+    base       what both tokenizers share (special-token bookkeeping, batches, display, files)
     bpe        BPETokenizer
     char       CharTokenizer
     formats    minillm JSON, tiktoken rank files, GPT-2's encoder.json + vocab.bpe

@@ -24,7 +24,8 @@ import threading
 from itertools import chain, islice
 from typing import Iterable, Iterator
 
-from . import display, formats
+from . import formats
+from .base import TokenizerBase
 from .checks import (assign_special_ids, check_byte_ids, check_ids, check_merges, check_special_token_list,
                      check_text, short_repr, surrogate_error)
 from .merge import apply_merges, merges_from_ranked_tokens
@@ -36,7 +37,7 @@ BLOCK_CHARS = 1 << 20  # long texts are pre-tokenized in blocks of about this ma
 CACHEABLE_CHUNK_CHARS = 256  # longer chunks (rare except with pattern=None) are not cached
 
 
-class BPETokenizer:
+class BPETokenizer(TokenizerBase):
     """Byte-level BPE tokenizer; see the module docstring for the vocabulary layout.
 
     Build one with ``BPETokenizer.train``, ``load``, ``from_dict``, ``load_tiktoken`` or
@@ -127,10 +128,6 @@ class BPETokenizer:
         return len(self._decoder)
 
     @property
-    def special_tokens(self) -> dict[str, int]:
-        return dict(self._special_tokens)
-
-    @property
     def pattern(self) -> str | None:
         """The split regex (None: no pre-tokenization)."""
         return self._pattern
@@ -189,14 +186,6 @@ class BPETokenizer:
             return self._encode_ordinary(text)
         except UnicodeEncodeError:
             raise surrogate_error(text) from None
-
-    def encode_batch(self, texts: Iterable[str], allowed_special: object = "none_raise") -> list[list[int]]:
-        """``[encode(text) for text in texts]`` (the chunk cache is shared across the batch)."""
-        if isinstance(texts, (str, bytes, bytearray)):
-            raise TypeError(f"texts={short_repr(texts)} is a single {type(texts).__name__}; expected a list "
-                            "of str (use encode() for one text)")
-        return [self.encode(check_text(text, f"texts[{index}]"), allowed_special)
-                for index, text in enumerate(texts)]
 
     def encode_iterable(self, texts: Iterable[str], allowed_special: object = "none_raise",
                         buffer_chars: int = 1 << 16) -> Iterator[int]:
@@ -299,28 +288,6 @@ class BPETokenizer:
     # special tokens, inspection
     # ------------------------------------------------------------------------------------------
 
-    def add_special_tokens(self, tokens: list[str]) -> list[int]:
-        """Append new special tokens with the next free ids; returns their ids."""
-        tokens = check_special_token_list(tokens, "tokens")
-        for token in tokens:
-            if token in self._special_tokens:
-                raise ValueError(f"tokens contains {token!r}, which is already the special token with id "
-                                 f"{self._special_tokens[token]}; expected new special tokens")
-        first_id = self.vocab_size
-        new_ids = [first_id + index for index in range(len(tokens))]
-        self._special_tokens.update(zip(tokens, new_ids))
-        self._rebuild_special_tables()
-        return new_ids
-
-    def visualize(self, text: str, allowed_special: object = "all") -> str:
-        """``text`` with each token in brackets, e.g. ``"[To][ be][,][ or]"`` (see ``display``)."""
-        return display.visualize(self, text, allowed_special)
-
-    def compression_report(self, text: str) -> dict:
-        """``{"characters", "bytes", "tokens", "bytes_per_token", "characters_per_token",
-        "vocab_size"}`` for ``text``; ``format_compression_report`` prints it."""
-        return display.compression_report(self, text)
-
     def __repr__(self) -> str:
         pattern = self._pattern_name or ("custom" if self._pattern is not None else None)
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self._merge_list)}, "
@@ -375,16 +342,6 @@ class BPETokenizer:
                 raise ValueError(f"{source}: merges[{k}] shows {text!r} but makes "
                                  f"{formats.render_token(tokenizer._vocab[256 + k])!r}; the file is corrupt")
         return tokenizer
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as minillm JSON (atomically; see ``formats``)."""
-        formats.write_tokenizer_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
-        """Read a file written by ``save``; a damaged file raises ValueError naming it."""
-        data = formats.read_tokenizer_json(path)
-        return cls._from_dict(data, f"tokenizer file {os.fspath(path)!r}")
 
     def save_tiktoken(self, path: str | os.PathLike) -> None:
         """Write tiktoken's rank file (``base64 rank`` lines; special tokens are not included)."""

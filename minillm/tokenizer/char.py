@@ -8,15 +8,15 @@ naming it and its position: there is no byte fallback.
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator
 
-from . import display, formats
+from . import formats
+from .base import TokenizerBase
 from .checks import check_ids, check_no_surrogates, check_special_token_list, check_text, short_repr
 from .special import SpecialTokenMatcher
 
 
-class CharTokenizer:
+class CharTokenizer(TokenizerBase):
     """Maps each character of ``chars`` to its index; ``special_tokens`` follow (list of str)."""
 
     def __init__(self, chars: list[str] | str, special_tokens: list[str] | None = None):
@@ -61,10 +61,6 @@ class CharTokenizer:
         return len(self._id_to_text)
 
     @property
-    def special_tokens(self) -> dict[str, int]:
-        return dict(self._special_tokens)
-
-    @property
     def chars(self) -> list[str]:
         return list(self._chars)
 
@@ -100,12 +96,6 @@ class CharTokenizer:
                 "includes it, or use BPETokenizer (byte-level, encodes any text)"
             ) from None
 
-    def encode_batch(self, texts: Iterable[str], allowed_special: object = "none_raise") -> list[list[int]]:
-        if isinstance(texts, (str, bytes, bytearray)):
-            raise TypeError(f"texts={short_repr(texts)} is a single {type(texts).__name__}; expected a list of str")
-        return [self.encode(check_text(text, f"texts[{index}]"), allowed_special)
-                for index, text in enumerate(texts)]
-
     def encode_iterable(self, texts: Iterable[str], allowed_special: object = "none_raise") -> Iterator[int]:
         """Stream the ids of the concatenation of ``texts`` (e.g. the lines of an open file).
         Characters are independent, so each piece is encoded on its own; a special token string
@@ -126,24 +116,6 @@ class CharTokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """UTF-8 bytes of ``decode(ids)``."""
         return self.decode(ids).encode("utf-8")
-
-    def add_special_tokens(self, tokens: list[str]) -> list[int]:
-        """Append new special tokens with the next free ids; returns their ids."""
-        tokens = check_special_token_list(tokens, "tokens")
-        for token in tokens:
-            if token in self._special_tokens:
-                raise ValueError(f"tokens contains {token!r}, which is already the special token with id "
-                                 f"{self._special_tokens[token]}; expected new special tokens")
-        new_ids = [self.vocab_size + index for index in range(len(tokens))]
-        self._special_tokens.update(zip(tokens, new_ids))
-        self._rebuild_special_tables()
-        return new_ids
-
-    def visualize(self, text: str, allowed_special: object = "all") -> str:
-        return display.visualize(self, text, allowed_special)
-
-    def compression_report(self, text: str) -> dict:
-        return display.compression_report(self, text)
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, special_tokens={list(self._special_tokens)})"
@@ -175,10 +147,3 @@ class CharTokenizer:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{source}: {exc}") from None
 
-    def save(self, path: str | os.PathLike) -> None:
-        formats.write_tokenizer_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
-        data = formats.read_tokenizer_json(path)
-        return cls._from_dict(data, f"tokenizer file {os.fspath(path)!r}")
