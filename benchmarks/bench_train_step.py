@@ -1,52 +1,55 @@
 """One training step (forward + backward + AdamW) of a GPT-2-preset model: minillm vs PyTorch
-eager, side by side, the same thread count, float32 or mixed precision.
+eager, each contender in a fresh process of its own, float32 or mixed precision, CPU or GPU.
 
-    python benchmarks/bench_train_step.py                         # configs A,B,C, 10 steps each
+    python benchmarks/bench_train_step.py                          # configs A,B,C on the CPU, 3 rounds
     python benchmarks/bench_train_step.py --configs B --steps 20 --threads 2
-    python benchmarks/bench_train_step.py --no-torch --no-memory  # minillm alone, timing only
-    python benchmarks/bench_train_step.py --precision fp16        # minillm.amp vs torch.autocast
-    python benchmarks/bench_train_step.py --device cuda           # CuPy vs PyTorch CUDA (needs a GPU)
+    python benchmarks/bench_train_step.py --device cuda --configs C,G --precision fp16
+    python benchmarks/bench_train_step.py --device cuda --configs G --contenders minillm,minillm-composed,torch
+    python benchmarks/bench_train_step.py --no-torch               # minillm alone
 
-Precision: "fp32", or mixed "fp16"/"bf16" -- minillm under ``amp.autocast`` (fp16 with
-``amp.GradScaler``: scale, unscale, inf check, step, update), PyTorch under ``torch.autocast``
-(fp16 with ``torch.amp.GradScaler``). On the host minillm *emulates* both formats (see
-minillm/amp.py: float32 BLAS on rounded values), so expect fp16/bf16 to be slower than fp32
-there; the memory column is what fp16 is for on a CPU.
+Contenders: "minillm"; "minillm-composed" (the GPU without the fused CUDA kernels, MINILLM_FUSED=0:
+the composed array code the kernels replace); "torch" (PyTorch eager, the same architecture and
+weights, torch.optim.AdamW with its default implementation for the device).
+
+Precision: "fp32" (no TF32 for either on a GPU: CuPy's default, and PyTorch's
+``torch.backends.cuda.matmul.allow_tf32 = False``, its default too), or mixed "fp16"/"bf16" --
+minillm under ``amp.autocast`` (fp16 with ``amp.GradScaler``: scale, unscale, inf check, step,
+update), PyTorch under ``torch.autocast`` (fp16 with ``torch.amp.GradScaler``). minillm's bf16 is
+emulated on float32 arrays (values rounded to bfloat16, float32 GEMMs: see minillm/amp.py), PyTorch's
+is real bfloat16; on the host minillm emulates fp16 too.
 
 Configs (GPT-2 preset: LayerNorm, learned positions, GELU, tied head, biases; dropout 0):
 
-    A: vocab 65,   block 64,  batch 12, 4 layers, 4 heads, 128 wide
-    B: vocab 4096, block 128, batch 16, 6 layers, 6 heads, 192 wide
-    C: vocab 65,   block 256, batch 8,  6 layers, 6 heads, 384 wide
+    A: vocab 65,    block 64,   batch 12, 4 layers,  4 heads,  128 wide
+    B: vocab 4096,  block 128,  batch 16, 6 layers,  6 heads,  192 wide
+    C: vocab 65,    block 256,  batch 8,  6 layers,  6 heads,  384 wide
+    G: vocab 50304, block 1024, batch 8,  12 layers, 12 heads, 768 wide (GPT-2 small, 124M; a GPU's)
 
 Method
-- Time: both models start from the same weights and see the same batch. After warm-up steps,
-  each timed round runs one minillm step and one PyTorch step (the order flips every round, so
-  neither always follows the other), and the medians and their ratio are reported. Thread
-  counts: OPENBLAS/OMP/MKL_NUM_THREADS are set before NumPy loads, and torch.set_num_threads.
-- Other load: the CPU seconds that *other* processes used during each timed step come from
-  /proc/stat minus this process's own CPU time; the table says how busy the machine was and a
-  warning is printed when it was not idle (a 2-core machine slows a step 5-25x then: re-run).
-- Throughput: tokens/s = B·T / step time; GFLOP/s from ``GPT.flops_per_token`` (6N + 12·L·T·C,
-  see its docstring) and its fraction of the machine's matmul peak: the best 2048³ float32
-  matmul measured with NumPy and with PyTorch, before and after the runs (each library's own
-  peak is recorded too).
-- Peak memory: each contender runs in its own subprocess (same threads). After imports, the
-  batch, and one warm-up step of a tiny model (deleted again: lazy library initialisation is
-  not the model's memory), the resident set (VmRSS) is read and the kernel's high-water mark is reset
-  (``echo 5 > /proc/self/clear_refs``); the model and optimizer are built and 3 steps run;
-  the peak is VmHWM minus that baseline, so it counts parameters, gradients, optimizer state,
-  activations and allocator slack alike for both libraries. For minillm the peak of the NumPy
-  allocations themselves (tracemalloc, to which NumPy reports) is given as well.
-  On --device cuda: torch.cuda.max_memory_allocated and CuPy's memory-pool total instead.
+- Every contender runs in a fresh process of its own (never two libraries' thread pools or
+  allocators in one process), with the thread count set before NumPy/PyTorch load. Rounds
+  alternate the order of the contenders (A B, B A, ...); each process builds the model (minillm's
+  GPT-2 initialisation with seed 0; PyTorch copies those weights), runs ``--warmup`` untimed steps
+  and then ``--steps`` timed ones, each synchronised with the device. The table gives the median
+  over every timed step of every round and the spread of the per-round medians.
+- Other load (CPU): the CPU seconds that other processes used during the timed steps, from
+  /proc/stat minus the process's own; a warning when the machine was not idle.
+- Throughput: tokens/s = B·T / step time; TFLOP/s from ``GPT.flops_per_token`` (6N + 12·L·T·C).
+- Peak memory. CPU: the process's resident high-water mark (VmHWM) minus its resident set once
+  the library was imported (so the model, optimizer state, activations and allocator slack count
+  alike). GPU, over 2 more steps after the timed ones: the peak of the bytes held by live arrays -- minillm: CuPy's pool allocations tracked by a
+  ``cupy.cuda.MemoryHook`` (512-byte rounded sizes) on top of what was live when it started;
+  PyTorch: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` -- both count
+  parameters, gradients, optimizer state and activations; the pools' reserved bytes are recorded too.
 
-Results are written to benchmarks/results/train_step_<time>.json and .md (git-ignored).
+Results: benchmarks/results/train_step_<time>.json and .md (git-ignored), or ``--out DIR``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -59,32 +62,48 @@ CONFIGS = {
     "A": dict(vocab_size=65, block_size=64, batch=12, n_layer=4, n_head=4, n_embd=128),
     "B": dict(vocab_size=4096, block_size=128, batch=16, n_layer=6, n_head=6, n_embd=192),
     "C": dict(vocab_size=65, block_size=256, batch=8, n_layer=6, n_head=6, n_embd=384),
+    "G": dict(vocab_size=50304, block_size=1024, batch=8, n_layer=12, n_head=12, n_embd=768),
 }
-WARMUP_CONFIG = dict(vocab_size=65, block_size=8, batch=2, n_layer=1, n_head=2, n_embd=16)
-TARGET_TIME_RATIO = {"A": 2.0, "B": 1.3, "C": 1.3}
-TARGET_MEMORY_RATIO = 1.3
+TARGET_TIME_RATIO = {("cpu", "fp32"): {"A": 1.15, "B": 1.0, "C": 1.0},
+                     ("cuda", "fp32"): {"C": 1.2, "G": 1.2},
+                     ("cuda", "fp16"): {"C": 1.3, "G": 1.3}, ("cuda", "bf16"): {"C": 1.3, "G": 1.3}}
+TARGET_MEMORY_RATIO = {"cpu": 0.8, "cuda": 1.2}
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+CONTENDERS = ("minillm", "minillm-composed", "torch")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="A,B,C", help="comma-separated subset of A,B,C")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per contender")
+    parser.add_argument("--configs", default="A,B,C", help="comma-separated subset of A,B,C,G")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per contender and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (one process each)")
     parser.add_argument("--threads", type=int, default=2, help="BLAS / intra-op threads for both")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="fp32, or mixed precision fp16 / bf16 (minillm.amp, torch.autocast)")
+    parser.add_argument("--contenders", default="minillm,torch",
+                        help=f"comma-separated subset of {','.join(CONTENDERS)}")
     parser.add_argument("--no-torch", action="store_true", help="time minillm alone")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-child", choices=("minillm", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory steps")
+    parser.add_argument("--out", default=None, help="write the JSON and Markdown results here")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per contender process")
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown config(s) {unknown}; expected a subset of {list(CONFIGS)}")
-    if args.steps < 1 or args.threads < 1:
-        parser.error("--steps and --threads must be positive")
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    bad = [c for c in args.contenders if c not in CONTENDERS]
+    if bad:
+        parser.error(f"--contenders: unknown {bad}; expected a subset of {list(CONTENDERS)}")
+    if args.no_torch:
+        args.contenders = [c for c in args.contenders if c != "torch"]
+    if args.steps < 1 or args.threads < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--steps, --threads and --rounds must be positive, --warmup >= 0")
+    if "minillm-composed" in args.contenders and args.device != "cuda":
+        parser.error("--contenders minillm-composed: the fused kernels exist only on a GPU (--device cuda)")
     return args
 
 
@@ -95,26 +114,31 @@ def set_threads(threads: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The contenders
+# The contenders (each runs in a child process)
 # ---------------------------------------------------------------------------------------------
-def _shape(name: str) -> dict:
-    return WARMUP_CONFIG if name == "warmup" else CONFIGS[name]
-
-
 def gpt_config(name: str):
     from minillm.nn import GPTConfig
 
-    shape = {k: v for k, v in _shape(name).items() if k != "batch"}
+    shape = {k: v for k, v in CONFIGS[name].items() if k != "batch"}
     return GPTConfig.gpt2(**shape, dropout=0.0)
 
 
 def make_batch(name: str):
     import numpy as np
 
-    cfg = _shape(name)
+    cfg = CONFIGS[name]
     rng = np.random.default_rng(0)
     size = (cfg["batch"], cfg["block_size"])
     return rng.integers(0, cfg["vocab_size"], size=size), rng.integers(0, cfg["vocab_size"], size=size)
+
+
+def host_model(name: str):
+    """minillm's GPT-2 initialisation with seed 0, on the host (both contenders start from it)."""
+    import minillm as mm
+    from minillm.nn import GPT
+
+    mm.manual_seed(0)
+    return GPT(gpt_config(name))
 
 
 class MinillmStep:
@@ -122,22 +146,15 @@ class MinillmStep:
     amp.autocast for fp16/bf16; fp16 with the GradScaler's scale/unscale/step/update)."""
 
     def __init__(self, name: str, device: str, precision: str = "fp32"):
-        import minillm as mm
         from minillm import amp
-        from minillm.nn import GPT
-
-        mm.manual_seed(0)
-        self.model = GPT(gpt_config(name)).to(device)
         from minillm.optim import AdamW
 
+        self.model = host_model(name).to(device)
         self.opt = AdamW(self.model.parameters(), **ADAMW)
         self.device, self.precision, self.amp = device, precision, amp
         self.scaler = amp.GradScaler() if precision == "fp16" else None
-
-    def set_batch(self, idx, targets):
-        from minillm.backend import to_device
-
-        self.idx, self.targets = to_device(idx, self.device), to_device(targets, self.device)
+        # host batches, as a data loader gives them: the model checks and moves them
+        self.idx, self.targets = make_batch(name)
 
     def __call__(self):
         if self.precision == "fp32":
@@ -234,25 +251,25 @@ class TorchStep:
     """PyTorch eager: the same model, weights and batch; torch.optim.AdamW (its default
     implementation for the device)."""
 
-    def __init__(self, name: str, device: str, threads: int, weights: dict | None, precision: str = "fp32"):
+    def __init__(self, name: str, device: str, threads: int, precision: str = "fp32"):
         import torch
 
         torch.set_num_threads(threads)
-        torch.manual_seed(0)
+        torch.backends.cuda.matmul.allow_tf32 = False            # fp32 means fp32 (the default)
+        torch.backends.cudnn.allow_tf32 = False
         self.torch = torch
         self.model = torch_model(gpt_config(name))
-        if weights is not None:
-            self.model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+        weights = {k: v for k, v in host_model(name).state_dict().items()}
+        self.model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
         self.device = "cuda" if device == "cuda" else "cpu"
         self.model.to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), **ADAMW)
         self.precision = precision
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device) if precision == "fp16" else None
-
-    def set_batch(self, idx, targets):
-        self.idx = self.torch.from_numpy(idx).to(self.device)
-        self.targets = self.torch.from_numpy(targets).to(self.device)
+        idx, targets = make_batch(name)
+        self.idx = torch.from_numpy(idx).to(self.device)
+        self.targets = torch.from_numpy(targets).to(self.device)
 
     def __call__(self):
         if self.dtype is None:
@@ -279,84 +296,6 @@ class TorchStep:
             self.torch.cuda.synchronize()
 
 
-# ---------------------------------------------------------------------------------------------
-# Measurements
-# ---------------------------------------------------------------------------------------------
-def matmul_peaks(device: str, with_torch: bool) -> dict:
-    """GFLOP/s of a 2048³ float32 matmul (best of 10) for NumPy/CuPy and for PyTorch."""
-    from minillm.backend import module_for_device, random_normal, synchronize
-
-    n, peaks = 2048, {}
-    xp = module_for_device(device)
-    a = random_normal((n, n), "float32", device)
-    for _ in range(2):
-        xp.matmul(a, a)
-    best = float("inf")
-    for _ in range(10):
-        synchronize(device)
-        start = time.perf_counter()
-        xp.matmul(a, a)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    peaks["minillm"] = 2 * n ** 3 / best / 1e9
-    if with_torch:
-        import torch
-
-        t = torch.randn(n, n, device="cuda" if device == "cuda" else "cpu")
-        for _ in range(2):
-            t @ t
-        best = float("inf")
-        for _ in range(10):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            t @ t
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        peaks["torch"] = 2 * n ** 3 / best / 1e9
-    return peaks
-
-
-def time_config(name: str, args) -> dict:
-    from common import OtherCpu
-
-    idx, targets = make_batch(name)
-    contenders = {"minillm": MinillmStep(name, args.device, args.precision)}
-    if not args.no_torch:
-        weights = {k: _host(v) for k, v in contenders["minillm"].model.state_dict().items()}
-        contenders["torch"] = TorchStep(name, args.device, args.threads, weights, args.precision)
-    for step in contenders.values():
-        step.set_batch(idx, targets)
-    first_losses = {}
-    for label, step in contenders.items():
-        for i in range(args.warmup):
-            loss = step()
-            if i == 0:
-                first_losses[label] = float(loss.item())
-        step.sync()
-    times = {label: [] for label in contenders}
-    others = {label: [] for label in contenders}
-    order = list(contenders)
-    with OtherCpu() as whole:
-        for round_index in range(args.steps):
-            for label in (order if round_index % 2 == 0 else order[::-1]):
-                step = contenders[label]
-                with OtherCpu() as load:
-                    step()
-                    step.sync()
-                times[label].append(load.wall)
-                others[label].append(load.other_cores)
-    return {"times": times, "other_cores": others, "whole_other_cores": whole.other_cores,
-            "whole_other_cpu_s": whole.other, "first_loss": first_losses}
-
-
-def _host(array):
-    from minillm.backend import to_numpy
-
-    return to_numpy(array)
-
-
 def _status_kib(field: str) -> int:
     with open("/proc/self/status", encoding="ascii") as handle:
         for line in handle:
@@ -365,162 +304,217 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def memory_child(args) -> None:
-    """Runs in a subprocess: peak memory of 3 training steps of one contender, printed as JSON."""
-    import tracemalloc
+class CupyPeak:
+    """Peak bytes held by live CuPy arrays while active (a MemoryHook on the default pool)."""
 
+    def __init__(self):
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        self.start = self.current = self.peak = pool.used_bytes()
+        owner = self
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = "minillm_peak"
+
+            def malloc_postprocess(self, **kwargs):
+                owner.current += kwargs["mem_size"]
+                owner.peak = max(owner.peak, owner.current)
+
+            def free_postprocess(self, **kwargs):
+                owner.current -= kwargs["mem_size"]
+
+        self.hook = Hook()
+
+
+def measure_memory(step, contender: str, device: str, baseline_kib: int) -> dict:
+    """Peak memory (see the module docstring): on the GPU over 2 more steps; on the CPU the
+    process's resident high-water mark above its size once the library was imported."""
     import gc
 
-    name = args.configs[0]
-    idx, targets = make_batch(name)
-    # Warm the library up first (lazy kernel/thread-pool initialisation is not the model's
-    # memory): one step of a tiny model, then drop it before the baseline is read.
-    warm = MinillmStep("warmup", args.device, args.precision) if args.memory_child == "minillm" else \
-        TorchStep("warmup", args.device, args.threads, None, args.precision)
-    warm.set_batch(*make_batch("warmup"))
-    warm()
-    warm.sync()
-    del warm
     gc.collect()
-    baseline = _status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")                       # reset VmHWM to the current RSS
-        hwm_reset = True
-    except OSError:
-        hwm_reset = False
-    result = {"baseline_rss_mib": baseline / 1024, "hwm_reset": hwm_reset}
-    if args.memory_child == "minillm":
-        tracemalloc.start()
-        step = MinillmStep(name, args.device, args.precision)
-    else:
-        step = TorchStep(name, args.device, args.threads, None, args.precision)
-    step.set_batch(idx, targets)
-    for _ in range(3):
-        step()
     step.sync()
-    result["peak_rss_delta_mib"] = (_status_kib("VmHWM") - baseline) / 1024
-    if args.memory_child == "minillm":
-        result["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
-        tracemalloc.stop()
-        if args.device == "cuda":
-            from minillm.backend import cupy_module
+    if device == "cuda" and contender == "torch":
+        torch = step.torch
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            step()
+        step.sync()
+        return {"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20,
+                "reserved_mib": torch.cuda.max_memory_reserved() / 2 ** 20}
+    if device == "cuda":
+        import cupy
 
-            result["device_pool_mib"] = cupy_module().get_default_memory_pool().total_bytes() / 2 ** 20
+        peak = CupyPeak()
+        with peak.hook:
+            for _ in range(2):
+                step()
+            step.sync()
+        return {"peak_mib": peak.peak / 2 ** 20, "reserved_mib": cupy.get_default_memory_pool().total_bytes() / 2 ** 20}
+    return {"peak_mib": (_status_kib("VmHWM") - baseline_kib) / 1024, "baseline_rss_mib": baseline_kib / 1024}
+
+
+def child(args) -> None:
+    """One contender in this process: warm-up, timed steps, memory; prints one JSON line."""
+    from common import OtherCpu
+
+    name = args.configs[0]
+    if args.child == "torch":
+        import torch  # noqa: F401  (imported before the baseline: the library is not the model's memory)
     elif args.device == "cuda":
-        import torch
+        from minillm.backend import cupy_module
 
-        result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    print("MEMORY " + json.dumps(result))
+        cupy_module()
+    baseline_kib = _status_kib("VmRSS")
+    if args.child == "torch":
+        step = TorchStep(name, args.device, args.threads, args.precision)
+    else:
+        step = MinillmStep(name, args.device, args.precision)
+    first_loss = None
+    for i in range(args.warmup):
+        loss = step()
+        if i == 0:
+            first_loss = float(loss.item())
+    step.sync()
+    times, others = [], []
+    for _ in range(args.steps):
+        with OtherCpu() as load:
+            step()
+            step.sync()
+        times.append(load.wall)
+        others.append(load.other_cores)
+    result = {"times": times, "other_cores": others, "first_loss": first_loss}
+    if not args.no_memory:
+        result["memory"] = measure_memory(step, args.child, args.device, baseline_kib)
+    print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure_memory(name: str, contender: str, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--configs", name, "--threads",
-               str(args.threads), "--device", args.device, "--precision", args.precision,
-               "--memory-child", contender]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
+def run_child(name: str, contender: str, args) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--configs", name, "--threads", str(args.threads),
+               "--device", args.device, "--precision", args.precision, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--child", contender]
+    if args.no_memory:
+        command.append("--no-memory")
+    env = os.environ.copy()
+    env["MINILLM_FUSED"] = "0" if contender == "minillm-composed" else "1"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout:.0f} s"}
     for line in done.stdout.splitlines():
-        if line.startswith("MEMORY "):
-            return json.loads(line[len("MEMORY "):])
-    raise RuntimeError(f"memory subprocess for {contender} on {name} failed:\n{done.stderr[-2000:]}")
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-3000:]}"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    if args.memory_child:
-        memory_child(args)
-        return
+    if args.child:
+        child(args)
+        return 0
     import platform
-    import statistics
-
-    import numpy as np
 
     from common import format_table, save_results
 
-    with_torch = not args.no_torch
-    if with_torch:
+    contenders = list(args.contenders)
+    if "torch" in contenders:
         try:
-            import torch
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:
+                raise ImportError
         except ImportError:
-            print("torch is not installed: timing minillm alone (pip install torch==2.13.0)")
-            with_torch = False
-        if with_torch and args.device == "cuda" and not torch.cuda.is_available():
-            print("this PyTorch build has no CUDA: timing minillm (CuPy) alone")
-            with_torch = False
-    peaks = matmul_peaks(args.device, with_torch)
-    machine_peak = max(peaks.values())
-    print(f"matmul peak (first measurement) (2048^3 float32, {args.threads} threads): "
-          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
-    rows, payload = [], {"args": vars(args), "numpy": np.__version__, "matmul_peak_gflops": peaks,
-                         "machine": platform.processor() or platform.machine(), "configs": {}}
-    if with_torch:
-        payload["torch"] = torch.__version__
-    warnings = []
+            print("torch is not installed: timing minillm alone")
+            contenders.remove("torch")
+    payload = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "machine": platform.processor()
+               or platform.machine(), "tf32": False, "configs": {}}
+    rows, warnings = [], []
     for name in args.configs:
-        args.no_torch = not with_torch
-        result = time_config(name, args)
+        runs = {c: [] for c in contenders}
+        for round_index in range(args.rounds):
+            order = contenders if round_index % 2 == 0 else contenders[::-1]
+            for contender in order:
+                result = run_child(name, contender, args)
+                runs[contender].append(result)
+                status = result.get("error", f"median {1e3 * statistics.median(result['times']):.1f} ms")
+                print(f"config {name} round {round_index + 1} {contender}: {status}", flush=True)
         from minillm.nn import GPT
 
         cfg = gpt_config(name)
         tokens = CONFIGS[name]["batch"] * cfg.block_size
-        flops = GPT(cfg).flops_per_token() * tokens
-        entry = {"config": CONFIGS[name], "tokens_per_step": tokens, "flops_per_step": flops, **result}
-        medians = {k: statistics.median(v) for k, v in result["times"].items()}
-        if not args.no_memory:
-            entry["memory"] = {k: measure_memory(name, k, args) for k in result["times"]}
-        for label, seconds in medians.items():
-            gflops = flops / seconds / 1e9
-            busy = statistics.median(result["other_cores"][label])
-            row = [name, label, seconds * 1e3, tokens / seconds, gflops, gflops / machine_peak]
-            if label == "minillm" and "torch" in medians:
-                row.append(f"{seconds / medians['torch']:.2f}x (target <= {TARGET_TIME_RATIO[name]}x)")
+        flops = GPT(cfg, device="cpu").flops_per_token() if name != "G" else _gpt2_small_flops(cfg)
+        flops *= tokens
+        entry = {"config": CONFIGS[name], "tokens_per_step": tokens, "flops_per_step": flops, "runs": runs}
+        medians, memory = {}, {}
+        for contender, results in runs.items():
+            good = [r for r in results if "error" not in r]
+            if not good:
+                entry.setdefault("errors", {})[contender] = [r["error"] for r in results]
+                continue
+            all_times = [t for r in good for t in r["times"]]
+            round_medians = [statistics.median(r["times"]) for r in good]
+            medians[contender] = statistics.median(all_times)
+            busy = statistics.median([c for r in good for c in r["other_cores"]])
+            entry.setdefault("summary", {})[contender] = {
+                "median_ms": medians[contender] * 1e3, "round_medians_ms": [m * 1e3 for m in round_medians],
+                "first_loss": good[0]["first_loss"], "other_cores": busy}
+            if "memory" in good[0]:
+                memory[contender] = good[0]["memory"]
+            if busy > 0.1:
+                warnings.append(f"config {name} {contender}: other processes kept {busy:.2f} cores busy: re-run")
+        targets = TARGET_TIME_RATIO.get((args.device, args.precision), {})
+        for contender, seconds in medians.items():
+            spread = entry["summary"][contender]["round_medians_ms"]
+            row = [name, contender, seconds * 1e3, f"{min(spread):.1f}-{max(spread):.1f}", tokens / seconds,
+                   flops / seconds / 1e12, entry["summary"][contender]["first_loss"]]
+            if contender != "torch" and "torch" in medians:
+                ratio = seconds / medians["torch"]
+                target = targets.get(name)
+                row.append(f"{ratio:.2f}x" + (f" (target <= {target}x)" if target else ""))
             else:
                 row.append("")
-            memory = entry.get("memory", {}).get(label)
-            if memory:
-                mem = f"{memory['peak_rss_delta_mib']:.0f}"
-                if "tracemalloc_peak_mib" in memory:
-                    mem += f" (numpy {memory['tracemalloc_peak_mib']:.0f})"
-                row.append(mem)
-                if label == "minillm" and "torch" in entry["memory"]:
-                    ratio = memory["peak_rss_delta_mib"] / entry["memory"]["torch"]["peak_rss_delta_mib"]
-                    row.append(f"{ratio:.2f}x (target <= {TARGET_MEMORY_RATIO}x)")
-                else:
-                    row.append("")
+            mem = memory.get(contender)
+            row.append("" if mem is None else f"{mem['peak_mib']:.0f}")
+            if mem is not None and contender != "torch" and "torch" in memory:
+                ratio = mem["peak_mib"] / memory["torch"]["peak_mib"]
+                row.append(f"{ratio:.2f}x (target <= {TARGET_MEMORY_RATIO[args.device]}x)")
             else:
-                row += ["", ""]
-            row.append(f"{busy:.2f}")
+                row.append("")
+            row.append(f"{entry['summary'][contender]['other_cores']:.2f}")
             rows.append(row)
-        entry["median_ms"] = {k: v * 1e3 for k, v in medians.items()}
         payload["configs"][name] = entry
-        if result["whole_other_cores"] > 0.1:
-            warnings.append(f"config {name}: other processes kept {result['whole_other_cores']:.2f} cores "
-                            "busy on average while it was timed: the machine was not idle, re-run")
-    # Measured again at the end: a burst of load during either measurement lowers it, and the
-    # peak is the best the machine did.
-    for label, value in matmul_peaks(args.device, with_torch).items():
-        peaks[label] = max(peaks[label], value)
-    if max(peaks.values()) > machine_peak:
-        machine_peak = max(peaks.values())
-        for row in rows:
-            row[5] = row[4] / machine_peak
-    headers = ["cfg", "who", "ms/step (median)", "tokens/s", "GFLOP/s", "of peak", "time ratio",
-               "peak MiB", "memory ratio", "other cores"]
+    headers = ["cfg", "who", "ms/step (median)", "round medians", "tokens/s", "TFLOP/s", "first loss",
+               "time ratio", "peak MiB", "memory ratio", "other cores"]
     table = format_table(headers, rows)
-    payload["matmul_peak_gflops"] = peaks
-    note = (f"\n{args.threads} threads, {args.device}, {args.precision}, {args.steps} timed steps per contender "
-            f"(alternating) after {args.warmup} warm-up; machine matmul peak {machine_peak:.1f} GFLOP/s; "
-            "'other cores' = median cores that other processes used during a step.")
+    note = (f"\n{args.device}, {args.precision}, {args.threads} threads; {args.rounds} alternating rounds x "
+            f"{args.steps} timed steps per contender (each its own process) after {args.warmup} warm-up; "
+            "no TF32; 'other cores' = median CPU cores that other processes used during a step.")
     text = table + note + "".join("\nWARNING: " + w for w in warnings)
     print(text)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = save_results(f"train_step_{stamp}", payload, text)
-    print(f"results: {path}")
+    label = f"train_step_{args.device}_{args.precision}_{stamp}"
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, label + ".json"), "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, default=str)
+        with open(os.path.join(args.out, label + ".md"), "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    else:
+        print(f"results: {save_results(label, payload, text)}")
+    return 0
+
+
+def _gpt2_small_flops(cfg) -> int:
+    """flops_per_token without building 124M parameters on the host: 6N + 12·L·T·C."""
+    c, layers, hidden = cfg.n_embd, cfg.n_layer, 4 * cfg.n_embd
+    per_layer = 4 * c * c + 2 * c * hidden                       # q, k, v, o and the two MLP matrices
+    n = layers * per_layer + cfg.vocab_size * c                  # + the (tied) head
+    return 6 * n + 12 * layers * cfg.block_size * c
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

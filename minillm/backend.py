@@ -25,12 +25,17 @@ refuse implicit conversion to NumPy and refuse mixing with host arrays. Turn it 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 
 _cupy: Any = None            # the cupy module once imported; False when import failed
 _strict_device = False       # serve "cuda" with the strict emulation instead of CuPy
+# Fused CUDA kernels (minillm/ops/_cuda.py and the kernels beside each op) run for CuPy arrays
+# unless switched off: MINILLM_FUSED=0 in the environment, or use_fused_kernels(False). Off, the
+# GPU runs the same composed array code as the host (the reference the kernels are tested against).
+_fused_kernels = os.environ.get("MINILLM_FUSED", "1").strip() not in ("0", "false", "no", "off")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,6 +76,36 @@ def _strict():
     return strict
 
 
+def use_fused_kernels(enabled: bool = True) -> bool:
+    """Switch the fused CUDA kernels on or off for CuPy arrays; returns the previous setting.
+    (Host and strict-emulated arrays never use them.)"""
+    global _fused_kernels
+    previous = _fused_kernels
+    _fused_kernels = bool(enabled)
+    return previous
+
+
+def fused_kernels_enabled() -> bool:
+    return _fused_kernels
+
+
+def is_cupy_array(array) -> bool:
+    """True for a real ``cupy.ndarray`` (never for host or strict-emulated arrays)."""
+    cp = _cupy or None
+    return cp is not None and isinstance(array, cp.ndarray)
+
+
+def fusable(*arrays) -> bool:
+    """Whether a fused CUDA kernel may run on ``arrays``: fused kernels are on and every array is
+    a float32 or float16 CuPy array (float64 and other dtypes take the composed path)."""
+    if not _fused_kernels:
+        return False
+    for a in arrays:
+        if not is_cupy_array(a) or a.dtype.char not in "fe":
+            return False
+    return True
+
+
 def get_array_module(*arrays):
     """The array module (numpy, cupy, or the strict emulation) that owns ``arrays``.
 
@@ -104,7 +139,8 @@ def check_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r} is not a known device; expected 'cpu' or 'cuda'")
     if device == "cuda" and not _strict_device and cupy_module() is None:
-        raise RuntimeError("device='cuda' needs CuPy and an NVIDIA GPU: pip install -e '.[cuda12]'")
+        raise RuntimeError("device='cuda' needs CuPy and an NVIDIA GPU: pip install -e '.[cuda12]' "
+                           "(CUDA 12) or '.[cuda13]' (CUDA 13)")
     return device
 
 

@@ -6,7 +6,12 @@
   on a machine without a GPU.
 - cupy: the real GPU; every test is skipped, with the reason, when CuPy or a GPU is missing.
 
-Tests that should follow the chosen backend take the ``device`` fixture.
+Tests that should follow the chosen backend take the ``device`` fixture. Tests of the GPU code
+path that should run even on the default backend take ``gpu_device``: the real GPU under
+``--backend cupy``, the strict emulation otherwise. ``strict_device`` is the emulation itself
+(tests of what its arrays refuse). ``--device-tests-only`` keeps just the tests that take
+``device`` or ``gpu_device`` (the GPU check, benchmarks/gpu/check.sh: the others would only run
+on the host again).
 """
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ from minillm import backend
 def pytest_addoption(parser):
     parser.addoption("--backend", action="store", default="numpy", choices=("numpy", "strict", "cupy"),
                      help="array backend for device-parametrised tests (default: numpy)")
+    parser.addoption("--device-tests-only", action="store_true",
+                     help="run only the tests that take the device or gpu_device fixture")
 
 
 def pytest_configure(config):
@@ -30,6 +37,12 @@ def pytest_collection_modifyitems(config, items):
                                        "visible on this machine")
         for item in items:
             item.add_marker(skip)
+    if config.getoption("--device-tests-only"):
+        keep = [item for item in items if {"device", "gpu_device"} & set(getattr(item, "fixturenames", ()))]
+        dropped = [item for item in items if item not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture
@@ -41,6 +54,19 @@ def device(request) -> str:
 @pytest.fixture
 def strict_device():
     """Switch the strict CuPy-like emulation on for one test (regardless of --backend)."""
+    previous = backend.strict_device_enabled()
+    backend.use_strict_device(True)
+    yield "cuda"
+    backend.use_strict_device(previous)
+
+
+@pytest.fixture
+def gpu_device(request):
+    """The device that stands for a GPU: the real one under --backend cupy, else the strict
+    emulation (switched on for this test only)."""
+    if request.config.getoption("--backend") == "cupy":
+        yield "cuda"
+        return
     previous = backend.strict_device_enabled()
     backend.use_strict_device(True)
     yield "cuda"

@@ -70,9 +70,9 @@ def test_round_to_bf16_is_bits_then_widen_and_serialization_uses_the_same_functi
     assert backend.round_to_bf16(backend.round_to_bf16(x)).tobytes() == backend.round_to_bf16(x).tobytes()
 
 
-def test_bf16_rounding_runs_on_the_strict_device(strict_device):
+def test_bf16_rounding_runs_on_the_gpu_path(gpu_device):
     x = f32([c[0] for c in BF16_CASES])
-    device_bits = backend.float32_to_bf16_bits(backend.to_device(x, strict_device))
+    device_bits = backend.float32_to_bf16_bits(backend.to_device(x, gpu_device))
     assert backend.device_of(device_bits) == "cuda"
     np.testing.assert_array_equal(backend.to_numpy(device_bits), backend.float32_to_bf16_bits(x))
 
@@ -228,10 +228,10 @@ def test_mixed_dtype_binary_ops_return_each_gradient_in_its_dtype(rng):
         assert a.grad.dtype == np.float32 and b.grad.dtype == np.float16 and b.grad.shape == (4,)
 
 
-def test_low_precision_attention_with_dropout_and_mask_on_the_strict_device(strict_device, rng):
-    q, k, v = (mm.tensor(rng.standard_normal((2, 4, 6, 8)).astype(np.float32), device=strict_device,
+def test_low_precision_attention_with_dropout_and_mask_on_the_gpu_path(gpu_device, rng):
+    q, k, v = (mm.tensor(rng.standard_normal((2, 4, 6, 8)).astype(np.float32), device=gpu_device,
                          requires_grad=True) for _ in range(3))
-    mask = backend.to_device(rng.random((6, 6)) > 0.3, strict_device)
+    mask = backend.to_device(rng.random((6, 6)) > 0.3, gpu_device)
     mask[:, 0] = True
     for precision in ("fp16", "bf16"):
         with amp.autocast(precision):

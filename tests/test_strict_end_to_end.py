@@ -3,9 +3,12 @@ implicit host conversion and mixing with host arrays) runs pretraining steps thr
 a checkpoint round trip onto either device, SFT and DPO steps, and KV-cached generation, in every
 precision. ``pytest --backend cupy`` runs the real thing on a GPU (the ``device`` fixture).
 
-Numbers: fp32 and the emulated bf16 run the same NumPy arithmetic on both devices, so the strict
-device reproduces the host bit for bit; fp16 takes the GPU's route there (float16 GEMMs instead of
-the host's float32 products of float16 values), so it agrees to float16 precision.
+Numbers: host and device runs take different code paths (the strict device: the GPU's fp16 route;
+a real GPU: cuBLAS and the fused kernels, which sum in other orders than OpenBLAS; even OpenBLAS
+picks kernels by CPU), so they are compared with tolerances that reflect the arithmetic: float32
+sums agree to ~1e-6 relative per op, a few steps of training to ~1e-5; a float16 or bfloat16 value
+may round to the neighbouring value (2^-10 or 2^-7 relative). Bit-exactness is asserted only where
+the very same path runs twice (resume on the same device equals the straight run).
 """
 import math
 
@@ -25,6 +28,9 @@ from minillm.train import LoopSettings, Trainer, evaluate_language_model, load_c
 from minillm.train.pretrain import language_model_loss
 
 PRECISIONS = ["fp32", "fp16", "bf16"]
+# host vs device losses after 4 steps: float32 reductions in another order (fp32); a few values
+# rounded to the neighbouring float16 / bfloat16 (a unit in the last place: 2^-10, 2^-7 relative)
+ACROSS_PATHS_RTOL = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 1e-2}
 TOKENS = np.random.default_rng(1).integers(0, 40, size=2000).astype(np.uint16)
 
 
@@ -48,17 +54,17 @@ def losses(records):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_pretraining_and_a_checkpoint_round_trip_on_the_strict_device(strict_device, tmp_path, precision):
-    straight = pretrain_trainer(tmp_path / "a", strict_device, precision)
+def test_pretraining_and_a_checkpoint_round_trip_on_the_gpu_path(gpu_device, tmp_path, precision):
+    straight = pretrain_trainer(tmp_path / "a", gpu_device, precision)
     on_device = losses(straight.fit())
     assert all(backend.device_of(p.data) == "cuda" and p.data.dtype == np.float32
                for p in straight.model.parameters())
     assert all(math.isfinite(x) for x in on_device)
 
     # exact resume on the device, the loss scaler (fp16) included
-    first = pretrain_trainer(tmp_path / "b", strict_device, precision)
+    first = pretrain_trainer(tmp_path / "b", gpu_device, precision)
     first.fit(stop_at=2)
-    resumed = pretrain_trainer(tmp_path / "b", strict_device, precision, seed=7)
+    resumed = pretrain_trainer(tmp_path / "b", gpu_device, precision, seed=7)
     resumed.resume(str(tmp_path / "b" / "last.safetensors"))
     assert losses(resumed.fit()) == on_device
     if precision == "fp16":
@@ -68,18 +74,15 @@ def test_pretraining_and_a_checkpoint_round_trip_on_the_strict_device(strict_dev
     # the checkpoint loads onto either device with the same weights
     path = tmp_path / "a" / "last.safetensors"
     trained = {k: backend.to_numpy(v) for k, v in straight.model.state_dict().items()}
-    for device in ("cpu", strict_device):
+    for device in ("cpu", gpu_device):
         model, _, _ = load_model(path, device)
         assert model.device == device
         for name, value in model.state_dict().items():
             np.testing.assert_array_equal(backend.to_numpy(value), trained[name])
 
-    # and the host run of the same steps
+    # and the host run of the same steps (another code path: tolerances, see the module docstring)
     on_host = losses(pretrain_trainer(tmp_path / "c", "cpu", precision).fit())
-    if precision == "fp16":
-        np.testing.assert_allclose(on_device, on_host, rtol=2e-3)
-    else:
-        assert on_device == on_host
+    np.testing.assert_allclose(on_device, on_host, rtol=ACROSS_PATHS_RTOL[precision])
 
 
 class FixedBatches:
@@ -99,20 +102,20 @@ class FixedBatches:
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_sft_and_dpo_steps_through_the_trainer_on_the_strict_device(strict_device, precision):
+def test_sft_and_dpo_steps_through_the_trainer_on_the_gpu_path(gpu_device, precision):
     tokenizer = CharTokenizer.train("abc xyz", special_tokens=list(CHAT_SPECIAL_TOKENS))
     template = ChatTemplate(tokenizer)
     pairs = [PreferencePair("abc", "xyz", "xy"), PreferencePair("ba", "c", "cc"), PreferencePair("zz z", "a b", "b a")]
     batch = dpo_batch(render_preference_pairs(template, pairs), block_size=32, pad_id=template.end_id)
     mm.manual_seed(0)
     model = GPT(GPTConfig.gpt2(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2,
-                               n_embd=16)).to(strict_device)
+                               n_embd=16)).to(gpu_device)
     settings = LoopSettings(max_steps=2, lr=1e-2, eval_interval=10, log_interval=1, progress=False, precision=precision)
     objectives = {"sft": (sft_loss, (batch["chosen_x"], batch["chosen_y"])),
                   "dpo": (DPOObjective(frozen_copy(model), beta=0.1, nll_alpha=1.0), batch)}
     for name, (objective, data) in objectives.items():
         trainer = Trainer(model, AdamW(model.parameters(), lr=1e-2), settings, objective, FixedBatches(data),
-                          device=strict_device)
+                          device=gpu_device)
         records = [r for r in trainer.fit() if r.get("kind") == "train"]
         assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records), name
         assert records[1]["loss"] < records[0]["loss"], name
@@ -120,10 +123,10 @@ def test_sft_and_dpo_steps_through_the_trainer_on_the_strict_device(strict_devic
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_kv_cached_generation_on_the_strict_device(strict_device, precision):
+def test_kv_cached_generation_on_the_gpu_path(gpu_device, precision):
     mm.manual_seed(0)
-    model = GPT(GPTConfig.gpt2(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)).to(strict_device).eval()
-    prompt = backend.to_device(np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), strict_device)
+    model = GPT(GPTConfig.gpt2(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)).to(gpu_device).eval()
+    prompt = backend.to_device(np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), gpu_device)
     with amp.autocast(precision):
         cached = model.generate(prompt, max_new_tokens=6, temperature=0.0)
         recomputed = model.generate(prompt, max_new_tokens=6, temperature=0.0, use_cache=False)

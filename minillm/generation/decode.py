@@ -206,7 +206,8 @@ class _Group:
             if self.cache is not None:
                 self.cache.reset()                               # re-prefill them at positions 0..
         first = self.start if self.cache is None else self.start + self.cache.length
-        feed = to_device(self.tokens[:, first:self.n], self.device)         # (rows, T_new)
+        feed = self.tokens[:, first:self.n]                      # (rows, T_new) host ids: the model checks
+        # them on the host and then moves them, so a step reads nothing back but its logits
         logits, _ = self.model(feed, kv_cache=self.cache, only_last=True)   # (rows, 1, V)
         return to_numpy(logits.data[:, 0])                       # (rows, V) host
 

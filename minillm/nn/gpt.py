@@ -20,7 +20,7 @@ import numpy as np
 
 from minillm import functional as F
 from minillm.autograd import is_grad_enabled
-from minillm.backend import get_array_module, random_normal, to_device
+from minillm.backend import device_of, get_array_module, random_normal, to_device, to_numpy
 from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
 from minillm.nn.module import Module, ModuleList
@@ -234,8 +234,8 @@ class GPT(Module):
                     bias.data = get_array_module(bias.data).zeros(bias.shape, dtype=bias.dtype)
 
     # -- input checks ---------------------------------------------------------------------------
-    def _ids(self, ids, what: str, allow_ignore: bool = False):
-        """``ids`` as an integer (B, T) array on the model's device, validated."""
+    def _ids(self, ids, what: str):
+        """``ids`` as an integer (B, T) array, on the device it came on (checked by _check_ranges)."""
         array = ids.data if isinstance(ids, Tensor) else ids
         if isinstance(array, (list, tuple)):
             array = np.asarray(array)  # host: a Python list from the user becomes a host array
@@ -244,19 +244,46 @@ class GPT(Module):
                             f"{getattr(array, 'dtype', type(ids).__name__)}")
         if array.ndim != 2:
             raise ValueError(f"GPT: {what} has shape {tuple(array.shape)}; expected (B, T)")
-        array = to_device(array, self.device)
-        v = self.config.vocab_size
-        if array.size:
-            xp = get_array_module(array)
-            checked = array[array != -100] if allow_ignore else array
-            if checked.size:
-                low, high = int(xp.min(checked)), int(xp.max(checked))
-                if low < 0 or high >= v:
-                    bad = low if low < 0 else high
-                    extra = " or -100 (ignored)" if allow_ignore else ""
-                    raise ValueError(f"GPT: {what} holds token id {bad}, out of range; expected ids "
-                                     f"in [0, vocab_size={v}){extra}")
         return array
+
+    def _check_ranges(self, ids, targets) -> int | None:
+        """Check that ``ids`` lie in [0, vocab_size) and ``targets`` (or None) in it or are -100;
+        return the number of targets that are not -100.
+
+        Host arrays are checked on the host, before anything is moved to the device (the usual
+        case: data loaders and generation give host batches), so nothing is read back from a GPU.
+        Device arrays are reduced on the device and read back together: one synchronisation.
+        """
+        v = self.config.vocab_size
+        arrays = [("idx", ids, False)] + ([] if targets is None else [("targets", targets, True)])
+        stats = []                                               # per array: [low, high, count]
+        for _, array, allow_ignore in arrays:
+            xp = get_array_module(array)
+            if not array.size:
+                stats.append(None)
+                continue
+            valid = array != -100 if allow_ignore else None
+            checked = array if valid is None else xp.where(valid, array, 0)     # -100 -> 0 (in range)
+            count = array.size if valid is None else valid.sum()
+            stats.append(xp.stack([xp.min(checked), xp.max(checked), xp.asarray(count, dtype=checked.dtype)]))
+        on_device = [s for s in stats if s is not None and device_of(s) != "cpu"]
+        if on_device:                                            # the one read-back
+            values = iter(to_numpy(get_array_module(on_device[0]).stack(
+                [s.astype(np.int64) for s in on_device])).tolist())
+        stats = [None if s is None else (next(values) if device_of(s) != "cpu" else s.tolist()) for s in stats]
+        count = None
+        for (what, array, allow_ignore), stat in zip(arrays, stats):
+            if allow_ignore:
+                count = 0 if stat is None else int(stat[2])
+            if stat is None or (allow_ignore and not stat[2]):
+                continue
+            low, high = int(stat[0]), int(stat[1])
+            if low < 0 or high >= v:
+                bad = low if low < 0 else high
+                extra = " or -100 (ignored)" if allow_ignore else ""
+                raise ValueError(f"GPT: {what} holds token id {bad}, out of range; expected ids "
+                                 f"in [0, vocab_size={v}){extra}")
+        return count
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, idx, targets=None, position_offset: int = 0, kv_cache=None,
@@ -275,6 +302,10 @@ class GPT(Module):
         """
         c = self.config
         ids = self._ids(idx, "idx")
+        target_ids = None if targets is None else self._ids(targets, "targets")
+        if target_ids is not None and target_ids.shape != ids.shape:
+            raise ValueError(f"GPT: targets have shape {tuple(target_ids.shape)}; expected the "
+                             f"shape of idx {tuple(ids.shape)}")
         b, t = ids.shape
         if not isinstance(position_offset, int) or position_offset < 0:
             raise ValueError(f"GPT: position_offset={position_offset!r}; expected an int >= 0")
@@ -287,7 +318,9 @@ class GPT(Module):
             raise ValueError(f"GPT: sequence of length T={t} (from position {position_offset}) is "
                              f"longer than block_size={c.block_size}; crop idx to its last "
                              f"{c.block_size - position_offset} tokens")
-        x = self.tok_emb(ids)                                    # (B, T, C)
+        num_targets = self._check_ranges(ids, target_ids)
+        ids = to_device(ids, self.device)
+        x = self.tok_emb(ids, check_range=False)                 # (B, T, C) (checked above)
         if self.pos_emb is not None:
             x = x + self.pos_emb(t, position_offset)             # (B, T, C) + (T, C)
         x = self.drop(x)
@@ -305,12 +338,8 @@ class GPT(Module):
         else:
             logits = self.lm_head(x)                             # (B, T, V)
         loss = None
-        if targets is not None:
-            target_ids = self._ids(targets, "targets", allow_ignore=True)
-            if target_ids.shape != ids.shape:
-                raise ValueError(f"GPT: targets have shape {tuple(target_ids.shape)}; expected the "
-                                 f"shape of idx {tuple(ids.shape)}")
-            loss = F.cross_entropy(logits, target_ids, ignore_index=-100)
+        if target_ids is not None:
+            loss = F.cross_entropy(logits, target_ids, ignore_index=-100, num_valid=num_targets)
         return logits, loss
 
     def _check_kv_cache(self, kv_cache, b: int, position_offset: int) -> int:

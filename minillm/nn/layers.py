@@ -65,8 +65,9 @@ class Embedding(Module):
         self.embedding_dim = _positive_int(embedding_dim, "embedding_dim", "Embedding")
         self.weight = Parameter(random_normal((num_embeddings, embedding_dim), dtype, device))
 
-    def forward(self, ids) -> Tensor:
-        return F.embedding(ids, self.weight)
+    def forward(self, ids, check_range: bool = True) -> Tensor:
+        """Rows of the table at ``ids``; ``check_range=False`` when the caller checked the ids."""
+        return F.embedding(ids, self.weight, check_range=check_range)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

@@ -8,6 +8,10 @@ float16 inputs (mixed precision, :mod:`minillm.amp`): ``gelu``, ``silu`` and ``s
 float32 and round the result once to float16 (``*Half`` subclasses: NumPy has no fast float16
 arithmetic, and one rounding is more accurate than one per step); under ``amp.autocast``,
 ``softmax`` and ``log_softmax`` of a float16 input run in float32 and return float32.
+
+On a GPU (CuPy arrays, float32 or float16) GELU, SiLU and SwiGLU run as one fused elementwise
+kernel each way (see the end of this module): float32 arithmetic, one read of the inputs, one
+write of the result, and only the inputs saved for backward.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, erf, get_array_module
+from minillm.backend import cast, erf, fusable, get_array_module
+from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
 from minillm.tensor import Tensor
@@ -93,6 +98,8 @@ class GELU(Function):
 
     def forward(self, x):
         self.x = x
+        if fusable(x):
+            return (_GELU_TANH_FORWARD if self.approximate == "tanh" else _GELU_ERF_FORWARD)(x)
         if self.approximate == "tanh":
             y = _gelu_gate(x)                            # u
             y *= x
@@ -105,6 +112,8 @@ class GELU(Function):
 
     def backward(self, gy):
         x = self.x
+        if fusable(x, gy):
+            return (_GELU_TANH_BACKWARD if self.approximate == "tanh" else _GELU_ERF_BACKWARD)(x, gy)
         if self.approximate == "tanh":
             return _gelu_tanh_backward(x, gy)
         # dy/dx = Φ(x) + x φ(x),  φ(x) = e^{-x²/2} / √(2π)
@@ -164,6 +173,8 @@ class GELUHalf(GELU):
     block at a time) and rounded once to float16.  Saves: x (float16)."""
 
     def forward(self, x):
+        if fusable(x):
+            return GELU.forward(self, x)                 # the kernel computes in float32 anyway
         if self.approximate != "tanh":                   # the erf form keeps a full-size t anyway
             y = super().forward(cast(x, np.float32))
             self.x = x
@@ -182,6 +193,8 @@ class GELUHalf(GELU):
     def backward(self, gy):
         # the float32 derivative per block, rounded once to float16
         x = self.x
+        if fusable(x, gy):
+            return GELU.backward(self, gy)
         if self.approximate != "tanh":
             self.x = cast(x, np.float32)
             return cast(super().backward(cast(gy, np.float32)), np.float16)
@@ -213,6 +226,9 @@ class SiLU(Function):
     """y = x · σ(x) (also called swish).  Saves: x and σ(x)."""
 
     def forward(self, x):
+        if fusable(x):
+            self.x = x
+            return _SILU_FORWARD(x)
         s = get_array_module(x).tanh(x * 0.5)
         s += 1
         s *= 0.5
@@ -221,6 +237,8 @@ class SiLU(Function):
 
     def backward(self, gy):
         # dy/dx = σ + x σ (1 - σ) = σ (1 + x (1 - σ))
+        if fusable(self.x, gy):
+            return _SILU_BACKWARD(self.x, gy)
         d = 1 - self.s
         d *= self.x
         d += 1
@@ -233,11 +251,15 @@ class SiLUHalf(SiLU):
     Saves: x (float16) and σ(x) (float32)."""
 
     def forward(self, x):
+        if fusable(x):
+            return SiLU.forward(self, x)
         y = super().forward(cast(x, np.float32))
         self.x = x
         return cast(y, np.float16)
 
     def backward(self, gy):
+        if fusable(self.x, gy):
+            return SiLU.backward(self, gy)
         self.x = cast(self.x, np.float32)
         return cast(super().backward(cast(gy, np.float32)), np.float16)
 
@@ -269,13 +291,17 @@ class SwiGLU(Function):
     """
 
     def forward(self, a, b):
+        self.a, self.b = a, b
+        if fusable(a, b):
+            return _SWIGLU_FORWARD(a, b)
         y = _sigmoid_via_tanh(a)
         y *= a
         y *= b
-        self.a, self.b = a, b
         return y
 
     def backward(self, gy):
+        if fusable(self.a, self.b, gy):
+            return _swiglu_backward_cuda(self.a, self.b, gy, self.needs_input_grad)
         return _swiglu_backward(self.a, self.b, gy, self.needs_input_grad)
 
 
@@ -302,6 +328,8 @@ class SwiGLUHalf(SwiGLU):
     float16.  Saves: a and b (float16)."""
 
     def forward(self, a, b):
+        if fusable(a, b):
+            return SwiGLU.forward(self, a, b)
         xp = get_array_module(a)
         y = xp.empty(a.shape, dtype=np.float16)
         af, bf, yf = a.reshape(-1), b.reshape(-1), y.reshape(-1)
@@ -316,6 +344,8 @@ class SwiGLUHalf(SwiGLU):
 
     def backward(self, gy):
         # the float32 derivatives per block, rounded once to float16
+        if fusable(self.a, self.b, gy):
+            return SwiGLU.backward(self, gy)
         xp = get_array_module(gy)
         needs = self.needs_input_grad
         af, bf, gyf = self.a.reshape(-1), self.b.reshape(-1), gy.reshape(-1)
@@ -426,3 +456,79 @@ def log_softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
 def _check_axis(x: Tensor, axis: int, op: str) -> None:
     if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis={axis!r} is out of range for a tensor of shape {x.shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernels (CuPy arrays, float32 or float16): one pass each way, float32 arithmetic inside
+# ---------------------------------------------------------------------------------------------
+_GELU_TANH_FORWARD = _cuda.Elementwise("T x", "T y", """
+    float v = (float)x;
+    float u = 0.5f * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    y = (T)(v * u);
+""", "minillm_gelu_tanh_forward")
+
+_GELU_TANH_BACKWARD = _cuda.Elementwise("T x, T gy", "T gx", """
+    // dy/dx = u + 2 u (1 - u) x sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    float v = (float)x;
+    float u = 0.5f * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    float slope = 0.7978845608028654f * (1.0f + 0.134145f * v * v);
+    gx = (T)((float)gy * (u + 2.0f * u * (1.0f - u) * v * slope));
+""", "minillm_gelu_tanh_backward")
+
+_GELU_ERF_FORWARD = _cuda.Elementwise("T x", "T y", """
+    float v = (float)x;
+    y = (T)(0.5f * v * (1.0f + erff(v * 0.7071067811865476f)));
+""", "minillm_gelu_erf_forward")
+
+_GELU_ERF_BACKWARD = _cuda.Elementwise("T x, T gy", "T gx", """
+    // dy/dx = Phi(x) + x phi(x)
+    float v = (float)x;
+    float cdf = 0.5f * (1.0f + erff(v * 0.7071067811865476f));
+    float pdf = expf(-0.5f * v * v) * 0.3989422804014327f;
+    gx = (T)((float)gy * (cdf + v * pdf));
+""", "minillm_gelu_erf_backward")
+
+_SILU_FORWARD = _cuda.Elementwise("T x", "T y", """
+    float v = (float)x;
+    y = (T)(v / (1.0f + expf(-v)));
+""", "minillm_silu_forward")
+
+_SILU_BACKWARD = _cuda.Elementwise("T x, T gy", "T gx", """
+    // dy/dx = s (1 + x (1 - s)),  s = sigmoid(x)
+    float v = (float)x;
+    float s = 1.0f / (1.0f + expf(-v));
+    gx = (T)((float)gy * s * (1.0f + v * (1.0f - s)));
+""", "minillm_silu_backward")
+
+_SWIGLU_FORWARD = _cuda.Elementwise("T a, T b", "T y", """
+    float va = (float)a;
+    y = (T)(va / (1.0f + expf(-va)) * (float)b);
+""", "minillm_swiglu_forward")
+
+_SWIGLU_BACKWARD = _cuda.Elementwise("T a, T b, T gy", "T ga, T gb", """
+    // dy/da = b s (1 + a (1 - s)),  dy/db = a s,  s = sigmoid(a)
+    float va = (float)a, g = (float)gy;
+    float s = 1.0f / (1.0f + expf(-va));
+    ga = (T)(g * (float)b * s * (1.0f + va * (1.0f - s)));
+    gb = (T)(g * va * s);
+""", "minillm_swiglu_backward")
+
+_SWIGLU_BACKWARD_A = _cuda.Elementwise("T a, T b, T gy", "T ga", """
+    float va = (float)a;
+    float s = 1.0f / (1.0f + expf(-va));
+    ga = (T)((float)gy * (float)b * s * (1.0f + va * (1.0f - s)));
+""", "minillm_swiglu_backward_a")
+
+_SWIGLU_BACKWARD_B = _cuda.Elementwise("T a, T gy", "T gb", """
+    float va = (float)a;
+    gb = (T)((float)gy * va / (1.0f + expf(-va)));
+""", "minillm_swiglu_backward_b")
+
+
+def _swiglu_backward_cuda(a, b, gy, needs):
+    """(dL/da, dL/db) of the fused SwiGLU (None where not needed), one kernel."""
+    if needs[0] and needs[1]:
+        return _SWIGLU_BACKWARD(a, b, gy)
+    if needs[0]:
+        return _SWIGLU_BACKWARD_A(a, b, gy), None
+    return None, _SWIGLU_BACKWARD_B(a, gy)

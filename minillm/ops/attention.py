@@ -23,6 +23,12 @@ anyway), the attention weights A (B, H, T, S) and the dropout mask when p > 0.
 
 The output is written in (B, T, H, D) memory order and returned as a (B, H, T, D) view, so the
 usual ``transpose(1, 2).reshape(B, T, C)`` that follows costs no copy.
+
+On a GPU (CuPy arrays, no user mask, no dropout) :class:`ScaledDotProductAttentionCuda` runs
+instead: cuBLAS products plus two fused softmax kernels, and it saves no (T, S) weights at all --
+only the row log-sum-exp L = m + ln Σ_j e^{s_j - m} (B, H, T); backward recomputes the scores
+Q K^T and A = e^{scale·S + M - L} block by block (one more product, as FlashAttention does), so
+attention's memory no longer grows with T².
 """
 from __future__ import annotations
 
@@ -32,7 +38,10 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, device_of, dropout_keep_mask, get_array_module, module_for_device
+from minillm.backend import (
+    cast, cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
+)
+from minillm.ops import _cuda
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import linalg
@@ -42,6 +51,7 @@ from minillm.tensor import Tensor
 _mask_cache: dict = {}       # (T, S, dtype, device) -> additive causal mask (T, S); a few entries
 _MASK_CACHE_SIZE = 8
 _BLOCK_ELEMENTS = 1 << 19    # scores per batch block (2 MiB in float32): cache-sized softmax passes
+_CUDA_BLOCK_ELEMENTS = 1 << 26   # GPU: scores per batch block (256 MiB in float32) -- few, large products
 
 
 def causal_mask(t: int, s: int, dtype, device: str = "cpu"):
@@ -284,6 +294,162 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
         return gq, gk, gv
 
 
+class ScaledDotProductAttentionCuda(Function):
+    """Attention on a GPU without stored weights: softmax(scale · Q K^T + causal) V with GQA.
+
+    Forward, per block of the batch: S = Q K^T (cuBLAS), one kernel turns each row of S into
+    A = softmax(scale · S + M) in place and writes L = log Σ e^{scale·S + M} (the row's
+    log-sum-exp), then O = A V. Backward, per block: S = Q K^T again and dL/dA = G V^T, then one
+    kernel rebuilds A = e^{scale·S + M - L}, computes δ = Σ_j dL/dA_j A_j and writes
+    dL/d(QK^T) = scale · A ⊙ (dL/dA - δ) and A in place; then dQ = dS K, dK = dS^T Q, dV = A^T G.
+    Under ``amp.autocast`` the products take the format's operands (float16 GEMMs with float32
+    accumulation; bfloat16-rounded float32) and the kernels compute in float32 (bf16: A and dS
+    rounded to bfloat16 before their products), as :class:`ScaledDotProductAttentionLowPrecision`.
+
+    Shapes: q (B, H, T, D), k, v (B, H_kv, S, D), T <= S -> o (B, H, T, D), a view of a (B, T, H, D)
+    buffer; the causal mask is aligned bottom-right (query i sees keys j <= i + S - T).
+    Saves: q, k, v (graph arrays anyway) and L (B, H, T) float32.
+    """
+
+    def __init__(self, scale: float, causal: bool, fmt=None):
+        self.scale, self.causal, self.fmt = scale, causal, fmt
+
+    def _operand(self, x):
+        return x if self.fmt is None else self.fmt.operand(x)
+
+    def _storage(self, x):
+        return x if self.fmt is None else self.fmt.to_storage(x)
+
+    def _launch(self, name: str, scores, grads, lse, t: int):
+        rows, width = scores.shape[0] * scores.shape[1] * scores.shape[2], scores.shape[3]
+        if rows == 0 or width == 0:
+            return
+        round_bf16 = np.int32(self.fmt is not None and self.fmt.name == "bf16")
+        g = grads if grads is not None else scores
+        kernel = _ATTENTION_KERNELS.get(name, X=scores.dtype, G=g.dtype)
+        args = (scores,) + ((grads,) if grads is not None else ()) + (
+            lse, _cuda.i64(width), _cuda.i64(t), _cuda.i64(width - t), _cuda.f32(self.scale),
+            np.int32(self.causal), round_bf16)
+        kernel((rows,), (_cuda.row_threads(width),), args)
+
+    def _blocks(self, b: int, per_item: int):
+        size = max(1, min(b, _CUDA_BLOCK_ELEMENTS // max(per_item, 1)))
+        return [slice(i, min(i + size, b)) for i in range(0, b, size)]
+
+    def forward(self, q, k, v):
+        cp = cupy_module()
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        g = h // h_kv
+        out = cp.empty((b, t, h_kv, g, d), dtype=q.dtype)        # (B, T, Hkv, g, D) memory order
+        lse = cp.empty((b, h_kv, g * t), dtype=cp.float32)       # (B, Hkv, g·T)
+        for rows in self._blocks(b, h * t * s):
+            n = rows.stop - rows.start
+            qf = self._operand(q[rows].reshape(n, h_kv, g * t, d))   # (n, Hkv, g·T, D): a group's queries stacked
+            scores = cp.matmul(qf, self._operand(k[rows]).swapaxes(-1, -2))   # (n, Hkv, g·T, S)
+            self._launch("attention_softmax_forward", scores, None, lse[rows], t)   # scores -> A in place
+            o = self._storage(cp.matmul(scores, self._operand(v[rows])))           # (n, Hkv, g·T, D)
+            out[rows] = o.reshape(n, h_kv, g, t, d).transpose(0, 3, 1, 2, 4)
+        self.q, self.k, self.v, self.lse = q, k, v, lse
+        return out.reshape(b, t, h, d).transpose(0, 2, 1, 3)     # (B, H, T, D) view
+
+    def backward(self, gy):
+        # dV = A^T G;  dS = scale · A ⊙ (G V^T - δ);  dQ = dS K;  dK = dS^T Q   (δ = rowsum(G V^T ⊙ A))
+        cp = cupy_module()
+        q, k, v = self.q, self.k, self.v
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        g = h // h_kv
+        needs = self.needs_input_grad
+        gq = cp.empty((b, t, h_kv, g, d), dtype=q.dtype) if needs[0] else None   # (B, T, Hkv, g, D)
+        gk = cp.empty((b, s, h_kv, d), dtype=k.dtype) if needs[1] else None      # (B, S, Hkv, D)
+        gv = cp.empty((b, s, h_kv, d), dtype=v.dtype) if needs[2] else None      # (B, S, Hkv, D)
+        for rows in self._blocks(b, h * t * s):
+            n = rows.stop - rows.start
+            qf = self._operand(q[rows].reshape(n, h_kv, g * t, d))   # (n, Hkv, g·T, D)
+            kf = self._operand(k[rows])                              # (n, Hkv, S, D)
+            gyf = self._operand(gy[rows].reshape(n, h_kv, g * t, d))
+            scores = cp.matmul(qf, kf.swapaxes(-1, -2))              # (n, Hkv, g·T, S) recomputed
+            grads = cp.matmul(gyf, self._operand(v[rows]).swapaxes(-1, -2))   # dL/dA = G V^T
+            self._launch("attention_softmax_backward", scores, grads, self.lse[rows], t)   # -> A, dS
+            if needs[0]:
+                part = self._storage(cp.matmul(grads, kf))           # (n, Hkv, g·T, D)
+                gq[rows] = part.reshape(n, h_kv, g, t, d).transpose(0, 3, 1, 2, 4)
+            if needs[1]:
+                gk[rows] = self._storage(cp.matmul(grads.swapaxes(-1, -2), qf)).transpose(0, 2, 1, 3)   # (n, S, Hkv, D)
+            if needs[2]:
+                gv[rows] = self._storage(cp.matmul(scores.swapaxes(-1, -2), gyf)).transpose(0, 2, 1, 3)
+        if needs[0]:
+            gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
+        if needs[1]:
+            gk = gk.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
+        if needs[2]:
+            gv = gv.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
+        return gq, gk, gv
+
+
+_ATTENTION_KERNELS = _cuda.RowKernels(r"""
+// Row r of the scores (S values) belongs to query i = r % T; with the causal mask it sees the keys
+// j < limit = i + (S - T) + 1, the others get weight 0.
+__device__ __forceinline__ long long visible_keys(long long row, long long width, long long queries,
+                                                  long long offset, int causal) {
+    if (!causal) return width;
+    long long limit = row % queries + offset + 1;
+    return limit < width ? limit : width;
+}
+
+// In place: scores (q k^T) -> A = softmax(scale * scores + mask); lse[row] = log sum exp.
+extern "C" __global__ void attention_softmax_forward(
+        X_T* scores, float* lse, long long width, long long queries, long long offset, float scale,
+        int causal, int round_bf16) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    long long limit = visible_keys(row, width, queries, offset, causal);
+    float m = MINILLM_NEG_INF;
+    for (long long j = threadIdx.x; j < limit; j += blockDim.x) m = fmaxf(m, LOAD_X(scores, base + j) * scale);
+    m = minillm_block_max(m, scratch);
+    float total = 0.0f;
+    for (long long j = threadIdx.x; j < limit; j += blockDim.x) total += expf(LOAD_X(scores, base + j) * scale - m);
+    total = minillm_block_sum(total, scratch);
+    float inverse = 1.0f / total;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float a = j < limit ? expf(LOAD_X(scores, base + j) * scale - m) * inverse : 0.0f;
+        if (round_bf16) a = minillm_round_bf16(a);
+        STORE_X(scores, base + j, a);
+    }
+    if (threadIdx.x == 0) lse[row] = m + logf(total);
+}
+
+// In place: scores (q k^T, recomputed) -> A = exp(scale * scores + mask - lse) and
+// grads (dL/dA) -> dL/d(q k^T) = scale * A * (dL/dA - delta), delta = sum_j dL/dA_j A_j.
+extern "C" __global__ void attention_softmax_backward(
+        X_T* scores, G_T* grads, const float* lse, long long width, long long queries, long long offset,
+        float scale, int causal, int round_bf16) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    long long limit = visible_keys(row, width, queries, offset, causal);
+    float l = lse[row];
+    float delta = 0.0f;
+    for (long long j = threadIdx.x; j < limit; j += blockDim.x)
+        delta += expf(LOAD_X(scores, base + j) * scale - l) * LOAD_G(grads, base + j);
+    delta = minillm_block_sum(delta, scratch);
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float a = 0.0f, ds = 0.0f;
+        if (j < limit) {
+            a = expf(LOAD_X(scores, base + j) * scale - l);
+            ds = scale * a * (LOAD_G(grads, base + j) - delta);
+        }
+        if (round_bf16) {
+            a = minillm_round_bf16(a);
+            ds = minillm_round_bf16(ds);
+        }
+        STORE_X(scores, base + j, a);
+        STORE_G(grads, base + j, ds);
+    }
+}
+""", ("X", "G"))
+
+
 def _prepare_mask(attn_mask, is_causal: bool, q: Tensor, k: Tensor, dtype=None):
     """Combine ``is_causal`` and ``attn_mask`` into one additive array broadcastable to
     (B, H_kv, g, T, S), or None (in ``dtype``, default q's)."""
@@ -361,6 +527,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         q, k, v = (ew.cast(x, fmt.storage_dtype) if isinstance(x, Tensor) else x for x in (q, k, v))
     _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if attn_mask is None and dropout_p == 0.0 and q.shape[2] <= k.shape[2] and fusable(q.data, k.data, v.data):
+        return ScaledDotProductAttentionCuda(scale, bool(is_causal), fmt).apply(q, k, v)
     if fmt is not None:
         mask = _prepare_mask(attn_mask, is_causal, q, k, dtype=np.float32)
         return ScaledDotProductAttentionLowPrecision(scale, mask, float(dropout_p), fmt).apply(q, k, v)

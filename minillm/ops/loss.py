@@ -14,6 +14,11 @@ lse (N, 1); backward recomputes softmax = e^{z - lse} straight into the (N, V) g
 returns, then subtracts the smoothed one-hot in place.
 ``cross_entropy_composed`` is the reference twin built from primitive ops.
 Under ``amp.autocast`` float16 logits go to :class:`CrossEntropyHalf` (float32 inside, a float32 loss).
+
+On a GPU (CuPy arrays, float32 or float16 logits) two fused kernels replace the blocked array
+code: forward is one pass per row (max, then Σ e^{z - m} and Σ z, one thread block per row),
+writing lse and the row's loss; backward writes (softmax - smoothed one-hot) · weight straight
+into the gradient. Same memory rule: no (N, V) array but the gradient.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, device_of, get_array_module, to_device
+from minillm.backend import cast, cupy_module, device_of, fusable, get_array_module, to_device
+from minillm.ops import _cuda
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
@@ -49,6 +55,8 @@ class CrossEntropy(Function):
         self.valid, self.count = valid, count          # valid (N,) bool; count = number of valid rows
 
     def forward(self, logits):
+        if fusable(logits):
+            return self._forward_cuda(logits, logits.dtype)
         xp = get_array_module(logits)
         v = logits.shape[-1]
         z = logits.reshape(-1, v)                                # (N, V)
@@ -86,6 +94,8 @@ class CrossEntropy(Function):
     def backward(self, gy):
         # dloss_i/dz_ij = softmax_ij - (1 - ε)[j = t_i] - ε/V   (times the row's weight:
         # 1/count for "mean", 1 for "sum", gy_i for "none"; 0 for ignored rows)
+        if getattr(self, "fused", False):
+            return self._backward_cuda(gy, self.logits.dtype)
         xp = get_array_module(gy)
         v = self.logits_shape[-1]
         eps = self.label_smoothing
@@ -108,6 +118,96 @@ class CrossEntropy(Function):
         g[self.rows, self.safe_targets] -= scale * (1.0 - eps)
         return g.reshape(self.logits_shape)
 
+    # -- the CUDA kernels (CuPy arrays) -------------------------------------------------------
+    def _forward_cuda(self, logits, loss_dtype):
+        """The fused forward: float32 arithmetic inside, the loss returned in ``loss_dtype``."""
+        cp = cupy_module()
+        v = logits.shape[-1]
+        z = _cuda.contiguous(logits).reshape(-1, v)              # (N, V)
+        n = z.shape[0]
+        targets = self.targets.reshape(-1).astype(cp.int64, copy=False)   # (N,)
+        lse = cp.empty(n, dtype=cp.float32)                      # (N,)
+        loss = cp.empty(n, dtype=cp.float32)                     # (N,) 0 at ignored rows
+        if n:
+            kernel = _CE_KERNELS.get("cross_entropy_forward", X=z.dtype, G=cp.float32)
+            kernel((n,), (_cuda.row_threads(v),), (z, targets, lse, loss, _cuda.i64(v),
+                                                   _cuda.i64(self.ignore_index),
+                                                   _cuda.f32(self.label_smoothing)))
+        self.fused, self.logits, self.logits_shape, self.lse, self.flat_targets = True, logits, logits.shape, lse, targets
+        if self.reduction == "none":
+            return loss.reshape(logits.shape[:-1]).astype(loss_dtype, copy=False)   # (...)
+        total = loss.sum(keepdims=True)                          # (1,)
+        if self.reduction == "mean":
+            total /= self.count
+        return total.reshape(()).astype(loss_dtype, copy=False)
+
+    def _backward_cuda(self, gy, grad_dtype):
+        """The fused backward: the (N, V) gradient in ``grad_dtype``, written in one pass."""
+        cp = cupy_module()
+        v = self.logits_shape[-1]
+        z = _cuda.contiguous(self.logits).reshape(-1, v)         # (N, V)
+        n = z.shape[0]
+        weights = _cuda.contiguous(gy.astype(cp.float32, copy=False)).reshape(-1)   # (N,) or (1,)
+        row_scale = 1.0 / self.count if self.reduction == "mean" else 1.0
+        g = cp.empty((n, v), dtype=grad_dtype)                   # (N, V): the gradient
+        if n:
+            kernel = _CE_KERNELS.get("cross_entropy_backward", X=z.dtype, G=grad_dtype)
+            kernel((n,), (_cuda.row_threads(v),), (z, self.flat_targets, self.lse, weights, g, _cuda.i64(v),
+                                                   _cuda.i64(1 if self.reduction == "none" else 0),
+                                                   _cuda.f32(row_scale), _cuda.i64(self.ignore_index),
+                                                   _cuda.f32(self.label_smoothing)))
+        return g.reshape(self.logits_shape)
+
+
+_CE_KERNELS = _cuda.RowKernels(r"""
+// One block per row of V logits z: lse = m + ln sum_j exp(z_j - m) (m = max z) and the row's
+// loss lse - (1 - eps) z_t - eps mean(z), 0 where the target is ignore_index.
+extern "C" __global__ void cross_entropy_forward(
+        const X_T* logits, const long long* targets, float* lse_out, float* loss_out,
+        long long width, long long ignore_index, float smoothing) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    float m = MINILLM_NEG_INF;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) m = fmaxf(m, LOAD_X(logits, base + j));
+    m = minillm_block_max(m, scratch);
+    float s = 0.0f, total = 0.0f;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float z = LOAD_X(logits, base + j);
+        s += expf(z - m);
+        total += z;
+    }
+    s = minillm_block_sum(s, scratch);
+    total = minillm_block_sum(total, scratch);
+    if (threadIdx.x == 0) {
+        float lse = m + logf(s);
+        long long t = targets[row];
+        float loss = 0.0f;
+        if (t != ignore_index) {
+            loss = lse - (1.0f - smoothing) * LOAD_X(logits, base + t);
+            if (smoothing != 0.0f) loss -= smoothing * (total / (float)width);
+        }
+        lse_out[row] = lse;
+        loss_out[row] = loss;
+    }
+}
+
+// dL/dz_j = (exp(z_j - lse) - eps/V - (1 - eps)[j == t]) * w,  w = upstream * row_scale (0 if
+// ignored); the upstream gradient is one number (weights_stride 0) or one per row ("none").
+extern "C" __global__ void cross_entropy_backward(
+        const X_T* logits, const long long* targets, const float* lse, const float* weights, G_T* grad,
+        long long width, long long weights_stride, float row_scale, long long ignore_index, float smoothing) {
+    long long row = blockIdx.x, base = row * width;
+    long long t = targets[row];
+    float w = (t == ignore_index) ? 0.0f : weights[row * weights_stride] * row_scale;
+    float l = lse[row], uniform = smoothing / (float)width, hit = (1.0f - smoothing) * w;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float g = (expf(LOAD_X(logits, base + j) - l) - uniform) * w;
+        if (j == t) g -= hit;
+        STORE_G(grad, base + j, g);
+    }
+}
+""", ("X", "G"))
+
 
 class CrossEntropyHalf(CrossEntropy):
     """:class:`CrossEntropy` of float16 logits under ``amp.autocast`` (a float32 op there): lse,
@@ -115,12 +215,16 @@ class CrossEntropyHalf(CrossEntropy):
     Saves: the float16 logits (widened again in backward), lse (float32) and the targets."""
 
     def forward(self, logits):
+        if fusable(logits):
+            return self._forward_cuda(logits, np.float32)   # the kernel widens each value as it reads it
         loss = super().forward(cast(logits, np.float32))
         self.logits = logits                             # the graph's float16 array, not the copy
         return loss
 
     def backward(self, gy):
         # the float32 gradient softmax - onehot (smoothed, scaled), rounded to float16
+        if getattr(self, "fused", False):
+            return self._backward_cuda(gy, np.float16)
         self.logits = cast(self.logits, np.float32)
         return cast(super().backward(gy), np.float16)
 
@@ -171,21 +275,35 @@ def _valid_rows(logits: Tensor, array, ignore_index: int, reduction: str):
 
 
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoothing: float = 0.0,
-                  reduction: str = "mean") -> Tensor:
+                  reduction: str = "mean", num_valid: int | None = None) -> Tensor:
     """Cross-entropy loss from unnormalised logits (PyTorch's ``F.cross_entropy`` with class ids
     on the last axis); see :class:`CrossEntropy`.
 
     Args:
         logits: (..., V) floating tensor.
-        targets: (...) integer class ids in [0, V), or ``ignore_index`` to skip a position.
+        targets: (...) integer class ids in [0, V), or ``ignore_index`` to skip a position. Host
+            targets are checked on the host and then moved to the logits' device; device targets
+            are checked on the device (that reads numbers back: a device synchronisation).
         ignore_index: target value that contributes no loss and is not counted by the mean.
         label_smoothing: ε in [0, 1]; the target distribution becomes (1-ε)·onehot + ε/V.
         reduction: "mean" over non-ignored targets (an error when there are none), "sum", or
             "none" (per-position losses, 0 where ignored).
+        num_valid: the number of non-ignored targets, when the caller has already checked the
+            targets' range and counted them (``GPT.forward`` does, once per forward): no check and
+            no count here, so nothing is read back from the device.
     """
     array = _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction)
-    array = to_device(array, device_of(logits.data))             # explicit transfer if needed
-    valid, count = _valid_rows(logits, array, ignore_index, reduction)
+    if num_valid is None:
+        valid, count = _valid_rows(logits, array, ignore_index, reduction)   # on the targets' device
+    else:
+        valid, count = None, int(num_valid)
+        if reduction == "mean" and count == 0:
+            raise ValueError(f"cross_entropy: every target equals ignore_index={ignore_index}, so the "
+                             "mean over non-ignored targets is undefined (0/0); give at least one real "
+                             "target or use reduction='sum'")
+    device = device_of(logits.data)
+    array = to_device(array, device)                             # explicit transfer if needed
+    valid = array.reshape(-1) != ignore_index if valid is None else to_device(valid, device)
     op = CrossEntropyHalf if logits.dtype == np.float16 and amp.active_format() is not None else CrossEntropy
     return op(array, ignore_index, float(label_smoothing), reduction, valid, count).apply(logits)
 

@@ -8,6 +8,13 @@ x̂ from the input, which the graph holds anyway. ``*_composed`` twins use primi
 
 Under ``amp.autocast`` (:mod:`minillm.amp`) the ``*LowPrecision`` subclasses run: statistics and
 x̂ in float32, the output rounded to the format's storage dtype.
+
+On a GPU (CuPy arrays: x float32 or float16, float32 weight and bias) fused kernels run instead
+of the array code, one thread block per row: forward reads the row for the mean, again for the
+variance (from cache) and writes y (and μ, r); backward reads x and dL/dy once for the two row
+sums and once more to write dL/dx; dL/dw and dL/db are column sums computed in row chunks (partial
+sums per chunk, then a small sum over the chunks). LayerNorm and RMSNorm share these kernels
+(``centered`` = subtract the mean or not).
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, get_array_module
+from minillm.backend import cast, cupy_module, fusable, get_array_module
+from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
 from minillm.tensor import Tensor
@@ -44,13 +52,20 @@ class LayerNorm(Function):
     each row over the last axis.
 
     Shapes: x (..., C), w (C,), b (C,) or absent -> y (..., C).
-    Saves: x (an input), w, μ and r = 1/sqrt(σ² + eps) of shape (..., 1).
+    Saves: x (an input), w, μ and r = 1/sqrt(σ² + eps) of shape (..., 1) (flat (N,) when the fused
+    CUDA kernel ran).
     """
+
+    fused = False                # set by a forward that ran the CUDA kernel
 
     def __init__(self, eps: float):
         self.eps = eps
 
     def forward(self, x, weight, bias=None):
+        if _fused_norm(x, weight, bias):
+            self.x, self.weight, self.fused = x, weight, True
+            y, self.mu, self.rstd = _norm_forward_cuda(x, weight, bias, self.eps, True, x.dtype, False)
+            return y
         xp = get_array_module(x)
         c = x.shape[-1]
         mu = x.mean(axis=-1, keepdims=True)                      # (..., 1)
@@ -70,10 +85,12 @@ class LayerNorm(Function):
     def backward(self, gy):
         # With ĝ = gy · w (the gradient reaching x̂), per row of C values:
         #   dL/dx = r · (ĝ - mean(ĝ) - x̂ · mean(ĝ · x̂)),  dL/dw = Σ_rows gy · x̂,  dL/db = Σ_rows gy
+        needs = self.needs_input_grad
+        if self.fused:                                           # the fused forward ran (flat μ, r)
+            return _norm_backward_cuda(self.x, gy, self.weight, self.mu, self.rstd, True, needs)
         c = self.x.shape[-1]
         xhat = self.x - self.mu
         xhat *= self.rstd                                        # (..., C)
-        needs = self.needs_input_grad
         gw = gb = gx = None
         if needs[1]:
             gw = _column_dot(gy, xhat)                           # (C,)
@@ -102,12 +119,19 @@ class LayerNormLowPrecision(LayerNorm):
         self.fmt = fmt
 
     def forward(self, x, weight, bias=None):
+        if _fused_norm(x, weight, bias):
+            self.x, self.weight, self.fused = x, weight, True
+            y, self.mu, self.rstd = _norm_forward_cuda(x, weight, bias, self.eps, True, self.fmt.storage_dtype,
+                                                       self.fmt.name == "bf16")
+            return y
         y = super().forward(cast(x, np.float32), weight, bias)
         self.x = x                                       # the graph's array, not a float32 copy
         return self.fmt.to_storage(y)
 
     def backward(self, gy):
         # the float32 backward (dL/dx, dL/dw, dL/db), dL/dx returned in x's dtype
+        if self.fused:                                   # fused: float32 inside, dL/dx in x's dtype
+            return _norm_backward_cuda(self.x, gy, self.weight, self.mu, self.rstd, True, self.needs_input_grad)
         x = self.x
         self.x = cast(x, np.float32)
         grads = super().backward(cast(gy, np.float32))
@@ -157,13 +181,20 @@ class RMSNorm(Function):
     """y = x̂ · w,  x̂ = x / sqrt(mean(x²) + eps) over the last axis (Zhang & Sennrich 2019).
 
     Shapes: x (..., C), w (C,) -> y (..., C).
-    Saves: x (an input), w and r = 1/sqrt(mean(x²) + eps) of shape (..., 1).
+    Saves: x (an input), w and r = 1/sqrt(mean(x²) + eps) of shape (..., 1) (flat (N,) when the
+    fused CUDA kernel ran).
     """
+
+    fused = False                # set by a forward that ran the CUDA kernel
 
     def __init__(self, eps: float):
         self.eps = eps
 
     def forward(self, x, weight):
+        if _fused_norm(x, weight, None):
+            self.x, self.weight, self.fused = x, weight, True
+            y, _, self.rstd = _norm_forward_cuda(x, weight, None, self.eps, False, x.dtype, False)
+            return y
         xp = get_array_module(x)
         ms = _row_dot(x, x)                                      # (..., 1) Σ x²
         ms *= 1.0 / x.shape[-1]
@@ -177,6 +208,8 @@ class RMSNorm(Function):
 
     def backward(self, gy):
         # With ĝ = gy · w:  dL/dx = r · (ĝ - x̂ · mean(ĝ · x̂)),  dL/dw = Σ_rows gy · x̂
+        if self.fused:                                           # the fused forward ran
+            return _norm_backward_cuda(self.x, gy, self.weight, None, self.rstd, False, self.needs_input_grad)
         c = self.x.shape[-1]
         xhat = self.x * self.rstd                                # (..., C)
         gx = gw = None
@@ -202,11 +235,18 @@ class RMSNormLowPrecision(RMSNorm):
         self.fmt = fmt
 
     def forward(self, x, weight):
+        if _fused_norm(x, weight, None):
+            self.x, self.weight, self.fused = x, weight, True
+            y, _, self.rstd = _norm_forward_cuda(x, weight, None, self.eps, False, self.fmt.storage_dtype,
+                                                 self.fmt.name == "bf16")
+            return y
         y = super().forward(cast(x, np.float32), weight)
         self.x = x
         return self.fmt.to_storage(y)
 
     def backward(self, gy):
+        if self.fused:                                           # fused: float32 inside, dL/dx in x's dtype
+            return _norm_backward_cuda(self.x, gy, self.weight, None, self.rstd, False, self.needs_input_grad)
         x = self.x
         self.x = cast(x, np.float32)
         gx, gw = super().backward(cast(gy, np.float32))
@@ -228,3 +268,162 @@ def rms_norm_composed(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
     _check_norm(x, weight, None, eps, "rms_norm_composed")
     mean_square = rd.mean(ew.mul(x, x), axis=-1, keepdims=True)
     return ew.mul(ew.div(x, ew.sqrt(ew.add(mean_square, float(eps)))), weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernels (CuPy arrays): see the module docstring
+# ---------------------------------------------------------------------------------------------
+def _fused_norm(x, weight, bias) -> bool:
+    """The kernels take x in float32/float16 and a float32 weight (and bias)."""
+    return (fusable(x) and fusable(weight) and weight.dtype == np.float32
+            and (bias is None or (fusable(bias) and bias.dtype == np.float32)))
+
+
+_NORM_FORWARD = _cuda.RowKernels(r"""
+// One block per row of C values x: (centered) mean, r = 1/sqrt(mean((x - mean)^2) + eps),
+// y = (x - mean) * r * w (+ b), optionally rounded to bfloat16; writes mean and r per row.
+extern "C" __global__ void norm_forward(
+        const X_T* x, const float* weight, const float* bias, Y_T* y, float* mean_out, float* rstd_out,
+        long long width, float eps, int centered, int has_bias, int round_bf16) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    float mean = 0.0f;
+    if (centered) {
+        float s = 0.0f;
+        for (long long j = threadIdx.x; j < width; j += blockDim.x) s += LOAD_X(x, base + j);
+        mean = minillm_block_sum(s, scratch) / (float)width;
+    }
+    float ss = 0.0f;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float d = LOAD_X(x, base + j) - mean;
+        ss += d * d;
+    }
+    float rstd = 1.0f / sqrtf(minillm_block_sum(ss, scratch) / (float)width + eps);
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float v = (LOAD_X(x, base + j) - mean) * rstd * weight[j];
+        if (has_bias) v += bias[j];
+        if (round_bf16) v = minillm_round_bf16(v);
+        STORE_Y(y, base + j, v);
+    }
+    if (threadIdx.x == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
+}
+""", ("X", "Y"))
+
+_NORM_BACKWARD = _cuda.RowKernels(r"""
+// dL/dx per row, with g = dL/dy * w and xhat = (x - mean) * r:
+//   dx = r * (g - mean(g) - xhat * mean(g * xhat))      (centered; RMSNorm drops mean(g))
+extern "C" __global__ void norm_backward_input(
+        const X_T* x, const G_T* gy, const float* weight, const float* mean, const float* rstd, X_T* gx,
+        long long width, int centered) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    float mu = centered ? mean[row] : 0.0f, r = rstd[row];
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float g = LOAD_G(gy, base + j) * weight[j];
+        sum_g += g;
+        sum_gx += g * (LOAD_X(x, base + j) - mu) * r;
+    }
+    sum_g = minillm_block_sum(sum_g, scratch);
+    sum_gx = minillm_block_sum(sum_gx, scratch);
+    float mean_g = centered ? sum_g / (float)width : 0.0f, mean_gx = sum_gx / (float)width;
+    for (long long j = threadIdx.x; j < width; j += blockDim.x) {
+        float g = LOAD_G(gy, base + j) * weight[j];
+        float xhat = (LOAD_X(x, base + j) - mu) * r;
+        STORE_X(gx, base + j, r * (g - mean_g - xhat * mean_gx));
+    }
+}
+
+// Partial column sums of dL/dy * xhat (-> dL/dw) and dL/dy (-> dL/db) over one chunk of rows:
+// block (32, 8) covers 32 columns; grid (ceil(C / 32), chunks); out: (chunks, C) each.
+extern "C" __global__ void norm_backward_params(
+        const X_T* x, const G_T* gy, const float* mean, const float* rstd, float* weight_partial,
+        float* bias_partial, long long rows, long long width, long long rows_per_chunk, int centered,
+        int has_bias) {
+    __shared__ float part_w[8][33];
+    __shared__ float part_b[8][33];
+    long long col = (long long)blockIdx.x * 32 + threadIdx.x;
+    long long start = (long long)blockIdx.y * rows_per_chunk;
+    long long stop = start + rows_per_chunk;
+    if (stop > rows) stop = rows;
+    float acc_w = 0.0f, acc_b = 0.0f;
+    if (col < width) {
+        for (long long r = start + threadIdx.y; r < stop; r += blockDim.y) {
+            float g = LOAD_G(gy, r * width + col);
+            float xhat = (LOAD_X(x, r * width + col) - (centered ? mean[r] : 0.0f)) * rstd[r];
+            acc_w += g * xhat;
+            acc_b += g;
+        }
+    }
+    part_w[threadIdx.y][threadIdx.x] = acc_w;
+    part_b[threadIdx.y][threadIdx.x] = acc_b;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < width) {
+        float sum_w = 0.0f, sum_b = 0.0f;
+        for (int k = 0; k < blockDim.y; ++k) {
+            sum_w += part_w[k][threadIdx.x];
+            sum_b += part_b[k][threadIdx.x];
+        }
+        weight_partial[(long long)blockIdx.y * width + col] = sum_w;
+        if (has_bias) bias_partial[(long long)blockIdx.y * width + col] = sum_b;
+    }
+}
+""", ("X", "G"))
+
+_PARAM_CHUNK_ROWS = 64           # rows per partial column sum (dL/dw, dL/db)
+
+
+def _norm_forward_cuda(x, weight, bias, eps: float, centered: bool, out_dtype, round_bf16: bool):
+    """y (x's shape, ``out_dtype``), mean (N,) and r (N,) float32 of the fused forward."""
+    cp = cupy_module()
+    c = x.shape[-1]
+    x2 = _cuda.contiguous(x)
+    n = x2.size // c if c else 0
+    y = cp.empty(x.shape, dtype=out_dtype)
+    mean = cp.empty(n, dtype=cp.float32)
+    rstd = cp.empty(n, dtype=cp.float32)
+    if n:
+        kernel = _NORM_FORWARD.get("norm_forward", X=x2.dtype, Y=out_dtype)
+        kernel((n,), (_cuda.row_threads(c),),
+               (x2, _cuda.contiguous(weight), _cuda.contiguous(weight if bias is None else bias), y, mean, rstd,
+                _cuda.i64(c), _cuda.f32(eps), np.int32(centered), np.int32(bias is not None),
+                np.int32(round_bf16)))
+    return y, mean, rstd
+
+
+def _norm_backward_cuda(x, gy, weight, mean, rstd, centered: bool, needs):
+    """(dL/dx, dL/dw[, dL/db]) of the fused norm; dL/dx in x's dtype, the rest float32."""
+    cp = cupy_module()
+    c = x.shape[-1]
+    x2 = _cuda.contiguous(x)
+    g2 = _cuda.contiguous(gy)
+    n = x2.size // c if c else 0
+    mean_arg = rstd if mean is None else mean
+    has_bias = len(needs) > 2
+    gx = gw = gb = None
+    if needs[0]:
+        gx = cp.empty(x.shape, dtype=x.dtype)
+        if n:
+            kernel = _NORM_BACKWARD.get("norm_backward_input", X=x2.dtype, G=g2.dtype)
+            kernel((n,), (_cuda.row_threads(c),), (x2, g2, _cuda.contiguous(weight), mean_arg, rstd, gx,
+                                                   _cuda.i64(c), np.int32(centered)))
+    if needs[1] or (has_bias and needs[2]):
+        chunks = max(1, -(-n // _PARAM_CHUNK_ROWS))
+        weight_partial = cp.empty((chunks, c), dtype=cp.float32)
+        bias_partial = cp.empty((chunks, c), dtype=cp.float32) if has_bias else weight_partial
+        if n:
+            kernel = _NORM_BACKWARD.get("norm_backward_params", X=x2.dtype, G=g2.dtype)
+            kernel((-(-c // 32), chunks), (32, 8),
+                   (x2, g2, mean_arg, rstd, weight_partial, bias_partial, _cuda.i64(n), _cuda.i64(c),
+                    _cuda.i64(_PARAM_CHUNK_ROWS), np.int32(centered), np.int32(has_bias)))
+        else:
+            weight_partial.fill(0)
+            bias_partial.fill(0)
+        if needs[1]:
+            gw = weight_partial.sum(axis=0).astype(weight.dtype, copy=False)       # (C,)
+        if has_bias and needs[2]:
+            gb = bias_partial.sum(axis=0).astype(weight.dtype, copy=False)         # (C,)
+    return (gx, gw) if not has_bias else (gx, gw, gb)

@@ -1,7 +1,8 @@
 """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's formulas exactly."""
 from __future__ import annotations
 
-from minillm.backend import get_array_module
+from minillm.backend import fusable, get_array_module
+from minillm.ops import _cuda
 from minillm.optim.optimizer import Optimizer, check_number
 
 
@@ -17,7 +18,9 @@ class AdamW(Optimizer):
         p ← p − lr · m̂ / (√v̂ + eps)              eps added after the square root
 
     This is ``torch.optim.AdamW`` (amsgrad=False, maximize=False). The state and the
-    arithmetic stay in the parameter's dtype (float32 master weights stay float32).
+    arithmetic stay in the parameter's dtype (float32 master weights stay float32). On a GPU
+    (CuPy float32 parameters) one fused kernel per parameter does the whole update (the
+    same operations in the same order; the compiler may contract a·b + c into one rounding).
 
     Args:
         params: Tensors, or param-group dicts (see :class:`~minillm.optim.Optimizer`).
@@ -53,6 +56,14 @@ class AdamW(Optimizer):
             state["exp_avg"] = xp.zeros_like(param)
             state["exp_avg_sq"] = xp.zeros_like(param)
         m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        bias_correction1 = 1.0 - beta1 ** t
+        sqrt_bias_correction2 = (1.0 - beta2 ** t) ** 0.5
+        if fusable(param, grad, m, v) and param.dtype.char == grad.dtype.char == m.dtype.char == v.dtype.char == "f":
+            scalar = param.dtype.type                            # the scalars in the parameter's dtype
+            _ADAMW_UPDATE(grad, scalar(1.0 - lr * weight_decay), scalar(beta1), scalar(beta2), scalar(1.0 - beta1),
+                          scalar(1.0 - beta2), scalar(eps * sqrt_bias_correction2),
+                          scalar(-lr * sqrt_bias_correction2 / bias_correction1), param, m, v)
+            return
         # Every operation below writes into param, m, v or the scratch array: no temporaries.
         # The scalars are Python floats, so float32 arrays are computed in float32.
         if weight_decay != 0.0:
@@ -69,10 +80,21 @@ class AdamW(Optimizer):
         # p ← p − lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps). Multiplying the denominator by
         # √(1−β2^t) gives the same value with one pass fewer:
         #     p ← p − (lr·√(1−β2^t)/(1−β1^t)) · m / (√v + eps·√(1−β2^t))
-        bias_correction1 = 1.0 - beta1 ** t
-        sqrt_bias_correction2 = (1.0 - beta2 ** t) ** 0.5
         xp.sqrt(v, out=scratch)
         scratch += eps * sqrt_bias_correction2
         xp.divide(m, scratch, out=scratch)
         scratch *= -lr * sqrt_bias_correction2 / bias_correction1
         param += scratch
+
+
+# The whole update of one parameter in one pass (CuPy arrays), in the order of the array code above:
+# decay, first moment, second moment, step. The scalars arrive in the parameter's dtype.
+_ADAMW_UPDATE = _cuda.Elementwise(
+    "T grad, T decay, T beta1, T beta2, T one_minus_beta1, T one_minus_beta2, T denominator_eps, T step_size",
+    "T param, T exp_avg, T exp_avg_sq",
+    """
+    param = param * decay;
+    exp_avg = exp_avg * beta1 + grad * one_minus_beta1;
+    exp_avg_sq = exp_avg_sq * beta2 + grad * grad * one_minus_beta2;
+    param = param + exp_avg / (sqrt(exp_avg_sq) + denominator_eps) * step_size;
+    """, "minillm_adamw_update")

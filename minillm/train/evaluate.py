@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 from minillm.autograd import no_grad
-from minillm.backend import to_device
 from minillm.data import sequential_windows
 
 IGNORE_INDEX = -100
@@ -24,7 +23,9 @@ def evaluate_language_model(model, tokens, block_size: int, batch_size: int, num
                             device: str = "cpu", stride: int | None = None, max_batches: int = 0,
                             prefix: str = "val_") -> dict:
     """Mean loss, perplexity (and bits per byte when ``num_bytes`` is given) of ``model`` on
-    ``tokens`` (a 1-D host integer array). ``max_batches`` > 0 stops early (an estimate)."""
+    ``tokens`` (a 1-D host integer array). ``max_batches`` > 0 stops early (an estimate).
+    The windows stay host arrays until the model moves them to its own device (``device`` is
+    that device; kept for callers that pass it)."""
     was_training = model.training
     model.eval()
     total_nats, total_tokens, batches = 0.0, 0, 0
@@ -36,7 +37,8 @@ def evaluate_language_model(model, tokens, block_size: int, batch_size: int, num
                 count = int(mask.sum())
                 if count == 0:
                     continue
-                _, loss = model(to_device(x, device), to_device(targets, device))
+                # host batches: the model checks the ids on the host and moves them to its device
+                _, loss = model(x, targets)
                 total_nats += loss.item() * count                  # the loss is a mean over scored targets
                 total_tokens += count
                 batches += 1

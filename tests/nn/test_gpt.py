@@ -270,9 +270,9 @@ def test_state_dict_round_trip_gives_the_same_logits(rng):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_a_training_step_runs_on_the_strict_device(preset, rng, strict_device):
+def test_a_training_step_runs_on_the_gpu_path(preset, rng, gpu_device):
     """The whole step (forward, loss, backward, optimizer) on the CuPy-like emulation."""
-    model = GPT(PRESETS[preset](dropout=0.1)).to(strict_device)
+    model = GPT(PRESETS[preset](dropout=0.1)).to(gpu_device)
     idx, targets = batch(rng)
     logits, loss = model(idx, targets)                      # host ids are moved explicitly
     loss.backward()

@@ -85,11 +85,11 @@ def test_train_eval_reach_every_submodule():
     assert model.first.training
 
 
-def test_to_moves_parameters_and_buffers_in_place(strict_device):
+def test_to_moves_parameters_and_buffers_in_place(gpu_device):
     model = Pair()
     params = model.parameters()
     model.first.weight.grad = np.ones((4, 3), dtype=np.float32)
-    model.to(strict_device)
+    model.to(gpu_device)
     assert model.parameters() == params                        # the same objects
     assert all(p.device == "cuda" for p in params) and model.device == "cuda"
     assert backend.device_of(model.table) == "cuda" and backend.device_of(model.first.weight.grad) == "cuda"

@@ -217,7 +217,7 @@ def test_bad_dpo_options_name_the_option(sft_model, tmp_path):
         run_dpo(small_dpo_config(tmp_path, sft_model, nll_alpha=-0.5))
 
 
-def test_sft_lora_and_dpo_steps_run_on_the_strict_device(strict_device, policy_and_batch):
+def test_sft_lora_and_dpo_steps_run_on_the_gpu_path(gpu_device, policy_and_batch):
     """The CuPy-like emulation refuses silent host/device mixing: every array of a step must be on the device."""
     from minillm.backend import to_device
     from minillm.optim import AdamW
@@ -225,10 +225,10 @@ def test_sft_lora_and_dpo_steps_run_on_the_strict_device(strict_device, policy_a
     from minillm.posttrain.sft import resize_token_embeddings, sft_loss
 
     model, batch = policy_and_batch
-    model.to(strict_device)
-    batch = {key: to_device(value, strict_device) for key, value in batch.items()}
+    model.to(gpu_device)
+    batch = {key: to_device(value, gpu_device) for key, value in batch.items()}
     reference = frozen_copy(model)
-    assert reference.device == strict_device
+    assert reference.device == gpu_device
     loss, metrics = DPOObjective(reference, beta=0.1, nll_alpha=1.0)(model, batch)
     loss.backward()
     assert metrics["reward_margin"] == pytest.approx(0.0, abs=1e-6)
@@ -240,4 +240,4 @@ def test_sft_lora_and_dpo_steps_run_on_the_strict_device(strict_device, policy_a
     loss, _ = sft_loss(model, (batch["chosen_x"], batch["chosen_y"]))
     loss.backward()
     optimizer.step()
-    assert model.blocks[0].attn.q_proj.lora_B.device == strict_device
+    assert model.blocks[0].attn.q_proj.lora_B.device == gpu_device
