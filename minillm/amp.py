@@ -58,8 +58,11 @@ Where the cast happens (host vs GPU)
   study the numerics and the memory, not for speed.
 - **CuPy (GPU)**: fp16 matmuls run on float16 arrays (cuBLAS GEMM with CUBLAS_COMPUTE_32F and the
   tensor-op algorithm: tensor cores with float32 accumulation, CuPy's default compute type for
-  float16). bf16 stays emulated in float32 on the GPU too. The strict test backend follows the
-  GPU path (it stands for CuPy).
+  float16). bf16 matmuls run on real bfloat16 operands where CuPy takes ``ml_dtypes.bfloat16``
+  (CuPy 14: tensor cores, float32 accumulation, a bfloat16 result widened exactly to float32);
+  storage and everything else stay float32 holding bf16 values, so bf16 saves time on a GPU but
+  no memory. Without ml_dtypes (or with ``MINILLM_BF16_GEMM=0``) bf16 is emulated in float32 there
+  too. The strict test backend follows the GPU path (it stands for CuPy).
 
 Dynamic loss scaling (fp16)
 ---------------------------
@@ -77,7 +80,8 @@ import math
 import numpy as np
 
 from minillm.backend import (
-    bf16_bits_to_float32, cast, float32_to_bf16_bits, get_array_module, item, round_to_bf16,
+    bf16_bits_to_float32, cast, float32_to_bf16_bits, get_array_module, gpu_bfloat16, is_cupy_array, item,
+    round_to_bf16, to_gpu_bfloat16,
 )
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -102,6 +106,8 @@ class LowPrecisionFormat:
         operand(x): x as a matmul operand: the format's values as float32 on the host (NumPy
             multiplies them with float32 BLAS), float16 on the GPU for fp16 (a float16 GEMM).
         unpack_operand(p): a packed array as a matmul operand (no second rounding).
+        result(product): a product of operands ready for float arithmetic (a real bfloat16 product
+            widened to float32; otherwise as it is).
         matmul(a, b): operand(a) @ operand(b): the format's values, float32 accumulation; the
             result is float32, or float16 from a GPU GEMM: pass it to ``to_storage``.
     """
@@ -142,22 +148,30 @@ class Float16Format(LowPrecisionFormat):
     def unpack_operand(self, packed):
         return cast(packed, np.float32) if get_array_module(packed) is np else packed
 
+    def result(self, product):
+        """A product of operands, as it is (float32 on the host, a float16 GEMM's float16 on a GPU)."""
+        return product
+
     def matmul(self, a, b):
         return self.operand(a) @ self.operand(b)
 
 
 class BFloat16Format(LowPrecisionFormat):
-    """bfloat16, emulated on float32 (no NumPy/CuPy dtype): values rounded to bf16, float32 arrays."""
-
+    """bfloat16, emulated on float32 (no NumPy dtype): values rounded to bf16, float32 arrays.
+    On a GPU whose CuPy takes ``ml_dtypes.bfloat16`` (:func:`minillm.backend.gpu_bfloat16`), matrix
+    product operands are real bfloat16 arrays (tensor cores, float32 accumulation, a bfloat16
+    result): the same values, rounded by the same rule; storage stays float32."""
     name = "bf16"
     storage_dtype = np.dtype(np.float32)
     packed_dtype = np.dtype(np.uint16)
 
     def to_storage(self, x):
+        if x.dtype.char == "E":                # a real bfloat16 product: widening is exact
+            return x.astype(np.float32)
         return round_to_bf16(x)
 
     def to_float32(self, x):
-        return round_to_bf16(x)
+        return self.to_storage(x)
 
     def pack(self, x):
         return float32_to_bf16_bits(x)
@@ -166,10 +180,18 @@ class BFloat16Format(LowPrecisionFormat):
         return bf16_bits_to_float32(packed)
 
     def operand(self, x):
-        return round_to_bf16(x)            # float32 products of bf16 values on both devices
+        if is_cupy_array(x) and gpu_bfloat16() is not None:
+            return x if x.dtype.char == "E" else to_gpu_bfloat16(x)   # bfloat16 GEMM operands
+        return round_to_bf16(x)            # float32 products of bf16 values
 
     def unpack_operand(self, packed):
+        if is_cupy_array(packed) and gpu_bfloat16() is not None:
+            return packed.view(gpu_bfloat16())             # the bits are bfloat16 already
         return bf16_bits_to_float32(packed)
+
+    def result(self, product):
+        """A product of operands as a float32 array for more arithmetic (bias, scale): exact."""
+        return product.astype(np.float32) if product.dtype.char == "E" else product
 
     def matmul(self, a, b):
         return round_to_bf16(a) @ round_to_bf16(b)

@@ -27,6 +27,15 @@ if TYPE_CHECKING:  # pragma: no cover
 _grad_enabled = True
 _anomaly_mode = False
 _creation_counter = itertools.count()
+_profiler = None             # a minillm.profiler.Profile while one records (else one check per op)
+
+
+def set_profiler(profiler):
+    """Install (or with None remove) the op profiler; returns the previous one (minillm.profiler)."""
+    global _profiler
+    previous = _profiler
+    _profiler = profiler
+    return previous
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +128,13 @@ class Function:
         record = any(needs)
         if record:
             self.needs_input_grad = needs
-        output = self.forward(*arrays)
+        profiler = _profiler
+        if profiler is None:
+            output = self.forward(*arrays)
+        else:
+            started = profiler.start(arrays)
+            output = self.forward(*arrays)
+            profiler.stop(self, "forward", started, output)
         if not record:
             return Tensor._from_op(output, None)
         self.inputs = inputs
@@ -201,7 +216,13 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
             raise RuntimeError(
                 f"backward through {fn.label()} a second time: the graph was freed after the "
                 "first backward; call backward(retain_graph=True) the first time to keep it")
-        grads = fn.backward(gy)
+        profiler = _profiler
+        if profiler is None:
+            grads = fn.backward(gy)
+        else:
+            started = profiler.start((gy,))
+            grads = fn.backward(gy)
+            profiler.stop(fn, "backward", started, grads)
         if type(grads) is not tuple:
             grads = (grads,)
         inputs = fn.inputs

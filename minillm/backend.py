@@ -36,6 +36,10 @@ _strict_device = False       # serve "cuda" with the strict emulation instead of
 # unless switched off: MINILLM_FUSED=0 in the environment, or use_fused_kernels(False). Off, the
 # GPU runs the same composed array code as the host (the reference the kernels are tested against).
 _fused_kernels = os.environ.get("MINILLM_FUSED", "1").strip() not in ("0", "false", "no", "off")
+# bfloat16 matmul operands on the GPU (CuPy with ml_dtypes): on unless MINILLM_BF16_GEMM=0
+_bf16_gemm = os.environ.get("MINILLM_BF16_GEMM", "1").strip() not in ("0", "false", "no", "off")
+_gpu_bf16: Any = None        # the bfloat16 dtype CuPy takes, False when it takes none (resolved once)
+_bf16_round_kernel: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +388,44 @@ def round_to_bf16(values):
     rounded = _bf16_rounded_bits(values)
     rounded &= np.uint32(0xFFFF0000)
     return rounded.view(np.float32)
+
+
+def gpu_bfloat16():
+    """The bfloat16 dtype (``ml_dtypes.bfloat16``) when CuPy takes it for arrays and matrix products
+    (CuPy 14 does), else None. With it, bf16 mixed precision multiplies real bfloat16 operands on
+    the GPU's tensor cores (float32 accumulation) instead of float32 products of bf16 values.
+    ``MINILLM_BF16_GEMM=0`` turns it off (the emulation everywhere)."""
+    global _gpu_bf16
+    if not _bf16_gemm:
+        return None
+    if _gpu_bf16 is None:
+        _gpu_bf16 = False
+        cp = cupy_module()
+        if cp is not None:
+            try:
+                import ml_dtypes  # noqa: PLC0415  (optional: only the GPU's bf16 path needs it)
+
+                dtype = np.dtype(ml_dtypes.bfloat16)
+                probe = cp.ones((2, 2), dtype=np.float32).astype(dtype)
+                (probe @ probe).astype(np.float32)
+                _gpu_bf16 = dtype
+            except Exception:  # noqa: BLE001  (no ml_dtypes, or a CuPy without bfloat16: emulate)
+                _gpu_bf16 = False
+    return _gpu_bf16 or None
+
+
+def to_gpu_bfloat16(values):
+    """A CuPy float32 array rounded to bfloat16 (nearest, ties to even, NaN kept quiet: the bits
+    of :func:`float32_to_bf16_bits`), as an array of ``gpu_bfloat16()`` dtype; one pass."""
+    global _bf16_round_kernel
+    if _bf16_round_kernel is None:
+        _bf16_round_kernel = cupy_module().ElementwiseKernel("float32 x", "uint16 y", """
+            unsigned int bits = __float_as_uint(x);
+            if ((bits & 0x7fffffffu) > 0x7f800000u) bits |= 0x00400000u;
+            else bits += 0x7fffu + ((bits >> 16) & 1u);
+            y = (unsigned short)(bits >> 16);
+            """, "minillm_float32_to_bf16")
+    return _bf16_round_kernel(values.astype(np.float32, copy=False)).view(gpu_bfloat16())
 
 
 # ---------------------------------------------------------------------------------------------

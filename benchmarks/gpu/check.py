@@ -10,13 +10,15 @@ in this order (a part that cannot finish inside ``--budget`` seconds is skipped,
   env            GPU, driver, CUDA, CuPy, NumPy, PyTorch versions; whether CuPy takes bfloat16
   tests          pytest --backend cupy --device-tests-only (every device-parametrised test)
   train_g_fp32   bench_train_step.py, GPT-2 small (config G), fp32: minillm, minillm-composed, torch
-  generate       bench_generate_hf.py: cached greedy generation vs HF transformers, batch 1 and 8
-  mainjob        the main job with --device cuda (400 steps) against the CPU reference run
-                 (main_job_cpu.json), and 20 steps on cpu and cuda side by side, step by step
-  train_g_fp16   config G in fp16 (loss scaling), then bf16, then config C in fp32 and fp16
-  train_g_bf16
-  train_c
+  train_g_fp16   config G in fp16 (loss scaling): minillm, torch
+  train_g_bf16   config G in bf16: minillm, torch
+  profile        profile_step.py: one config-G step op by op, minillm's profiler and torch.profiler
   kernels        kernels.py: each fused kernel vs the composed CuPy code, GPT-2 small shapes
+  generate       bench_generate_hf.py: cached greedy generation vs HF transformers, batch 1 and 8
+  parity20       20 steps of the main job on the machine's CPU and GPU, loss by loss
+  mainjob        the main job with --device cuda (400 steps) against the CPU reference run
+                 (main_job_cpu.json) at every evaluation
+  train_c        config C in fp32 and fp16: minillm, torch
 
 Everything lands in OUT_DIR (or ./gpu_check): check.json (every part: status, seconds, parsed
 results), check.md (the tables), check.log (each part's output) and tests.log (pytest's). Written
@@ -219,46 +221,68 @@ def _metrics(path: str) -> list[dict]:
 
 
 def part_mainjob(check: Check) -> None:
+    """The whole main job on the GPU against the CPU reference run, at every evaluation."""
     with open(os.path.join(ROOT, "benchmarks", "gpu", "main_job_cpu.json"), encoding="utf-8") as handle:
         reference = json.load(handle)
     with tempfile.TemporaryDirectory() as tmp:
-        entry, lines = {}, []
-        # 1) the whole main job on the GPU
         full = os.path.join(tmp, "full")
-        result = check.run("mainjob", [PY, "-m", "minillm", "train", "--device", "cuda", "--out_dir", full,
-                                       "--progress", "false"], 150)
-        if result[0] != "skipped":
-            status, output, seconds = result
-            evals = [r for r in _metrics(os.path.join(full, "metrics.jsonl")) if r.get("kind") == "eval"]
-            entry.update(status=status, wall_s=seconds, eval=evals)
-            lines.append(f"`minillm train --device cuda`: {status}, {seconds:.1f} s wall (the CPU reference: "
-                         f"{reference['wall_s']:.0f} s on {reference['machine']})\n")
-            lines.append("| step | val loss GPU | val loss CPU | bits/byte GPU | bits/byte CPU | relative difference |")
-            lines.append("|---|---|---|---|---|---|")
-            cpu = {r["step"]: r for r in reference["eval"]}
-            for r in evals:
-                ref = cpu.get(r["step"])
-                if ref:
-                    diff = abs(r["val_bpb"] - ref["val_bpb"]) / ref["val_bpb"]
-                    lines.append(f"| {r['step']} | {r['val_loss']:.4f} | {ref['val_loss']:.4f} | {r['val_bpb']:.4f} | "
-                                 f"{ref['val_bpb']:.4f} | {diff:.1e} |")
-        # 2) 20 steps on both devices of this machine, loss by loss
-        short = ["--max_steps", "20", "--warmup_steps", "5", "--log_interval", "1", "--eval_interval", "20",
-                 "--sample_tokens", "0", "--progress", "false"]
-        losses = {}
+        status, output, seconds = check.run("mainjob", [PY, "-m", "minillm", "train", "--device", "cuda",
+                                                        "--out_dir", full, "--progress", "false"], 150)
+        if status == "skipped":
+            return
+        evals = [r for r in _metrics(os.path.join(full, "metrics.jsonl")) if r.get("kind") == "eval"]
+    lines = [f"`minillm train --device cuda`: {status}, {seconds:.1f} s wall (the CPU reference: "
+             f"{reference['wall_s']:.0f} s on {reference['machine']})\n",
+             "| step | val loss GPU | val loss CPU | bits/byte GPU | bits/byte CPU | relative difference |",
+             "|---|---|---|---|---|---|"]
+    cpu = {r["step"]: r for r in reference["eval"]}
+    for r in evals:
+        ref = cpu.get(r["step"])
+        if ref:
+            diff = abs(r["val_bpb"] - ref["val_bpb"]) / ref["val_bpb"]
+            lines.append(f"| {r['step']} | {r['val_loss']:.4f} | {ref['val_loss']:.4f} | {r['val_bpb']:.4f} | "
+                         f"{ref['val_bpb']:.4f} | {diff:.1e} |")
+    check.record("mainjob", {"status": status, "wall_s": seconds, "eval": evals}, "\n".join(lines))
+
+
+def part_parity20(check: Check) -> None:
+    """20 steps of the main job on this machine's CPU and on its GPU, loss by loss."""
+    short = ["--max_steps", "20", "--warmup_steps", "5", "--log_interval", "1", "--eval_interval", "20",
+             "--sample_tokens", "0", "--progress", "false"]
+    losses = {}
+    with tempfile.TemporaryDirectory() as tmp:
         for device in ("cpu", "cuda"):
             folder = os.path.join(tmp, device)
-            result = check.run(f"mainjob_20_{device}", [PY, "-m", "minillm", "train", "--device", device,
-                                                        "--out_dir", folder, *short], 120)
+            status = check.run(f"parity20_{device}", [PY, "-m", "minillm", "train", "--device", device,
+                                                      "--out_dir", folder, *short], 120)[0]
             losses[device] = [r["loss"] for r in _metrics(os.path.join(folder, "metrics.jsonl"))
                               if r.get("kind") == "train"]
-        if losses.get("cpu") and losses.get("cuda"):
-            worst = max(abs(a - b) / abs(b) for a, b in zip(losses["cuda"], losses["cpu"]))
-            entry["twenty_steps"] = {"cpu": losses["cpu"], "cuda": losses["cuda"], "max_relative_difference": worst}
-            lines.append(f"\n20 steps (warmup 5) on this machine's CPU and GPU: largest relative difference of "
-                         f"the per-step training losses {worst:.2e} over {len(losses['cuda'])} steps "
-                         f"(first losses {losses['cpu'][0]:.6f} cpu, {losses['cuda'][0]:.6f} cuda)")
-    check.record("mainjob", entry or {"status": "skipped"}, "\n".join(lines) if lines else None)
+    if not (losses.get("cpu") and losses.get("cuda")):
+        check.record("parity20", {"status": f"incomplete: {status}", "losses": losses})
+        return
+    worst = max(abs(a - b) / abs(b) for a, b in zip(losses["cuda"], losses["cpu"]))
+    check.record("parity20", {"status": "ok", "cpu": losses["cpu"], "cuda": losses["cuda"],
+                              "max_relative_difference": worst},
+                 f"20 steps (warmup 5) on this machine's CPU and GPU: largest relative difference of the "
+                 f"per-step training losses {worst:.2e} over {len(losses['cuda'])} steps (first losses "
+                 f"{losses['cpu'][0]:.6f} cpu, {losses['cuda'][0]:.6f} cuda)")
+
+
+def part_profile(check: Check) -> None:
+    """One GPT-2 small step op by op: minillm's profiler and torch.profiler, fp32 and fp16."""
+    tables, entry = [], {}
+    for who in ("minillm", "torch"):
+        for precision in ("fp32", "fp16"):
+            name = f"profile_{who}_{precision}"
+            status, output, seconds = check.run(name, [PY, os.path.join(BENCH, "gpu", "profile_step.py"), who,
+                                                       precision], 60)
+            if status == "skipped":
+                continue
+            entry[name] = status
+            body = output.strip()
+            table_start = body.find("| op |") if who == "minillm" else body.find("---")
+            tables.append(f"### {who} {precision} ({status})\n\n```\n{body[max(0, table_start - 200):][-6000:]}\n```\n")
+    check.record("profile", {"status": "ok" if entry else "skipped", **entry}, "\n".join(tables) or None)
 
 
 def part_kernels(check: Check) -> None:
@@ -275,13 +299,15 @@ PARTS = {
     "env": part_env,
     "tests": part_tests,
     "train_g_fp32": lambda c: part_train(c, "train_g_fp32", "G", "fp32", "minillm,torch,minillm-composed", 150),
-    "generate": part_generate,
-    "mainjob": part_mainjob,
     "train_g_fp16": lambda c: part_train(c, "train_g_fp16", "G", "fp16", "minillm,torch", 100),
     "train_g_bf16": lambda c: part_train(c, "train_g_bf16", "G", "bf16", "minillm,torch", 100),
+    "profile": part_profile,
+    "kernels": part_kernels,
+    "generate": part_generate,
+    "parity20": part_parity20,
+    "mainjob": part_mainjob,
     "train_c": lambda c: (part_train(c, "train_c_fp32", "C", "fp32", "minillm,torch", 60, steps=10),
                           part_train(c, "train_c_fp16", "C", "fp16", "minillm,torch", 60, steps=10)),
-    "kernels": part_kernels,
 }
 
 

@@ -22,7 +22,7 @@ Two kinds of kernel:
   storage dtypes, for row-wise work (norms, softmax, cross-entropy: one thread block per row,
   block-wide sums). Each array argument belongs to a *slot* (``X``, ``Y``, ``G`` ...); for a
   slot the source sees the macros ``X_T`` (the C storage type: ``float``, or ``unsigned short``
-  holding float16 bits), ``LOAD_X(p, i)`` (element i as a float) and ``STORE_X(p, i, v)``
+  holding float16 or bfloat16 bits), ``LOAD_X(p, i)`` (element i as a float) and ``STORE_X(p, i, v)``
   (store the float v, rounded to the slot's dtype). float16 conversions use the PTX ``cvt``
   instructions directly, so no CUDA header is needed at run time.
 """
@@ -99,6 +99,9 @@ __device__ float minillm_block_max(float v, float* scratch) {
 _SLOT_MACROS = {
     "float32": ("float", "((float)((p)[(i)]))", "((p)[(i)] = (v))"),
     "float16": ("unsigned short", "minillm_h2f((p)[(i)])", "((p)[(i)] = minillm_f2h(v))"),
+    # bfloat16 (ml_dtypes on CuPy): the top half of a float32; stores round to nearest even
+    "bfloat16": ("unsigned short", "__uint_as_float(((unsigned int)(p)[(i)]) << 16)",
+                 "((p)[(i)] = (unsigned short)(__float_as_uint(minillm_round_bf16(v)) >> 16))"),
 }
 
 
@@ -106,9 +109,9 @@ def _slot_defines(slots: dict) -> str:
     """``#define X_T``, ``LOAD_X`` and ``STORE_X`` for every slot's dtype."""
     lines = []
     for slot, dtype in slots.items():
-        name = np.dtype(dtype).name
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
         if name not in _SLOT_MACROS:
-            raise TypeError(f"CUDA row kernels: slot {slot} has dtype {name}; expected float32 or float16")
+            raise TypeError(f"CUDA row kernels: slot {slot} has dtype {name}; expected float32, float16 or bfloat16")
         c_type, load, store = _SLOT_MACROS[name]
         lines += [f"#define {slot}_T {c_type}", f"#define LOAD_{slot}(p, i) {load}",
                   f"#define STORE_{slot}(p, i, v) {store}"]
@@ -141,7 +144,7 @@ class RowKernels:
     def get(self, name: str, **dtypes):
         if set(dtypes) != set(self.slots):
             raise TypeError(f"RowKernels.get({name!r}): slots {sorted(dtypes)} given, expected {sorted(self.slots)}")
-        key = tuple(np.dtype(dtypes[s]).name for s in self.slots)
+        key = tuple(np.dtype(dtypes[s]).name for s in self.slots)      # "bfloat16" for ml_dtypes' type
         module = self._modules.get(key)
         if module is None:
             code = _slot_defines({s: dtypes[s] for s in self.slots}) + DEVICE_HELPERS + self.source

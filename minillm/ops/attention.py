@@ -233,7 +233,7 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
             att[rows] = packed
             weights = fmt.unpack_operand(packed)
             if dropped:
-                weights = fmt.operand(weights * self.keep[rows])
+                weights = fmt.operand(fmt.unpack(packed) * self.keep[rows])
             out5[rows] = fmt.to_storage(xp.matmul(weights, v_op))   # (.., T, S) @ (.., S, D) -> (.., T, D)
         out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
         self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
@@ -262,7 +262,7 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
             gy_op = fmt.operand(gy5[rows])                       # (b', Hkv, g, T, D) G in the format
             gy32 = gy_op.astype(np.float32, copy=False)
             delta = xp.einsum("...td,...td->...t", gy32, out5[rows].astype(np.float32, copy=False))
-            weights = fmt.unpack_operand(att[rows])              # (b', Hkv, g, T, S) A in the format
+            weights = fmt.unpack(att[rows])                      # (b', Hkv, g, T, S) A as float32
             gs = xp.matmul(gy_op, fmt.operand(v5[rows]).swapaxes(-1, -2))   # G V^T (.., T, S)
             gs = gs.astype(np.float32, copy=False)
             if dropped:
@@ -280,8 +280,7 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
                 part = part.astype(np.float32, copy=False) * self.scale
                 gk[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
             if needs[2]:
-                if dropped:
-                    weights = fmt.operand(weights * self.keep[rows])
+                weights = fmt.operand(weights * self.keep[rows]) if dropped else fmt.unpack_operand(att[rows])
                 w_flat = weights.reshape(n, h_kv, g * t, s)
                 part = xp.matmul(w_flat.swapaxes(-1, -2), gy_op.reshape(n, h_kv, g * t, d))   # (.., S, g·T) @ (.., g·T, D)
                 gv[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
@@ -297,14 +296,22 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
 class ScaledDotProductAttentionCuda(Function):
     """Attention on a GPU without stored weights: softmax(scale · Q K^T + causal) V with GQA.
 
-    Forward, per block of the batch: S = Q K^T (cuBLAS), one kernel turns each row of S into
-    A = softmax(scale · S + M) in place and writes L = log Σ e^{scale·S + M} (the row's
-    log-sum-exp), then O = A V. Backward, per block: S = Q K^T again and dL/dA = G V^T, then one
-    kernel rebuilds A = e^{scale·S + M - L}, computes δ = Σ_j dL/dA_j A_j and writes
-    dL/d(QK^T) = scale · A ⊙ (dL/dA - δ) and A in place; then dQ = dS K, dK = dS^T Q, dV = A^T G.
-    Under ``amp.autocast`` the products take the format's operands (float16 GEMMs with float32
-    accumulation; bfloat16-rounded float32) and the kernels compute in float32 (bf16: A and dS
-    rounded to bfloat16 before their products), as :class:`ScaledDotProductAttentionLowPrecision`.
+    Forward, per block of the batch and per chunk of queries: S = Q K^T (cuBLAS), one kernel turns
+    each row of S into A = softmax(scale · S + M) in place and writes L = log Σ e^{scale·S + M}
+    (the row's log-sum-exp), then O = A V. Backward, per block and chunk: S = Q K^T again and
+    dL/dA = G V^T, then one kernel rebuilds A = e^{scale·S + M - L}, computes δ = Σ_j dL/dA_j A_j
+    and writes dL/d(QK^T) = scale · A ⊙ (dL/dA - δ) and A in place; then dQ = dS K, and
+    dK^T = Q^T dS, dV^T = G^T A (written this way round, the (T, S) matrices enter the products
+    as they are: no transposed copy of them is ever made), summed over the chunks in float32.
+
+    Causal chunks: with the causal mask, queries i0..i1-1 see only the keys before i1 + S - T, so
+    the queries are split into up to ``_CAUSAL_CHUNKS`` chunks and each chunk's products stop at
+    its last visible key: about 5/8 of the full square's work and memory traffic for 4 chunks.
+
+    Under ``amp.autocast`` the products take the format's operands (float16 GEMMs; bfloat16 GEMMs
+    where CuPy has the dtype, else bfloat16-rounded float32), with float32 accumulation, and the
+    kernels compute in float32 (A and dS rounded to the format before their products), as
+    :class:`ScaledDotProductAttentionLowPrecision`; the scores come out of the GEMM in the format.
 
     Shapes: q (B, H, T, D), k, v (B, H_kv, S, D), T <= S -> o (B, H, T, D), a view of a (B, T, H, D)
     buffer; the causal mask is aligned bottom-right (query i sees keys j <= i + S - T).
@@ -320,65 +327,86 @@ class ScaledDotProductAttentionCuda(Function):
     def _storage(self, x):
         return x if self.fmt is None else self.fmt.to_storage(x)
 
-    def _launch(self, name: str, scores, grads, lse, t: int):
-        rows, width = scores.shape[0] * scores.shape[1] * scores.shape[2], scores.shape[3]
-        if rows == 0 or width == 0:
-            return
-        round_bf16 = np.int32(self.fmt is not None and self.fmt.name == "bf16")
-        g = grads if grads is not None else scores
-        kernel = _ATTENTION_KERNELS.get(name, X=scores.dtype, G=g.dtype)
-        args = (scores,) + ((grads,) if grads is not None else ()) + (
-            lse, _cuda.i64(width), _cuda.i64(t), _cuda.i64(width - t), _cuda.f32(self.scale),
-            np.int32(self.causal), round_bf16)
-        kernel((rows,), (_cuda.row_threads(width),), args)
+    def _chunks(self, t: int, s: int) -> list:
+        """(i0, i1, kend): query chunks and the keys they can see (all of them without the mask)."""
+        if not self.causal or t < 2 * _CAUSAL_MIN_CHUNK:
+            return [(0, t, s)]
+        size = -(-t // min(_CAUSAL_CHUNKS, t // _CAUSAL_MIN_CHUNK))
+        return [(i0, min(t, i0 + size), min(s, min(t, i0 + size) + s - t)) for i0 in range(0, t, size)]
 
-    def _blocks(self, b: int, per_item: int):
+    def _blocks(self, b: int, per_item: int) -> list:
         size = max(1, min(b, _CUDA_BLOCK_ELEMENTS // max(per_item, 1)))
         return [slice(i, min(i + size, b)) for i in range(0, b, size)]
+
+    def _launch(self, name: str, scores, grads, lse, queries: int, offset: int) -> None:
+        """Run the forward (grads None) or backward softmax kernel over the rows of ``scores``
+        (..., width): row r belongs to query r % queries, which sees keys j <= that + offset."""
+        launch_softmax_kernel(name, scores, grads, lse, queries, offset, self.scale, self.causal,
+                              self.fmt is not None and self.fmt.name == "bf16")
 
     def forward(self, q, k, v):
         cp = cupy_module()
         b, h, t, d = q.shape
         h_kv, s = k.shape[1], k.shape[2]
         g = h // h_kv
+        chunks = self._chunks(t, s)
         out = cp.empty((b, t, h_kv, g, d), dtype=q.dtype)        # (B, T, Hkv, g, D) memory order
-        lse = cp.empty((b, h_kv, g * t), dtype=cp.float32)       # (B, Hkv, g·T)
-        for rows in self._blocks(b, h * t * s):
+        lse = cp.empty((b, h_kv, g, t), dtype=cp.float32)        # (B, Hkv, g, T)
+        q5 = q.reshape(b, h_kv, g, t, d)                         # a view when q is (B, T, H, D) memory
+        widest = max((i1 - i0) * kend for i0, i1, kend in chunks)
+        for rows in self._blocks(b, h * widest):
             n = rows.stop - rows.start
-            qf = self._operand(q[rows].reshape(n, h_kv, g * t, d))   # (n, Hkv, g·T, D): a group's queries stacked
-            scores = cp.matmul(qf, self._operand(k[rows]).swapaxes(-1, -2))   # (n, Hkv, g·T, S)
-            self._launch("attention_softmax_forward", scores, None, lse[rows], t)   # scores -> A in place
-            o = self._storage(cp.matmul(scores, self._operand(v[rows])))           # (n, Hkv, g·T, D)
-            out[rows] = o.reshape(n, h_kv, g, t, d).transpose(0, 3, 1, 2, 4)
+            for i0, i1, kend in chunks:
+                c = i1 - i0
+                qc = self._operand(q5[rows, :, :, i0:i1].reshape(n, h_kv, g * c, d))   # a group's queries stacked
+                scores = cp.matmul(qc, self._operand(k[rows, :, :kend]).swapaxes(-1, -2))   # (n, Hkv, g·c, kend)
+                part = cp.empty((n, h_kv, g, c), dtype=cp.float32)
+                self._launch("attention_softmax_forward", scores, None, part, c, i0 + s - t)   # -> A in place
+                lse[rows, :, :, i0:i1] = part
+                o = self._storage(cp.matmul(scores, self._operand(v[rows, :, :kend])))   # (n, Hkv, g·c, D)
+                out[rows, i0:i1] = o.reshape(n, h_kv, g, c, d).transpose(0, 3, 1, 2, 4)
         self.q, self.k, self.v, self.lse = q, k, v, lse
         return out.reshape(b, t, h, d).transpose(0, 2, 1, 3)     # (B, H, T, D) view
 
     def backward(self, gy):
-        # dV = A^T G;  dS = scale · A ⊙ (G V^T - δ);  dQ = dS K;  dK = dS^T Q   (δ = rowsum(G V^T ⊙ A))
+        # dV^T = G^T A;  dS = scale · A ⊙ (G V^T - δ);  dQ = dS K;  dK^T = Q^T dS   (δ = rowsum(G V^T ⊙ A))
         cp = cupy_module()
         q, k, v = self.q, self.k, self.v
         b, h, t, d = q.shape
         h_kv, s = k.shape[1], k.shape[2]
         g = h // h_kv
         needs = self.needs_input_grad
+        chunks = self._chunks(t, s)
+        q5, gy5 = q.reshape(b, h_kv, g, t, d), gy.reshape(b, h_kv, g, t, d)
         gq = cp.empty((b, t, h_kv, g, d), dtype=q.dtype) if needs[0] else None   # (B, T, Hkv, g, D)
         gk = cp.empty((b, s, h_kv, d), dtype=k.dtype) if needs[1] else None      # (B, S, Hkv, D)
         gv = cp.empty((b, s, h_kv, d), dtype=v.dtype) if needs[2] else None      # (B, S, Hkv, D)
-        for rows in self._blocks(b, h * t * s):
+        widest = max((i1 - i0) * kend for i0, i1, kend in chunks)
+        for rows in self._blocks(b, h * widest):
             n = rows.stop - rows.start
-            qf = self._operand(q[rows].reshape(n, h_kv, g * t, d))   # (n, Hkv, g·T, D)
-            kf = self._operand(k[rows])                              # (n, Hkv, S, D)
-            gyf = self._operand(gy[rows].reshape(n, h_kv, g * t, d))
-            scores = cp.matmul(qf, kf.swapaxes(-1, -2))              # (n, Hkv, g·T, S) recomputed
-            grads = cp.matmul(gyf, self._operand(v[rows]).swapaxes(-1, -2))   # dL/dA = G V^T
-            self._launch("attention_softmax_backward", scores, grads, self.lse[rows], t)   # -> A, dS
-            if needs[0]:
-                part = self._storage(cp.matmul(grads, kf))           # (n, Hkv, g·T, D)
-                gq[rows] = part.reshape(n, h_kv, g, t, d).transpose(0, 3, 1, 2, 4)
+            # dK^T and dV^T (n, Hkv, D, S), summed over the query chunks in float32
+            gk_t = cp.zeros((n, h_kv, d, s), dtype=cp.float32) if needs[1] else None
+            gv_t = cp.zeros((n, h_kv, d, s), dtype=cp.float32) if needs[2] else None
+            for i0, i1, kend in chunks:
+                c = i1 - i0
+                qc = self._operand(q5[rows, :, :, i0:i1].reshape(n, h_kv, g * c, d))   # (n, Hkv, g·c, D)
+                gyc = self._operand(gy5[rows, :, :, i0:i1].reshape(n, h_kv, g * c, d))
+                kc = self._operand(k[rows, :, :kend])                                 # (n, Hkv, kend, D)
+                scores = cp.matmul(qc, kc.swapaxes(-1, -2))                           # (n, Hkv, g·c, kend) recomputed
+                grads = cp.matmul(gyc, self._operand(v[rows, :, :kend]).swapaxes(-1, -2))   # dL/dA = G V^T
+                part = cp.ascontiguousarray(self.lse[rows, :, :, i0:i1])              # (n, Hkv, g, c)
+                self._launch("attention_softmax_backward", scores, grads, part, c, i0 + s - t)   # -> A, dS
+                if needs[0]:
+                    dq = self._storage(cp.matmul(grads, kc))                         # (n, Hkv, g·c, D)
+                    gq[rows, i0:i1] = dq.reshape(n, h_kv, g, c, d).transpose(0, 3, 1, 2, 4)
+                if needs[1]:                                                          # (n, Hkv, D, kend)
+                    gk_t[..., :kend] += cp.matmul(qc.swapaxes(-1, -2), grads).astype(cp.float32, copy=False)
+                if needs[2]:
+                    gv_t[..., :kend] += cp.matmul(gyc.swapaxes(-1, -2), scores).astype(cp.float32, copy=False)
             if needs[1]:
-                gk[rows] = self._storage(cp.matmul(grads.swapaxes(-1, -2), qf)).transpose(0, 2, 1, 3)   # (n, S, Hkv, D)
+                gk[rows] = self._storage(gk_t).transpose(0, 3, 1, 2)             # (n, S, Hkv, D)
             if needs[2]:
-                gv[rows] = self._storage(cp.matmul(scores.swapaxes(-1, -2), gyf)).transpose(0, 2, 1, 3)
+                gv[rows] = self._storage(gv_t).transpose(0, 3, 1, 2)
         if needs[0]:
             gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
         if needs[1]:
@@ -388,9 +416,40 @@ class ScaledDotProductAttentionCuda(Function):
         return gq, gk, gv
 
 
+_CAUSAL_CHUNKS = 4           # query chunks of causal attention on the GPU (see ScaledDotProductAttentionCuda)
+_CAUSAL_MIN_CHUNK = 128      # ... of at least this many queries (shorter sequences: one chunk)
+_CACHED_ITEMS = 8            # the register-cached softmax kernels hold 8 values of a row per thread
+
+
+def launch_softmax_kernel(name: str, scores, grads, lse, queries: int, offset: int, scale: float, causal: bool,
+                          round_bf16: bool) -> None:
+    """Run an attention softmax kernel over the rows of ``scores`` (..., width), in place.
+
+    Rows of up to 8192 keys use the register-cached kernels (each value read once, written once:
+    8 per thread, up to 1024 threads); longer rows the looping ones (they read a row again
+    instead of keeping it). Row r belongs to query r % queries, which sees keys j <= that + offset.
+    """
+    width = scores.shape[-1]
+    rows = scores.size // width if width else 0
+    if rows == 0 or width == 0:
+        return
+    cached = width <= _CACHED_ITEMS * 1024
+    if cached:
+        per_thread = -(-width // _CACHED_ITEMS)                  # threads needed, rounded up to whole warps
+        threads = 32 * -(-per_thread // 32)
+    else:
+        threads = _cuda.row_threads(width)
+    kernel = _ATTENTION_KERNELS.get(name + ("_cached" if cached else ""), X=scores.dtype,
+                                    G=(grads if grads is not None else scores).dtype)
+    args = (scores,) + ((grads,) if grads is not None else ()) + (
+        lse, _cuda.i64(width), _cuda.i64(queries), _cuda.i64(offset), _cuda.f32(scale), np.int32(causal),
+        np.int32(round_bf16))
+    kernel((rows,), (threads,), args)
+
+
 _ATTENTION_KERNELS = _cuda.RowKernels(r"""
 // Row r of the scores (S values) belongs to query i = r % T; with the causal mask it sees the keys
-// j < limit = i + (S - T) + 1, the others get weight 0.
+// j < limit = i + offset + 1 (offset = S - T for a whole sequence), the others get weight 0.
 __device__ __forceinline__ long long visible_keys(long long row, long long width, long long queries,
                                                   long long offset, int causal) {
     if (!causal) return width;
@@ -445,6 +504,77 @@ extern "C" __global__ void attention_softmax_backward(
         }
         STORE_X(scores, base + j, a);
         STORE_G(grads, base + j, ds);
+    }
+}
+
+// The same two kernels for rows of at most 8 * blockDim.x values: each thread keeps its 8 values
+// in registers, so every value is read once and written once.
+#define CACHED_ITEMS 8
+extern "C" __global__ void attention_softmax_forward_cached(
+        X_T* scores, float* lse, long long width, long long queries, long long offset, float scale,
+        int causal, int round_bf16) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    long long limit = visible_keys(row, width, queries, offset, causal);
+    float values[CACHED_ITEMS];
+    float m = MINILLM_NEG_INF;
+#pragma unroll
+    for (int item = 0; item < CACHED_ITEMS; ++item) {
+        long long j = threadIdx.x + (long long)item * blockDim.x;
+        values[item] = j < limit ? LOAD_X(scores, base + j) * scale : MINILLM_NEG_INF;
+        m = fmaxf(m, values[item]);
+    }
+    m = minillm_block_max(m, scratch);
+    float total = 0.0f;
+#pragma unroll
+    for (int item = 0; item < CACHED_ITEMS; ++item) {
+        long long j = threadIdx.x + (long long)item * blockDim.x;
+        values[item] = j < limit ? expf(values[item] - m) : 0.0f;
+        total += values[item];
+    }
+    total = minillm_block_sum(total, scratch);
+    float inverse = 1.0f / total;
+#pragma unroll
+    for (int item = 0; item < CACHED_ITEMS; ++item) {
+        long long j = threadIdx.x + (long long)item * blockDim.x;
+        if (j < width) {
+            float a = values[item] * inverse;
+            if (round_bf16) a = minillm_round_bf16(a);
+            STORE_X(scores, base + j, a);
+        }
+    }
+    if (threadIdx.x == 0) lse[row] = m + logf(total);
+}
+
+extern "C" __global__ void attention_softmax_backward_cached(
+        X_T* scores, G_T* grads, const float* lse, long long width, long long queries, long long offset,
+        float scale, int causal, int round_bf16) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x, base = row * width;
+    long long limit = visible_keys(row, width, queries, offset, causal);
+    float l = lse[row];
+    float a[CACHED_ITEMS], da[CACHED_ITEMS];
+    float delta = 0.0f;
+#pragma unroll
+    for (int item = 0; item < CACHED_ITEMS; ++item) {
+        long long j = threadIdx.x + (long long)item * blockDim.x;
+        a[item] = j < limit ? expf(LOAD_X(scores, base + j) * scale - l) : 0.0f;
+        da[item] = j < limit ? LOAD_G(grads, base + j) : 0.0f;
+        delta += a[item] * da[item];
+    }
+    delta = minillm_block_sum(delta, scratch);
+#pragma unroll
+    for (int item = 0; item < CACHED_ITEMS; ++item) {
+        long long j = threadIdx.x + (long long)item * blockDim.x;
+        if (j < width) {
+            float weight = a[item], ds = scale * a[item] * (da[item] - delta);
+            if (round_bf16) {
+                weight = minillm_round_bf16(weight);
+                ds = minillm_round_bf16(ds);
+            }
+            STORE_X(scores, base + j, weight);
+            STORE_G(grads, base + j, ds);
+        }
     }
 }
 """, ("X", "G"))

@@ -84,7 +84,7 @@ class LinearLowPrecision(Function):
         w_t = fmt.operand(weight).T                             # (C_in, C_out) in the format
         y = xp.empty((x2.shape[0], c_out), dtype=fmt.storage_dtype)
         for rows in _row_blocks(xp, x2.shape[0], max(c_in, c_out)):
-            yb = fmt.operand(x2[rows]) @ w_t                    # (r, C_in) @ (C_in, C_out) -> (r, C_out)
+            yb = fmt.result(fmt.operand(x2[rows]) @ w_t)        # (r, C_in) @ (C_in, C_out) -> (r, C_out)
             if bias is not None:
                 yb += bias                                      # before the one rounding, as a GEMM epilogue
             y[rows] = fmt.to_storage(yb)

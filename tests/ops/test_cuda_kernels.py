@@ -255,6 +255,25 @@ def test_adamw_kernel_matches_the_array_update(gpu, kernels, rng):
 
 
 # ---------------------------------------------------------------------------------------------
+# bfloat16 products on the GPU (CuPy with ml_dtypes)
+# ---------------------------------------------------------------------------------------------
+def test_gpu_bfloat16_rounding_matches_the_host_bits(gpu):
+    if backend.gpu_bfloat16() is None:
+        pytest.skip("this CuPy takes no ml_dtypes.bfloat16 (or MINILLM_BF16_GEMM=0): bf16 stays emulated")
+    x = np.array([1.0, 1.00390625, 1.01171875, -2.5e-3, 3.4e38, np.inf, -np.inf, np.nan, 1e-40, 0.0],
+                 dtype=np.float32)
+    x = np.concatenate([x, np.random.default_rng(0).standard_normal(1000).astype(np.float32)])
+    got = backend.to_gpu_bfloat16(backend.to_device(x, gpu)).view(np.uint16)
+    np.testing.assert_array_equal(backend.to_numpy(got), backend.float32_to_bf16_bits(x))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision_linear_on_the_gpu_matches_the_host(gpu, rng, precision):
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((4, 9, 64), (48, 64), (48,)))
+    assert_parity(F.linear, [x, w, b], gpu, [], [], np.float32, precision=precision, tol=dict(rtol=2e-2, atol=2e-2))
+
+
+# ---------------------------------------------------------------------------------------------
 # a whole model: fused kernels against the composed GPU path, and every op on the GPU
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
@@ -357,7 +376,7 @@ def _elementwise_harness(kernel, c_type: str) -> str:
 
 
 def test_kernel_sources_compile_with_nvcc(tmp_path):
-    """Every row-kernel source for every dtype combination, and every elementwise body (float, and
+    """Every row-kernel source for every dtype combination it meets, and every elementwise body (float, and
     float16 as CUDA's __half where the op takes float16), compiles to PTX for sm_90 -- on any
     machine with the CUDA compiler, GPU or not."""
     import itertools
@@ -371,8 +390,10 @@ def test_kernel_sources_compile_with_nvcc(tmp_path):
     families = {"loss": loss._CE_KERNELS, "norm_forward": norm._NORM_FORWARD, "norm_backward": norm._NORM_BACKWARD,
                 "attention": attention._ATTENTION_KERNELS, "embedding": embedding._EMBEDDING_KERNELS}
     for name, family in families.items():
-        for combo in itertools.product([np.float32, np.float16], repeat=len(family.slots)):
-            path = tmp_path / f"{name}_{'_'.join(np.dtype(c).name for c in combo)}.cu"
+        # attention also sees bfloat16 scores (real bf16 products on a GPU whose CuPy takes ml_dtypes)
+        kinds = ["float32", "float16"] + (["bfloat16"] if name == "attention" else [])
+        for combo in itertools.product(kinds, repeat=len(family.slots)):
+            path = tmp_path / f"{name}_{'_'.join(combo)}.cu"
             path.write_text(_cuda._slot_defines(dict(zip(family.slots, combo))) + _cuda.DEVICE_HELPERS + family.source)
             files.append(str(path))
     for c_type in ("float", "__half"):
@@ -384,3 +405,60 @@ def test_kernel_sources_compile_with_nvcc(tmp_path):
     done = subprocess.run([nvcc, "-arch=sm_90", "--ptx", *files], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU attention's orchestration on the host: NumPy stands in for CuPy and the two kernels
+# ---------------------------------------------------------------------------------------------
+def _numpy_softmax_kernel(name, scores, grads, lse, queries, offset, scale, causal, round_bf16):
+    """What the attention softmax kernels do, in NumPy (in place on scores/grads, lse per row)."""
+    width = scores.shape[-1]
+    rows = scores.reshape(-1, width)
+    index = np.arange(rows.shape[0])
+    limit = np.minimum(index % queries + offset + 1, width) if causal else np.full(rows.shape[0], width)
+    visible = np.arange(width)[None, :] < limit[:, None]
+    shifted = np.where(visible, rows * scale, -np.inf)
+    if grads is None:
+        top = shifted.max(-1, keepdims=True)
+        e = np.exp(shifted - top)
+        total = e.sum(-1, keepdims=True)
+        rows[...] = e / total
+        lse.reshape(-1)[...] = (top + np.log(total))[:, 0]
+    else:
+        weights = np.where(visible, np.exp(shifted - lse.reshape(-1)[:, None]), 0.0)
+        upstream = grads.reshape(-1, width)
+        delta = (weights * upstream).sum(-1, keepdims=True)
+        upstream[...] = scale * weights * (upstream - delta)
+        rows[...] = weights
+
+
+@pytest.mark.parametrize("shape", list(ATTENTION_SHAPES))
+@pytest.mark.parametrize("blocks", ["one block", "many blocks"])
+def test_gpu_attention_chunks_and_blocks_compute_attention(monkeypatch, rng, shape, blocks):
+    """The chunked (causal) and batch-blocked products of ScaledDotProductAttentionCuda, run on the
+    host with NumPy for CuPy and for the two kernels, equal the composed attention (float64 inputs;
+    the saved log-sum-exp and the dK/dV chunk sums are float32 by design)."""
+    monkeypatch.setattr(attention, "cupy_module", lambda: np)
+    monkeypatch.setattr(attention, "launch_softmax_kernel", _numpy_softmax_kernel)
+    monkeypatch.setattr(attention, "_CAUSAL_MIN_CHUNK", 2)       # chunk even these short sequences
+    if blocks == "many blocks":
+        monkeypatch.setattr(attention, "_CUDA_BLOCK_ELEMENTS", 1)
+    q_shape, kv_shape, causal = ATTENTION_SHAPES[shape]
+    arrays = [rng.standard_normal(q_shape), rng.standard_normal(kv_shape), rng.standard_normal(kv_shape)]
+    upstream = rng.standard_normal(q_shape)
+    results = []
+    for fused in (True, False):
+        tensors = [mm.tensor(a, requires_grad=True) for a in arrays]
+        scale = 1.0 / np.sqrt(q_shape[-1])
+        if fused:
+            fn = attention.ScaledDotProductAttentionCuda(scale, causal)
+            chunks = fn._chunks(q_shape[2], kv_shape[2])
+            assert (len(chunks) > 1) == (causal and q_shape[2] >= 4)
+            assert chunks[0][0] == 0 and chunks[-1][1] == q_shape[2] and chunks[-1][2] == kv_shape[2]
+            out = fn.apply(*tensors)
+        else:
+            out = F.scaled_dot_product_attention_composed(*tensors, is_causal=causal)
+        out.backward(upstream)
+        results.append([out.numpy()] + [t.grad for t in tensors])
+    for got, want in zip(*results):     # float32 row log-sum-exp and dK/dV sums: float32 agreement
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
