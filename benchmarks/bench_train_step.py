@@ -440,7 +440,8 @@ def main(argv=None) -> int:
             for contender in order:
                 result = run_child(name, contender, args)
                 runs[contender].append(result)
-                status = result.get("error", f"median {1e3 * statistics.median(result['times']):.1f} ms")
+                status = result["error"] if "error" in result else \
+                    f"median {1e3 * statistics.median(result['times']):.1f} ms"
                 print(f"config {name} round {round_index + 1} {contender}: {status}", flush=True)
         from minillm.nn import GPT
 

@@ -58,8 +58,10 @@ Where the cast happens (host vs GPU)
   study the numerics and the memory, not for speed.
 - **CuPy (GPU)**: fp16 matmuls run on float16 arrays (cuBLAS GEMM with CUBLAS_COMPUTE_32F and the
   tensor-op algorithm: tensor cores with float32 accumulation, CuPy's default compute type for
-  float16). bf16 matmuls run on real bfloat16 operands where CuPy takes ``ml_dtypes.bfloat16``
-  (CuPy 14: tensor cores, float32 accumulation, a bfloat16 result widened exactly to float32);
+  float16). bf16 2-D matmuls (every ``linear``) run on real bfloat16 operands where CuPy takes
+  ``ml_dtypes.bfloat16`` (CuPy 14: tensor cores, float32 accumulation, a bfloat16 result widened
+  exactly to float32); batched products (attention) stay float32 products of bf16 values, since
+  CuPy 14.2's batched matmul refuses the dtype;
   storage and everything else stay float32 holding bf16 values, so bf16 saves time on a GPU but
   no memory. Without ml_dtypes (or with ``MINILLM_BF16_GEMM=0``) bf16 is emulated in float32 there
   too. The strict test backend follows the GPU path (it stands for CuPy).
@@ -108,6 +110,7 @@ class LowPrecisionFormat:
         unpack_operand(p): a packed array as a matmul operand (no second rounding).
         result(product): a product of operands ready for float arithmetic (a real bfloat16 product
             widened to float32; otherwise as it is).
+        batched_operand(x) / batched_unpack_operand(p): the same for batched (3-D and up) products.
         matmul(a, b): operand(a) @ operand(b): the format's values, float32 accumulation; the
             result is float32, or float16 from a GPU GEMM: pass it to ``to_storage``.
     """
@@ -152,6 +155,13 @@ class Float16Format(LowPrecisionFormat):
         """A product of operands, as it is (float32 on the host, a float16 GEMM's float16 on a GPU)."""
         return product
 
+    def batched_operand(self, x):
+        """An operand of a batched (3-D and up) product: as :meth:`operand`."""
+        return self.operand(x)
+
+    def batched_unpack_operand(self, packed):
+        return self.unpack_operand(packed)
+
     def matmul(self, a, b):
         return self.operand(a) @ self.operand(b)
 
@@ -192,6 +202,14 @@ class BFloat16Format(LowPrecisionFormat):
     def result(self, product):
         """A product of operands as a float32 array for more arithmetic (bias, scale): exact."""
         return product.astype(np.float32) if product.dtype.char == "E" else product
+
+    def batched_operand(self, x):
+        """An operand of a batched (3-D and up) product: bf16-rounded float32 everywhere (CuPy 14.2's
+        batched matmul refuses the bfloat16 dtype; its 2-D products take it)."""
+        return round_to_bf16(x)
+
+    def batched_unpack_operand(self, packed):
+        return bf16_bits_to_float32(packed)
 
     def matmul(self, a, b):
         return round_to_bf16(a) @ round_to_bf16(b)

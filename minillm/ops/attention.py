@@ -218,8 +218,8 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
         if dropped:
             self.keep = dropout_keep_mask(att.shape, 1.0 - self.dropout_p, np.float16, device_of(att))
         for rows in self._blocks(b, h * t * s)[0]:
-            v_op = fmt.operand(v5[rows])                         # the block's operands in the format
-            a = xp.matmul(fmt.operand(q5[rows]), fmt.operand(k5[rows]).swapaxes(-1, -2))   # (.., T, D) @ (.., D, S)
+            v_op = fmt.batched_operand(v5[rows])                         # the block's operands in the format
+            a = xp.matmul(fmt.batched_operand(q5[rows]), fmt.batched_operand(k5[rows]).swapaxes(-1, -2))   # (.., T, D) @ (.., D, S)
             a = a.astype(np.float32, copy=False)                 # scores in float32 (a GPU GEMM gives fp16)
             a *= self.scale
             mask = self._mask_block(rows)
@@ -231,9 +231,9 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
             a *= xp.reciprocal(norm, out=norm)
             packed = fmt.pack(a)                                 # A rounded to the format
             att[rows] = packed
-            weights = fmt.unpack_operand(packed)
+            weights = fmt.batched_unpack_operand(packed)
             if dropped:
-                weights = fmt.operand(fmt.unpack(packed) * self.keep[rows])
+                weights = fmt.batched_operand(fmt.unpack(packed) * self.keep[rows])
             out5[rows] = fmt.to_storage(xp.matmul(weights, v_op))   # (.., T, S) @ (.., S, D) -> (.., T, D)
         out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
         self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
@@ -259,28 +259,28 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
         gv = xp.empty((b, s, h_kv, d), dtype=v.dtype) if needs[2] else None      # (B, S, Hkv, D)
         for rows in self._blocks(b, h * t * s)[0]:
             n = rows.stop - rows.start
-            gy_op = fmt.operand(gy5[rows])                       # (b', Hkv, g, T, D) G in the format
+            gy_op = fmt.batched_operand(gy5[rows])                       # (b', Hkv, g, T, D) G in the format
             gy32 = gy_op.astype(np.float32, copy=False)
             delta = xp.einsum("...td,...td->...t", gy32, out5[rows].astype(np.float32, copy=False))
             weights = fmt.unpack(att[rows])                      # (b', Hkv, g, T, S) A as float32
-            gs = xp.matmul(gy_op, fmt.operand(v5[rows]).swapaxes(-1, -2))   # G V^T (.., T, S)
+            gs = xp.matmul(gy_op, fmt.batched_operand(v5[rows]).swapaxes(-1, -2))   # G V^T (.., T, S)
             gs = gs.astype(np.float32, copy=False)
             if dropped:
                 gs *= self.keep[rows]
             gs -= delta[..., None]
             gs *= weights                                        # dL/dS (float32)
-            gs_op = fmt.operand(gs)                              # ... entering two products in the format
+            gs_op = fmt.batched_operand(gs)                              # ... entering two products in the format
             if needs[0]:
-                part = xp.matmul(gs_op, fmt.operand(k5[rows]))   # (.., T, S) @ (.., S, D) -> (.., T, D)
+                part = xp.matmul(gs_op, fmt.batched_operand(k5[rows]))   # (.., T, S) @ (.., S, D) -> (.., T, D)
                 part = part.astype(np.float32, copy=False) * self.scale
                 gq[rows].transpose(0, 2, 3, 1, 4)[...] = fmt.to_storage(part)
             gs_flat = gs_op.reshape(n, h_kv, g * t, s)           # (b', Hkv, g·T, S)
             if needs[1]:
-                part = xp.matmul(gs_flat.swapaxes(-1, -2), fmt.operand(q_flat[rows]))   # (.., S, g·T) @ (.., g·T, D)
+                part = xp.matmul(gs_flat.swapaxes(-1, -2), fmt.batched_operand(q_flat[rows]))   # (.., S, g·T) @ (.., g·T, D)
                 part = part.astype(np.float32, copy=False) * self.scale
                 gk[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
             if needs[2]:
-                weights = fmt.operand(weights * self.keep[rows]) if dropped else fmt.unpack_operand(att[rows])
+                weights = fmt.batched_operand(weights * self.keep[rows]) if dropped else fmt.batched_unpack_operand(att[rows])
                 w_flat = weights.reshape(n, h_kv, g * t, s)
                 part = xp.matmul(w_flat.swapaxes(-1, -2), gy_op.reshape(n, h_kv, g * t, d))   # (.., S, g·T) @ (.., g·T, D)
                 gv[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
@@ -308,10 +308,11 @@ class ScaledDotProductAttentionCuda(Function):
     the queries are split into up to ``_CAUSAL_CHUNKS`` chunks and each chunk's products stop at
     its last visible key: about 5/8 of the full square's work and memory traffic for 4 chunks.
 
-    Under ``amp.autocast`` the products take the format's operands (float16 GEMMs; bfloat16 GEMMs
-    where CuPy has the dtype, else bfloat16-rounded float32), with float32 accumulation, and the
+    Under ``amp.autocast`` the products take the format's operands (float16 GEMMs; bfloat16-rounded
+    float32 for bf16, see ``LowPrecisionFormat.batched_operand``), with float32 accumulation, and the
     kernels compute in float32 (A and dS rounded to the format before their products), as
-    :class:`ScaledDotProductAttentionLowPrecision`; the scores come out of the GEMM in the format.
+    :class:`ScaledDotProductAttentionLowPrecision`; the scores come out of the GEMM in the format
+    (float16; bf16-rounded float32 products for bf16).
 
     Shapes: q (B, H, T, D), k, v (B, H_kv, S, D), T <= S -> o (B, H, T, D), a view of a (B, T, H, D)
     buffer; the causal mask is aligned bottom-right (query i sees keys j <= i + S - T).
@@ -322,7 +323,7 @@ class ScaledDotProductAttentionCuda(Function):
         self.scale, self.causal, self.fmt = scale, causal, fmt
 
     def _operand(self, x):
-        return x if self.fmt is None else self.fmt.operand(x)
+        return x if self.fmt is None else self.fmt.batched_operand(x)
 
     def _storage(self, x):
         return x if self.fmt is None else self.fmt.to_storage(x)
