@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -154,14 +153,9 @@ def run_child(contender: str, args) -> dict:
     env = os.environ.copy()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout:.0f} s"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-3000:]}"}
+    from common import run_json_child
+
+    return run_json_child(command, env, args.timeout)
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -397,14 +396,9 @@ def run_child(name: str, contender: str, args) -> dict:
         command.append("--no-memory")
     env = os.environ.copy()
     env["MINILLM_FUSED"] = "0" if contender == "minillm-composed" else "1"
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout:.0f} s"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-3000:]}"}
+    from common import run_json_child
+
+    return run_json_child(command, env, args.timeout)
 
 
 # ---------------------------------------------------------------------------------------------

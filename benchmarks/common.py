@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import time
 from typing import Callable
 
@@ -108,3 +109,16 @@ def blas_threads() -> int:
         if os.environ.get(var):
             return int(os.environ[var])
     return os.cpu_count() or 1
+
+
+def run_json_child(command: list[str], env: dict, timeout: float) -> dict:
+    """Run a contender in a fresh process of its own; its result is the JSON on the stdout line
+    that starts with ``RESULT ``, else ``{"error": ...}`` with the exit status and output tail."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-3000:]}"}

@@ -74,6 +74,19 @@ def causal_mask(t: int, s: int, dtype, device: str = "cpu"):
     return mask
 
 
+def _gradient_views(gq, gk, gv, q_shape):
+    """dL/dq, dL/dk, dL/dv written in (B, T, heads, D) memory order (so the transposes back to the
+    projections copy nothing), returned as (B, heads, T, D) views; None stays None."""
+    b, t, h, d = q_shape
+    if gq is not None:
+        gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)        # (B, H, T, D) view
+    if gk is not None:
+        gk = gk.transpose(0, 2, 1, 3)                            # (B, Hkv, S, D) view
+    if gv is not None:
+        gv = gv.transpose(0, 2, 1, 3)                            # (B, Hkv, S, D) view
+    return gq, gk, gv
+
+
 class ScaledDotProductAttention(Function):
     """softmax(scale · Q K^T + M) V with GQA, optional causal/additive mask and dropout.
 
@@ -176,13 +189,9 @@ class ScaledDotProductAttention(Function):
                           out=gv[rows].transpose(0, 2, 1, 3))    # (.., S, g·T) @ (.., g·T, D) -> (.., S, D)
         if needs[0]:
             gq *= self.scale
-            gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
         if needs[1]:
             gk *= self.scale
-            gk = gk.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
-        if needs[2]:
-            gv = gv.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
-        return gq, gk, gv
+        return _gradient_views(gq, gk, gv, (b, t, h, d))
 
 
 class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
@@ -284,13 +293,7 @@ class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
                 w_flat = weights.reshape(n, h_kv, g * t, s)
                 part = xp.matmul(w_flat.swapaxes(-1, -2), gy_op.reshape(n, h_kv, g * t, d))   # (.., S, g·T) @ (.., g·T, D)
                 gv[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
-        if needs[0]:
-            gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
-        if needs[1]:
-            gk = gk.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
-        if needs[2]:
-            gv = gv.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
-        return gq, gk, gv
+        return _gradient_views(gq, gk, gv, (b, t, h, d))
 
 
 class ScaledDotProductAttentionCuda(Function):
@@ -408,13 +411,7 @@ class ScaledDotProductAttentionCuda(Function):
                 gk[rows] = self._storage(gk_t).transpose(0, 3, 1, 2)             # (n, S, Hkv, D)
             if needs[2]:
                 gv[rows] = self._storage(gv_t).transpose(0, 3, 1, 2)
-        if needs[0]:
-            gq = gq.reshape(b, t, h, d).transpose(0, 2, 1, 3)    # (B, H, T, D) view
-        if needs[1]:
-            gk = gk.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
-        if needs[2]:
-            gv = gv.transpose(0, 2, 1, 3)                        # (B, Hkv, S, D) view
-        return gq, gk, gv
+        return _gradient_views(gq, gk, gv, (b, t, h, d))
 
 
 _CAUSAL_CHUNKS = 4           # query chunks of causal attention on the GPU (see ScaledDotProductAttentionCuda)
