@@ -24,7 +24,8 @@ import os
 import sys
 
 from minillm.posttrain.cli import report_lines
-from minillm.posttrain.dpo import DPOConfig, run_dpo
+from minillm.posttrain.dpo import run_dpo
+from minillm.posttrain.stage import DPOConfig
 from minillm.posttrain.tasks import DEFAULT_NOISE
 
 
@@ -65,10 +66,10 @@ def main(argv=None) -> int:
 
     checkpoint = sft_checkpoint(args)
     name = f"dpo_alpha{args.nll_alpha:g}" + (f"_lora{args.lora_rank}" if args.lora_rank else "")
-    cfg = DPOConfig(checkpoint=checkpoint, out_dir=os.path.join(args.out_dir, name), beta=args.beta,
-                    nll_alpha=args.nll_alpha, max_steps=args.steps, lr=args.lr, min_lr=args.lr / 10,
-                    batch_size=args.batch_size, lora_rank=args.lora_rank, seed=args.seed, device=args.device,
-                    eval_interval=max(1, args.steps // 3))
+    cfg = DPOConfig.create({"checkpoint": checkpoint, "out_dir": os.path.join(args.out_dir, name), "beta": args.beta,
+                            "nll_alpha": args.nll_alpha, "max_steps": args.steps, "lr": args.lr,
+                            "min_lr": args.lr / 10, "batch_size": args.batch_size, "lora_rank": args.lora_rank,
+                            "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3)})
     summary = run_dpo(cfg)
     before, after = summary["before"], summary["after"]
     print()

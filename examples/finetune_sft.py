@@ -29,16 +29,18 @@ import sys
 import time
 
 from minillm.posttrain.cli import report_lines
-from minillm.posttrain.sft import SFTConfig, run_sft
+from minillm.posttrain.sft import run_sft
+from minillm.posttrain.stage import SFTConfig
 from minillm.train.config import TrainConfig
 from minillm.train.pretrain import run_pretraining
 
 
 def pretrain_config(out_dir: str, steps: int) -> TrainConfig:
     """The small byte-level GPT the post-training examples start from (TrainConfig's default seed)."""
-    return TrainConfig(out_dir=out_dir, max_steps=steps, tokenizer="bpe", vocab_size=257, n_layer=4, n_head=4,
-                       n_embd=128, block_size=128, dropout=0.0, batch_size=32, lr=3e-3, min_lr=3e-4,
-                       warmup_steps=min(30, steps), eval_interval=steps, eval_batches=8, sample_tokens=0)
+    return TrainConfig.create({"out_dir": out_dir, "max_steps": steps, "tokenizer": "bpe", "vocab_size": 257,
+                               "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0,
+                               "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": min(30, steps),
+                               "eval_interval": steps, "eval_batches": 8, "sample_tokens": 0})
 
 
 def pretrained_checkpoint(args) -> str:
@@ -74,10 +76,10 @@ def main(argv=None) -> int:
 
     checkpoint = pretrained_checkpoint(args)
     name = "sft_lora" if args.lora_rank else "sft"
-    cfg = SFTConfig(checkpoint=checkpoint, out_dir=os.path.join(args.out_dir, name), max_steps=args.steps,
-                    lr=args.lr, min_lr=args.lr / 10, batch_size=args.batch_size, lora_rank=args.lora_rank,
-                    lora_alpha=args.lora_alpha, clean_data=args.clean_data, seed=args.seed, device=args.device,
-                    eval_interval=max(1, args.steps // 3))
+    cfg = SFTConfig.create({"checkpoint": checkpoint, "out_dir": os.path.join(args.out_dir, name),
+                            "max_steps": args.steps, "lr": args.lr, "min_lr": args.lr / 10, "batch_size": args.batch_size,
+                            "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "clean_data": args.clean_data,
+                            "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3)})
     summary = run_sft(cfg)
     print()
     print(report_lines(summary))

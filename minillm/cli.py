@@ -1,19 +1,23 @@
 """The ``minillm`` command: prepare | tokenizer | train | eval | sample | generate | chat | sft | dpo.
 
-Each family registers its own subcommand (argparse) next to its code; this module only
-collects them, so ``minillm train --help`` and ``python -m minillm train --help`` read the
-same. Errors from bad input (ValueError, FileNotFoundError) are printed as one clear
-line with exit status 2 instead of a traceback.
+Each family declares its commands next to its code (a config class and a handler, through
+:func:`minillm.commandline.register`); this module only collects them and routes the arguments, so
+``minillm train --help`` and ``python -m minillm train --help`` read the same. Every command reads
+``--config FILE.toml`` and ``--key value`` options the same way and follows one exit-code
+convention (see :mod:`minillm.commandline`): 0 success, 2 bad input (one clear line, no
+traceback), 130 after Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from minillm import commandline
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from minillm import generate_cli  # noqa: PLC0415  (each command imports its family on demand)
-    from minillm.data import cli as data_cli  # noqa: PLC0415
+    from minillm.data import cli as data_cli  # noqa: PLC0415  (each command imports its family on demand)
+    from minillm.generation import cli as generation_cli  # noqa: PLC0415
     from minillm.posttrain import cli as posttrain_cli  # noqa: PLC0415
     from minillm.tokenizer import cli as tokenizer_cli  # noqa: PLC0415
     from minillm.train import cli as train_cli  # noqa: PLC0415
@@ -23,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(subparsers)
     tokenizer_cli.register(subparsers)
     train_cli.register(subparsers)
-    generate_cli.register(subparsers)
+    generation_cli.register(subparsers)
     posttrain_cli.register(subparsers)
     return parser
 
@@ -32,22 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
-        argv = ["train"]   # the main job: `minillm` alone trains on the embedded corpus
-    args, rest = parser.parse_known_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    if rest and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        argv = ["train"]   # the main job: `minillm` alone trains on the embedded Shakespeare corpus
     try:
-        return handler(args, rest) if getattr(args, "accepts_overrides", False) else handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"minillm {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nminillm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        args, rest = parser.parse_known_args(argv)
+    except SystemExit as exit_:            # argparse's own usage errors (an unknown command) and --help
+        return int(exit_.code or 0)
+    config_class = getattr(args, "config_class", None)
+    if config_class is None:
+        parser.print_help(sys.stderr)
+        return commandline.EXIT_USAGE
+    return commandline.run(config_class, args.handler, args.command_name, rest)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Atomic file writes: a file is either the old version or the complete new one, never half.
+"""Atomic file writes, and the one reader of UTF-8 text files.
+
+Writes: a file is either the old version or the complete new one, never half.
 
 Every writer in minillm (checkpoints, tokenizers, shards, configs, logs that must not be torn)
 goes through these helpers. The new content is written to a temporary file in the *same*
@@ -9,6 +11,7 @@ leaves the previous file intact; at worst a stray ``.tmp`` file remains and is i
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from typing import IO, Iterator
@@ -58,3 +61,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def read_text_file(path: str | os.PathLike, what: str = "text file", allow_empty: bool = True) -> str:
+    """The text of one UTF-8 file (a leading byte-order mark dropped, line endings as they are).
+
+    Every error names the file as ``what`` (``"corpus file"``, ...): a missing file, a folder, an
+    empty file when ``allow_empty`` is False, or bytes that are not UTF-8 (with the byte offset).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a directory; expected a UTF-8 text file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"{what} not found", path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if not raw and not allow_empty:
+        raise ValueError(f"{what} {path!r} is empty; expected UTF-8 text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path!r} is not UTF-8 text (invalid byte at offset {error.start}: "
+                         f"0x{raw[error.start]:02x}, {error.reason}); expected UTF-8 encoded text") from None
+    return text[1:] if text.startswith("\ufeff") else text

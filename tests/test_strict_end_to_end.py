@@ -19,12 +19,12 @@ import minillm as mm
 from minillm import amp, backend
 from minillm.data import RandomWindowLoader
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, decay_groups
+from minillm.optim import AdamW, CosineSchedule, decay_groups
 from minillm.posttrain import CHAT_SPECIAL_TOKENS, ChatTemplate, PreferencePair, dpo_batch, render_preference_pairs
 from minillm.posttrain.dpo import DPOObjective, frozen_copy
 from minillm.posttrain.sft import sft_loss
 from minillm.tokenizer import CharTokenizer
-from minillm.train import LoopSettings, Trainer, evaluate_language_model, load_checkpoint, load_model
+from minillm.train import LoopSection, Trainer, evaluate_language_model, load_checkpoint, load_model
 from minillm.train.pretrain import language_model_loss
 
 PRECISIONS = ["fp32", "fp16", "bf16"]
@@ -38,15 +38,15 @@ def pretrain_trainer(out_dir, device, precision, max_steps=4, seed=0):
     mm.manual_seed(seed)
     model = GPT(GPTConfig.gpt2(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)).to(device)
     optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3)
-    settings = LoopSettings(max_steps=max_steps, lr=3e-3, warmup_steps=1, eval_interval=max_steps, log_interval=1,
-                            progress=False, out_dir=str(out_dir), precision=precision)
+    loop = LoopSection(max_steps=max_steps, eval_interval=max_steps, log_interval=1, progress=False,
+                       out_dir=str(out_dir), precision=precision, device=device)
 
     def evaluate(m):
         return evaluate_language_model(m, TOKENS[:200], 16, 4, num_bytes=200, device=device)
 
-    return Trainer(model, optimizer, settings, language_model_loss,
+    return Trainer(model, optimizer, CosineSchedule(3e-3, 0.0, 1, max_steps), loop, language_model_loss,
                    RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=seed), evaluate=evaluate,
-                   tokens_per_batch=64, device=device)
+                   tokens_per_batch=64)
 
 
 def losses(records):
@@ -110,12 +110,13 @@ def test_sft_and_dpo_steps_through_the_trainer_on_the_gpu_path(gpu_device, preci
     mm.manual_seed(0)
     model = GPT(GPTConfig.gpt2(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2,
                                n_embd=16)).to(gpu_device)
-    settings = LoopSettings(max_steps=2, lr=1e-2, eval_interval=10, log_interval=1, progress=False, precision=precision)
+    loop = LoopSection(max_steps=2, eval_interval=10, log_interval=1, progress=False, precision=precision,
+                       device=gpu_device, out_dir="")
+    schedule = CosineSchedule(1e-2, 0.0, 0, 2)
     objectives = {"sft": (sft_loss, (batch["chosen_x"], batch["chosen_y"])),
                   "dpo": (DPOObjective(frozen_copy(model), beta=0.1, nll_alpha=1.0), batch)}
     for name, (objective, data) in objectives.items():
-        trainer = Trainer(model, AdamW(model.parameters(), lr=1e-2), settings, objective, FixedBatches(data),
-                          device=gpu_device)
+        trainer = Trainer(model, AdamW(model.parameters(), lr=1e-2), schedule, loop, objective, FixedBatches(data))
         records = [r for r in trainer.fit() if r.get("kind") == "train"]
         assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records), name
         assert records[1]["loss"] < records[0]["loss"], name

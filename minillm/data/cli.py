@@ -1,69 +1,62 @@
 """``minillm prepare``: corpus -> cleaned, de-duplicated documents -> token shards + meta.json.
 
-``register(subparsers)`` adds the command to the main ``minillm`` parser; the parsed namespace
-carries ``handler`` (``args.handler(args)`` returns the exit code: 0 on success, 2 on bad input,
-with the error printed as one line, as every ``minillm`` command does). ``main(argv)`` runs the
-command standalone (``python -m minillm.data.cli --output DIR --tokenizer tok.json``).
+    minillm prepare --output DIR --tokenizer tok.json [--input PATH] [--val_fraction 0.1] [--no-dedup]
+
+``register(subparsers)`` adds the command to the main ``minillm`` parser (the options, their
+defaults and checks come from :class:`PrepareConfig`; see :mod:`minillm.commandline` for the
+conventions every command shares). ``main(argv)`` runs it standalone
+(``python -m minillm.data.cli --output DIR --tokenizer tok.json``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from minillm import commandline
+from minillm.commandline import unescape
+from minillm.config import Config, Section, option
 from minillm.data.clean import DEFAULT_MIN_CHARS, clean_documents
 from minillm.data.dataset import DEFAULT_SHARD_TOKENS, prepare_dataset
 from minillm.data.dedup import deduplicate
 from minillm.data.documents import default_corpus_path, read_corpus
-
-EOT_TOKEN = "<|endoftext|>"
-_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\f": "\f", "\\\\": "\\"}
+from minillm.tokenizer.special import END_OF_TEXT as EOT_TOKEN
 
 
-def _unescape(text: str) -> str:
-    """Turn the escapes \\n \\t \\r \\f \\\\ typed on a command line into the characters."""
-    out, i = [], 0
-    while i < len(text):
-        pair = text[i:i + 2]
-        if pair in _ESCAPES:
-            out.append(_ESCAPES[pair])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+@dataclass
+class PrepareSection(Section):
+    name: ClassVar[str] = "prepare"
+    title: ClassVar[str] = "corpus in, token shards out"
+
+    input: str = option("", "corpus: a UTF-8 text file or a folder of *.txt files; empty = the embedded "
+                        "Shakespeare tragedies")
+    output: str = option("", "folder for the shards and meta.json", required=True)
+    tokenizer: str = option("", "a saved tokenizer JSON file", required=True)
+    val_fraction: float = option(0.1, "fraction of the text (its tail) held out for validation", above=0.0, below=1.0)
+    min_chars: int = option(DEFAULT_MIN_CHARS, "drop documents shorter than this after cleaning", minimum=0)
+    dedup: bool = option(True, "exact and near (MinHash) de-duplication; --no-dedup skips it")
+    dedup_threshold: float = option(0.8, "Jaccard similarity of word 5-shingles above which documents are near "
+                                    "duplicates", minimum=0.0, maximum=1.0)
+    doc_separator: str | None = option(None, r"split each file into documents on this exact string (escapes \n \t "
+                                       r"\f allowed); none = one document per file")
+    eot_token: str = option("", f"special token put between documents; empty = {EOT_TOKEN!r} when the tokenizer has "
+                            "it; none = no separator token")
+    shard_tokens: int = option(DEFAULT_SHARD_TOKENS, "tokens per shard file", minimum=1)
+    seed: int = option(0, "seed of the MinHash functions", minimum=0)
+    overwrite: bool = option(False, "replace a dataset already in the output folder")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", default=None, metavar="PATH",
-                        help="corpus: a UTF-8 text file or a folder of *.txt files (default: the embedded "
-                             "Shakespeare tragedies)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the shards and meta.json")
-    parser.add_argument("--tokenizer", required=True, metavar="PATH", help="a saved tokenizer JSON file")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of the text (its tail) held out for validation (default 0.1)")
-    parser.add_argument("--min-chars", type=int, default=DEFAULT_MIN_CHARS,
-                        help=f"drop documents shorter than this after cleaning (default {DEFAULT_MIN_CHARS})")
-    parser.add_argument("--dedup-threshold", type=float, default=0.8,
-                        help="Jaccard similarity of word 5-shingles above which documents are near duplicates")
-    parser.add_argument("--no-dedup", action="store_true", help="skip exact and near de-duplication")
-    parser.add_argument("--doc-separator", default=None, metavar="STR",
-                        help="split each file into documents on this exact string (escapes \\n \\t \\f allowed); "
-                             "default: one document per file")
-    parser.add_argument("--eot-token", default=None, metavar="NAME",
-                        help=f"special token put between documents (default {EOT_TOKEN!r} when the tokenizer "
-                             f"has it); 'none' disables it")
-    parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the MinHash functions")
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output")
+@dataclass
+class PrepareConfig(Config):
+    description: ClassVar[str] = "Clean, de-duplicate and tokenize a corpus into token shards."
+
+    prepare: PrepareSection = field(default_factory=PrepareSection)
 
 
-def register(subparsers) -> argparse.ArgumentParser:
+def register(subparsers) -> None:
     """Add the ``prepare`` sub-command to an ``argparse`` sub-parser collection."""
-    parser = subparsers.add_parser("prepare", help="clean, de-duplicate and tokenize a corpus into token shards",
-                                   description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.set_defaults(handler=run_prepare)
-    return parser
+    commandline.register(subparsers, "prepare", PrepareConfig, run_prepare,
+                         help="clean, de-duplicate and tokenize a corpus into token shards")
 
 
 def _load_tokenizer(path: str):
@@ -71,43 +64,38 @@ def _load_tokenizer(path: str):
     return load_tokenizer(path)
 
 
-def _resolve_eot(tokenizer, name: str | None) -> int | None:
+def _resolve_eot(tokenizer, name: str) -> int | None:
     special = dict(getattr(tokenizer, "special_tokens", {}) or {})
-    if name is None:
-        return special.get(EOT_TOKEN)
     if name.lower() == "none":
         return None
+    if not name:
+        return special.get(EOT_TOKEN)
     if name not in special:
-        raise ValueError(f"--eot-token {name!r} is not a special token of the tokenizer; it has {sorted(special)}")
+        raise ValueError(f"prepare.eot_token={name!r} is not a special token of the tokenizer; it has {sorted(special)}")
     return special[name]
 
 
-def run_prepare(args: argparse.Namespace, tokenizer=None) -> int:
-    """Run the command for parsed ``args``; ``tokenizer`` (optional) replaces loading ``--tokenizer``."""
-    try:
-        input_path = args.input if args.input is not None else default_corpus_path()
-        separator = _unescape(args.doc_separator) if args.doc_separator is not None else None
-        if tokenizer is None:
-            tokenizer = _load_tokenizer(args.tokenizer)
-        eot_token_id = _resolve_eot(tokenizer, args.eot_token)
-
-        docs = read_corpus(input_path, doc_separator=separator)
-        print(f"read {len(docs):,} document(s) from {input_path}")
-        docs, cleaning = clean_documents(docs, min_chars=args.min_chars)
-        print(cleaning)
-        if not docs:
-            raise ValueError(f"every document was dropped by cleaning (min_chars={args.min_chars})")
-        if args.no_dedup:
-            print("dedup skipped (--no-dedup)")
-        else:
-            docs, dedup = deduplicate(docs, threshold=args.dedup_threshold, seed=args.seed)
-            print(dedup)
-        meta = prepare_dataset(docs, tokenizer, args.output, val_fraction=args.val_fraction,
-                               shard_tokens=args.shard_tokens, eot_token_id=eot_token_id,
-                               overwrite=args.overwrite)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"minillm prepare: error: {exc}", file=sys.stderr)
-        return 2
+def run_prepare(cfg: PrepareConfig, tokenizer=None) -> int:
+    """Run the command; ``tokenizer`` (optional) replaces loading ``prepare.tokenizer``."""
+    args = cfg.prepare
+    input_path = args.input or default_corpus_path()
+    separator = unescape(args.doc_separator) if args.doc_separator is not None else None
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(args.tokenizer)
+    eot_token_id = _resolve_eot(tokenizer, args.eot_token)
+    docs = read_corpus(input_path, doc_separator=separator)
+    print(f"read {len(docs):,} document(s) from {input_path}")
+    docs, cleaning = clean_documents(docs, min_chars=args.min_chars)
+    print(cleaning)
+    if not docs:
+        raise ValueError(f"every document was dropped by cleaning (min_chars={args.min_chars})")
+    if not args.dedup:
+        print("dedup skipped (--no-dedup)")
+    else:
+        docs, dedup = deduplicate(docs, threshold=args.dedup_threshold, seed=args.seed)
+        print(dedup)
+    meta = prepare_dataset(docs, tokenizer, args.output, val_fraction=args.val_fraction,
+                           shard_tokens=args.shard_tokens, eot_token_id=eot_token_id, overwrite=args.overwrite)
     for split, info in meta["splits"].items():
         print(f"{split:>5}: {info['tokens']:>12,} tokens  {info['bytes']:>12,} bytes  "
               f"{info['documents']:>8,} documents  {len(info['shards'])} shard(s)  "
@@ -118,9 +106,7 @@ def run_prepare(args: argparse.Namespace, tokenizer=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="minillm prepare", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_prepare(parser.parse_args(argv))
+    return commandline.run(PrepareConfig, run_prepare, "prepare", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+from minillm import fileio
 
 _CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 DEFAULT_CORPUS_FILE = "shakespeare_tragedies.txt"
@@ -38,24 +39,9 @@ def default_corpus_path() -> str:
 
 
 def read_text_file(path: str | os.PathLike) -> str:
-    """Read one UTF-8 text file; a leading BOM is dropped. Errors name the file (and byte offset)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, "corpus file not found", path)
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    if not raw:
-        raise ValueError(f"corpus file {path!r} is empty; expected UTF-8 text")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"corpus file {path!r} is not valid UTF-8: byte offset {exc.start} "
-            f"(byte 0x{raw[exc.start]:02x}): {exc.reason}"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text
+    """Read one corpus file: :func:`minillm.fileio.read_text_file` (UTF-8, BOM dropped), which
+    must not be empty."""
+    return fileio.read_text_file(path, what="corpus file", allow_empty=False)
 
 
 def split_documents(text: str, doc_separator: str) -> list[str]:

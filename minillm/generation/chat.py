@@ -4,7 +4,7 @@ Two modes, chosen by the tokenizer:
 
 - chat template: when the tokenizer has the special tokens ``<|user|>``, ``<|assistant|>`` and
   ``<|end|>`` (a post-trained model), the conversation is a list of messages rendered with
-  :class:`minillm.posttrain.chat.ChatTemplate`; a reply ends at ``<|end|>`` (or at any other
+  :class:`minillm.tokenizer.chat.ChatTemplate`; a reply ends at ``<|end|>`` (or at any other
   turn marker, as ``ChatTemplate.parse_reply`` cuts).
 - plain continuation (a pretrained model): the conversation is a running transcript; each line
   typed is appended with a newline and the model continues the transcript. A reply ends at a
@@ -27,6 +27,8 @@ from __future__ import annotations
 from typing import Iterable, TextIO
 
 from minillm.generation.text import stream_text
+from minillm.tokenizer.chat import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN, ChatTemplate
+from minillm.tokenizer.special import END_OF_TEXT
 
 COMMANDS_HELP = "commands: /reset (new conversation), /exit (leave); Ctrl-C stops a reply"
 PLAIN_STOP = "\n\n"
@@ -34,8 +36,6 @@ PLAIN_STOP = "\n\n"
 
 def chat_template_for(tokenizer):
     """A ChatTemplate when ``tokenizer`` has the chat special tokens, else None (plain mode)."""
-    from minillm.posttrain.chat import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN, ChatTemplate  # noqa: PLC0415
-
     specials = tokenizer.special_tokens
     if all(token in specials for token in (USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)):
         return ChatTemplate(tokenizer)
@@ -111,8 +111,8 @@ class ChatSession:
         stops = list(self.extra_stops)
         if not any(isinstance(stop, str) for stop in stops):
             stops.append(PLAIN_STOP)
-        if "<|endoftext|>" in self.tokenizer.special_tokens:
-            stops.append(self.tokenizer.special_tokens["<|endoftext|>"])
+        if END_OF_TEXT in self.tokenizer.special_tokens:
+            stops.append(self.tokenizer.special_tokens[END_OF_TEXT])
         return stops
 
     # -- a reply -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from minillm.nn.kv_cache import KVCache, LayerKVCache
 from minillm.nn.layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm
 from minillm.nn.mlp import MLP, SwiGLUMLP, swiglu_hidden
 from minillm.nn.module import Module, ModuleList, Parameter, functional_call
+from minillm.nn.vocab import resize_token_embeddings
 from minillm.nn.positions import (
     LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding, sinusoidal_table,
 )
@@ -20,5 +21,5 @@ __all__ = [
     "Block", "CausalSelfAttention", "Dropout", "Embedding", "GPT", "GPTConfig", "KVCache",
     "LayerKVCache", "LayerNorm", "LearnedPositionalEmbedding", "Linear", "MLP", "Module", "ModuleList", "Parameter",
     "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEmbedding", "SwiGLUMLP",
-    "functional_call", "sinusoidal_table", "swiglu_hidden",
+    "functional_call", "resize_token_embeddings", "sinusoidal_table", "swiglu_hidden",
 ]

@@ -15,8 +15,8 @@ from minillm.optim.adamw import AdamW
 from minillm.optim.clip import clip_grad_norm_
 from minillm.optim.groups import decay_groups
 from minillm.optim.optimizer import Optimizer
-from minillm.optim.schedule import cosine_schedule, set_lr
+from minillm.optim.schedule import CosineSchedule, cosine_schedule, set_lr
 from minillm.optim.sgd import SGD
 
-__all__ = ["SGD", "AdamW", "Optimizer", "clip_grad_norm_", "cosine_schedule", "decay_groups",
+__all__ = ["SGD", "AdamW", "CosineSchedule", "Optimizer", "clip_grad_norm_", "cosine_schedule", "decay_groups",
            "set_lr"]

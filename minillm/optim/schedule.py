@@ -3,10 +3,15 @@
 A schedule here is a pure function of the step number, so resuming a run needs nothing but
 the step (which the checkpoint stores anyway)::
 
-    for step in range(start_step, total_steps):
-        set_lr(opt, cosine_schedule(step, max_lr, warmup_steps, total_steps, min_lr))
+    schedule = CosineSchedule(lr=2e-3, min_lr=2e-4, warmup_steps=50, total_steps=400)
+    opt = AdamW(params, lr=schedule(0))          # the schedule is the one owner of the rate
+    for step in range(start_step, 400):
+        set_lr(opt, schedule(step))
         ...
         opt.step()
+
+(``cosine_schedule(step, max_lr, warmup_steps, total_steps, min_lr)`` is the same function with
+every argument spelled out.)
 """
 from __future__ import annotations
 
@@ -54,6 +59,31 @@ def cosine_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: in
         return min_lr
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class CosineSchedule:
+    """The learning rate of every step: linear warmup to ``lr``, cosine decay to ``min_lr`` at
+    ``total_steps`` (see :func:`cosine_schedule`). A warmup longer than the run is clamped to the
+    run (``warmup_clamped`` says so): a short trial run should just work.
+
+    Attributes: lr, min_lr, warmup_steps (after clamping), total_steps, warmup_clamped.
+    """
+
+    def __init__(self, lr: float, min_lr: float, warmup_steps: int, total_steps: int):
+        self.lr = check_number("CosineSchedule", "lr", lr)
+        self.min_lr = check_number("CosineSchedule", "min_lr", min_lr)
+        self.total_steps = _check_count("total_steps", total_steps)
+        requested = _check_count("warmup_steps", warmup_steps)
+        self.warmup_steps = min(requested, self.total_steps)
+        self.warmup_clamped = requested > self.total_steps
+        cosine_schedule(0, self.lr, self.warmup_steps, self.total_steps, self.min_lr)   # checks the rest
+
+    def __call__(self, step: int) -> float:
+        return cosine_schedule(step, self.lr, self.warmup_steps, self.total_steps, self.min_lr)
+
+    def __repr__(self) -> str:
+        return (f"CosineSchedule(lr={self.lr:g}, min_lr={self.min_lr:g}, warmup_steps={self.warmup_steps}, "
+                f"total_steps={self.total_steps})")
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:

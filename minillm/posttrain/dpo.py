@@ -34,7 +34,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 
 from minillm import functional as F
 from minillm.autograd import Function, no_grad
@@ -45,8 +44,8 @@ from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
 from minillm.posttrain.datasets import load_dpo_jsonl, render_preference_pairs
 from minillm.posttrain.evaluate import evaluate_tasks, per_task_subset
 from minillm.posttrain.lora import parameter_counts
-from minillm.posttrain.sft import (PROGRESS_PROMPTS_PER_TASK, PostTrainConfig, build_optimizer, check_run_options,
-                                   load_chat_model, load_eval_prompts, prepare_task_data, setup_lora, train_stage)
+from minillm.posttrain.stage import (PROGRESS_PROMPTS_PER_TASK, DPOConfig, build_optimizer, check_paths,
+                                     load_chat_model, load_eval_prompts, prepare_task_data, setup_lora, train_stage)
 from minillm.posttrain.tasks import make_preference_pairs
 from minillm.tensor import Tensor
 
@@ -272,90 +271,69 @@ def all_pair_logprobs(model, rendered_pairs, block_size: int, pad_id: int, devic
 # the DPO run
 # ------------------------------------------------------------------------------------------------
 
-@dataclass
-class DPOConfig(PostTrainConfig):
-    """Everything ``run_dpo`` needs (the ``minillm dpo`` options). ``data`` empty: generate the
-    seeded task files into ``out_dir/data`` and use their (correct answer, systematic mistake)
-    pairs. ``eval_pairs`` held-out pairs measure the preference accuracy."""
-
-    out_dir: str = "runs/dpo"
-    max_steps: int = 150
-    lr: float = 2e-4
-    min_lr: float = 2e-5
-    warmup_steps: int = 10
-    eval_interval: int = 50
-    beta: float = 0.1
-    nll_alpha: float = 1.0
-    eval_pairs: int = 400
-
-
 def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
-    """Run DPO from ``cfg.checkpoint`` (usually an SFT model); returns the summary (also ``summary.json``).
+    """Run DPO from ``stage.checkpoint`` (usually an SFT model); returns the summary (also ``summary.json``).
 
     ``stop_at`` pauses the run as in :func:`~minillm.posttrain.sft.run_sft`.
     """
-    check_run_options("dpo", cfg)
-    if isinstance(cfg.beta, bool) or not isinstance(cfg.beta, (int, float)) or not cfg.beta > 0:
-        raise ValueError(f"dpo: beta={cfg.beta!r}; expected a number > 0")
-    if isinstance(cfg.nll_alpha, bool) or not isinstance(cfg.nll_alpha, (int, float)) or cfg.nll_alpha < 0:
-        raise ValueError(f"dpo: nll_alpha={cfg.nll_alpha!r}; expected a number >= 0")
-    if isinstance(cfg.eval_pairs, bool) or not isinstance(cfg.eval_pairs, int) or cfg.eval_pairs < 0:
-        raise ValueError(f"dpo: eval_pairs={cfg.eval_pairs!r}; expected an int >= 0")
+    check_paths("dpo", cfg)
+    stage, optim, loop = cfg.dpo, cfg.optim, cfg.loop
     started = time.perf_counter()
-    manual_seed(cfg.seed)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    model, tokenizer, template, base_vocab, _ = load_chat_model(cfg.checkpoint, cfg.device, cfg.dropout)
+    manual_seed(loop.seed)
+    os.makedirs(loop.out_dir, exist_ok=True)
+    model, tokenizer, template, base_vocab, _ = load_chat_model(stage.checkpoint, loop.device, stage.dropout)
     reference = frozen_copy(model)
-    log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {cfg.checkpoint}")
+    log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {stage.checkpoint}")
 
-    data_path, eval_data = cfg.data, cfg.eval_data
+    data_path, eval_data = stage.data, stage.eval_data
     if not data_path:
-        paths = prepare_task_data(cfg.out_dir, cfg.seed, cfg.n_sft, cfg.n_dpo, cfg.eval_per_task or 1,
-                                  noisy=not cfg.clean_data)
+        paths = prepare_task_data(loop.out_dir, loop.seed, stage.n_sft, stage.n_dpo, stage.eval_per_task or 1,
+                                  noisy=not stage.clean_data)
         data_path, eval_data = paths["dpo"], eval_data or paths["eval"]
     rendered = render_preference_pairs(template, load_dpo_jsonl(data_path))
     block_size = model.config.block_size
-    sampler = DPOBatchSampler(rendered, cfg.batch_size, block_size, pad_id=template.end_id, seed=cfg.seed)
+    sampler = DPOBatchSampler(rendered, loop.batch_size, block_size, pad_id=template.end_id, seed=loop.seed)
     log(f"data: {len(rendered):,} preference pairs from {data_path}")
-    eval_prompts = load_eval_prompts(eval_data, data_path, cfg.eval_per_task, cfg.seed)
-    heldout_pairs = render_preference_pairs(template, make_preference_pairs(cfg.eval_pairs, cfg.seed, "heldout")) \
-        if cfg.eval_pairs else []
-    reference_logps = all_pair_logprobs(reference, heldout_pairs, block_size, template.end_id, cfg.device) \
+    eval_prompts = load_eval_prompts(eval_data, data_path, stage.eval_per_task, loop.seed)
+    heldout_pairs = render_preference_pairs(template, make_preference_pairs(stage.eval_pairs, loop.seed, "heldout")) \
+        if stage.eval_pairs else []
+    reference_logps = all_pair_logprobs(reference, heldout_pairs, block_size, template.end_id, loop.device) \
         if heldout_pairs else None
 
     param_groups, counts = None, parameter_counts(model)
-    if cfg.lora_rank:
-        param_groups, counts = setup_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
-                                          cfg.lora_targets, base_vocab, cfg.weight_decay)
-        log(f"LoRA: rank {cfg.lora_rank} on {len(counts['adapted'])} layers; training {counts['trainable']:,} of "
+    if stage.lora_rank:
+        param_groups, counts = setup_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_dropout,
+                                          stage.lora_targets, base_vocab, optim.weight_decay)
+        log(f"LoRA: rank {stage.lora_rank} on {len(counts['adapted'])} layers; training {counts['trainable']:,} of "
             f"{counts['total']:,} parameters ({100 * counts['fraction']:.2f}%)")
-    optimizer = build_optimizer(model, param_groups, cfg.lr, cfg.weight_decay)
-    objective = DPOObjective(reference, cfg.beta, cfg.nll_alpha)
+    schedule = optim.schedule(loop.max_steps)
+    optimizer = build_optimizer(model, param_groups, optim, schedule)
+    objective = DPOObjective(reference, stage.beta, stage.nll_alpha)
 
     progress_prompts = per_task_subset(eval_prompts, PROGRESS_PROMPTS_PER_TASK)
 
     def evaluate(model, full: bool = False) -> dict:
         result = {}
         if heldout_pairs:
-            pref = preference_metrics(model, reference_logps, heldout_pairs, cfg.beta, block_size, template.end_id,
-                                      cfg.device)
+            pref = preference_metrics(model, reference_logps, heldout_pairs, stage.beta, block_size, template.end_id,
+                                      loop.device)
             result["val_loss"] = pref.pop("pref_loss")
             result.update({f"heldout_{k}": v for k, v in pref.items()})
         if eval_prompts:
             # a subset during training (decoding is the slow part); the final figures use all prompts
-            tasks = evaluate_tasks(model, template, eval_prompts if full else progress_prompts, cfg.max_new_tokens)
+            tasks = evaluate_tasks(model, template, eval_prompts if full else progress_prompts, stage.max_new_tokens)
             result.update(exact_match=tasks["overall"], end_rate=tasks["end_rate"],
                           tasks={k: v for k, v in tasks.items() if k not in ("replies", "prompts")})
         return result
 
-    before = evaluate(model, full=True) if (heldout_pairs or eval_prompts) and not cfg.resume else None
+    before = evaluate(model, full=True) if (heldout_pairs or eval_prompts) and not loop.resume else None
     if before is not None:
         log("before DPO: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if isinstance(v, float)))
     # tokens per micro-batch (both sides of each pair; the reference's forward pass not counted)
     pair_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) - 2 for p in rendered)
-    outcome = train_stage("dpo", cfg, model, optimizer, objective, sampler,
+    outcome = train_stage("dpo", cfg, model, optimizer, schedule, objective, sampler,
                           evaluate if (heldout_pairs or eval_prompts) else None,
-                          int(cfg.batch_size * pair_tokens / len(rendered)), tokenizer, base_vocab, counts,
+                          int(loop.batch_size * pair_tokens / len(rendered)), tokenizer, base_vocab, counts,
                           log, stop_at)
     if outcome.paused is not None:
         return outcome.paused
@@ -365,18 +343,18 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     train_records = [r for r in records if r.get("kind") == "train" and "loss" in r]
     summary = {
         "stage": "dpo", "steps": trainer.step, "train_seconds": train_seconds,
-        "minutes": (time.perf_counter() - started) / 60, "beta": cfg.beta, "nll_alpha": cfg.nll_alpha,
+        "minutes": (time.perf_counter() - started) / 60, "beta": stage.beta, "nll_alpha": stage.nll_alpha,
         "last_logged": {k: v for k, v in train_records[-1].items() if k != "kind"} if train_records else None,
         "parameters": counts, "data": data_path, "pairs": len(rendered),
         "before": before, "after": after, "model": model_path,
-        "adapters": os.path.join(cfg.out_dir, "adapters.safetensors") if cfg.lora_rank else None,
+        "adapters": os.path.join(loop.out_dir, "adapters.safetensors") if stage.lora_rank else None,
     }
     if after is not None:
         log("after DPO: " + ", ".join(f"{k} {v:.3f}" for k, v in after.items() if isinstance(v, float)))
-    atomic_write_text(os.path.join(cfg.out_dir, "summary.json"), json.dumps(summary, indent=2))
+    atomic_write_text(os.path.join(loop.out_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
-__all__ = ["DPOConfig", "DPOObjective", "LogSigmoid", "all_pair_logprobs", "dpo_loss", "frozen_copy", "logsigmoid",
+__all__ = ["DPOObjective", "LogSigmoid", "all_pair_logprobs", "dpo_loss", "frozen_copy", "logsigmoid",
            "logsigmoid_composed", "pair_logprobs", "preference_metrics", "run_dpo", "sequence_logprobs",
            "sequence_logprobs_composed"]

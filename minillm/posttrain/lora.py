@@ -33,6 +33,7 @@ from minillm import functional as F
 from minillm.backend import get_array_module, get_rng_state, random_uniform, set_rng_state, to_device, to_numpy
 from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
+from minillm.nn.vocab import resize_token_embeddings
 from minillm.serialization import load_safetensors, save_safetensors
 from minillm.tensor import Tensor
 
@@ -300,7 +301,6 @@ def load_lora(path: str | os.PathLike, model: Module) -> list[str]:
     Grows the vocabulary first when the file carries new rows (``resize_token_embeddings``), then
     applies LoRA to the recorded layers (freezing everything else) and loads A and B.
     """
-    from minillm.posttrain.sft import resize_token_embeddings  # noqa: PLC0415  (sft imports lora)
 
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -21,8 +21,10 @@ from .char import CharTokenizer
 from .display import format_compression_report
 from .formats import bytes_to_unicode, read_tokenizer_json
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN
+from .special import END_OF_TEXT
 
 __all__ = [
+    "END_OF_TEXT",
     "BPETokenizer",
     "CharTokenizer",
     "GPT2_SPLIT_PATTERN",

@@ -5,18 +5,22 @@
     minillm tokenizer encode --tokenizer tok.json --input play.txt > ids.txt
     minillm tokenizer decode --tokenizer tok.json 1234 56 789      (no ids: read them from stdin)
 
-``register(subparsers)`` adds the ``tokenizer`` command to minillm's main parser; each
-subcommand sets ``handler`` (the project's convention) to a function that takes the parsed
-arguments and returns an exit code (0 ok, 1 error: the message goes to stderr). ``main(argv)`` runs the command on its own:
+``register(subparsers)`` adds ``tokenizer train | encode | decode`` to minillm's main parser (the
+options come from the config classes below; the conventions, exit status 2 on bad input
+included, from :mod:`minillm.commandline`). ``main(argv)`` runs the command on its own:
 ``python -m minillm.tokenizer.cli train ...``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator
+
+from minillm import commandline
+from minillm.config import Config, Section, option
+from minillm.fileio import read_text_file
 
 from . import BPETokenizer, CharTokenizer, load_tokenizer
 from .display import format_compression_report
@@ -24,55 +28,85 @@ from .display import format_compression_report
 IDS_PER_LINE = 1024  # encode --input writes the ids in lines of this many
 
 
-def register(subparsers) -> argparse.ArgumentParser:
+@dataclass
+class TrainSection(Section):
+    name: ClassVar[str] = "train"
+    title: ClassVar[str] = "train a tokenizer on text files"
+
+    input: str = option("", "a UTF-8 text file, or a directory: all its *.txt files", required=True)
+    output: str = option("", "where to write the tokenizer (JSON)", required=True)
+    vocab_size: int = option(4096, "number of tokens, including the 256 byte tokens and the special tokens "
+                             "(ignored by --type char)", minimum=1)
+    pattern: str = option("gpt4", "split pattern: gpt2, gpt4, none (raw bytes), or a regex")
+    special: list[str] = option([], "a special token such as '<|endoftext|>' (repeat for more)", metavar="TOKEN")
+    type: str = option("bpe", "tokenizer type", choices=("bpe", "char"))
+    quiet: bool = option(False, "no progress bar")
+
+
+@dataclass
+class EncodeSection(Section):
+    name: ClassVar[str] = "encode"
+    title: ClassVar[str] = "print the token ids of a text (--text or --input)"
+
+    tokenizer: str = option("", "a tokenizer file written by 'train'", required=True)
+    text: str | None = option(None, "the text to encode")
+    input: str | None = option(None, "a UTF-8 text file to encode (streamed)")
+    allowed_special: str = option("none_raise", "none_raise (special token text is an error), none (encode it as "
+                                  "text), all, or a comma-separated list of special tokens")
+
+    def check(self) -> None:
+        if (self.text is None) == (self.input is None):
+            raise ValueError("encode: give exactly one of --text and --input")
+
+
+@dataclass
+class DecodeSection(Section):
+    name: ClassVar[str] = "decode"
+    title: ClassVar[str] = "print the text of token ids (the bare words; none: whitespace-separated ids from stdin)"
+
+    tokenizer: str = option("", "a tokenizer file written by 'train'", required=True)
+    ids: list[str] = option([], "token ids", positional=True, metavar="ID")
+
+
+@dataclass
+class TrainTokenizerConfig(Config):
+    description: ClassVar[str] = "Train a byte-level BPE (or character) tokenizer on text files."
+    aliases: ClassVar[dict] = {}
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+@dataclass
+class EncodeConfig(Config):
+    description: ClassVar[str] = "Print the token ids of --text or of the file --input."
+    encode: EncodeSection = field(default_factory=EncodeSection)
+
+
+@dataclass
+class DecodeConfig(Config):
+    description: ClassVar[str] = "Print the text of token ids (given as words, or read from stdin)."
+    decode: DecodeSection = field(default_factory=DecodeSection)
+
+
+def register(subparsers):
     """Add ``tokenizer {train,encode,decode}`` to ``subparsers`` (from ``add_subparsers``)."""
     parser = subparsers.add_parser("tokenizer", help="train a tokenizer, encode text, decode ids",
                                    description="Train a byte-level BPE (or character) tokenizer, encode "
                                                "text to ids and decode ids to text.")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="{train,encode,decode}")
-    commands.required = True
-
-    train = commands.add_parser("train", help="train a tokenizer on text files")
-    train.add_argument("--input", required=True, help="a UTF-8 text file, or a directory: all its *.txt files")
-    train.add_argument("--vocab-size", type=int, default=4096,
-                       help="number of tokens, including the 256 byte tokens and the special tokens "
-                            "(default 4096; ignored by --type char)")
-    train.add_argument("--pattern", default="gpt4",
-                       help="split pattern: gpt2, gpt4 (default), none (raw bytes), or a regex")
-    train.add_argument("--special", action="append", default=[], metavar="TOKEN",
-                       help="a special token such as '<|endoftext|>' (repeat for more)")
-    train.add_argument("--type", choices=["bpe", "char"], default="bpe", help="tokenizer type (default bpe)")
-    train.add_argument("--output", required=True, help="where to write the tokenizer (JSON)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(handler=run_train)
-
-    encode = commands.add_parser("encode", help="print the token ids of a text")
-    encode.add_argument("--tokenizer", required=True, help="a tokenizer file written by 'train'")
-    source = encode.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", help="the text to encode")
-    source.add_argument("--input", help="a UTF-8 text file to encode (streamed)")
-    encode.add_argument("--allowed-special", default="none_raise",
-                        help="none_raise (default: special token text is an error), none (encode it as "
-                             "text), all, or a comma-separated list of special tokens")
-    encode.set_defaults(handler=run_encode)
-
-    decode = commands.add_parser("decode", help="print the text of token ids")
-    decode.add_argument("--tokenizer", required=True, help="a tokenizer file written by 'train'")
-    decode.add_argument("ids", nargs="*", help="token ids (default: whitespace-separated ids from stdin)")
-    decode.set_defaults(handler=run_decode)
+    commandline.register(commands, "train", TrainTokenizerConfig, run_train, help="train a tokenizer on text files",
+                         parent="tokenizer")
+    commandline.register(commands, "encode", EncodeConfig, run_encode, help="print the token ids of a text",
+                         parent="tokenizer")
+    commandline.register(commands, "decode", DecodeConfig, run_decode, help="print the text of token ids",
+                         parent="tokenizer")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="minillm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    """``minillm tokenizer ...`` on its own (``argv`` starts with ``"tokenizer"``)."""
+    from minillm.cli import main as minillm_main  # noqa: PLC0415  (the one router of commands)
 
-
-def _fail(command: str, exc: Exception) -> int:
-    print(f"minillm tokenizer {command}: error: {exc}", file=sys.stderr)
-    return 1
+    return minillm_main(sys.argv[1:] if argv is None else argv)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,33 +126,20 @@ def input_files(path: str) -> list[str]:
     return [path]
 
 
-def read_text_file(path: str) -> str:
-    """The file's text (UTF-8, line endings kept as they are); non-UTF-8 raises ValueError naming it."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path!r} is not UTF-8 text (invalid byte at offset {exc.start}); expected "
-                         "UTF-8 encoded text") from None
-
-
-def run_train(args: argparse.Namespace) -> int:
-    try:
-        files = input_files(args.input)
-        pattern = None if args.pattern == "none" else args.pattern
-        started = time.perf_counter()
-        if args.type == "char":
-            text = "".join(read_text_file(path) for path in files)
-            tokenizer = CharTokenizer.train(text, special_tokens=args.special)
-        else:
-            texts: Iterator[str] = (read_text_file(path) for path in files)
-            tokenizer = BPETokenizer.train(texts, vocab_size=args.vocab_size, pattern=pattern,
-                                           special_tokens=args.special, verbose=not args.quiet)
-        seconds = time.perf_counter() - started
-        tokenizer.save(args.output)
-    except (ValueError, TypeError, OSError) as exc:
-        return _fail("train", exc)
+def run_train(cfg: TrainTokenizerConfig) -> int:
+    args = cfg.train
+    files = input_files(args.input)
+    pattern = None if args.pattern == "none" else args.pattern
+    started = time.perf_counter()
+    if args.type == "char":
+        text = "".join(read_text_file(path) for path in files)
+        tokenizer = CharTokenizer.train(text, special_tokens=args.special)
+    else:
+        texts: Iterator[str] = (read_text_file(path) for path in files)
+        tokenizer = BPETokenizer.train(texts, vocab_size=args.vocab_size, pattern=pattern,
+                                       special_tokens=args.special, verbose=not args.quiet)
+    seconds = time.perf_counter() - started
+    tokenizer.save(args.output)
     print(f"trained {tokenizer!r} on {len(files)} file(s) in {seconds:.1f} s; saved to {args.output}")
     sample = read_text_file(files[0])[:200_000]
     if sample:
@@ -136,46 +157,41 @@ def parse_allowed_special(value: str) -> str | set[str]:
     return {token for token in value.split(",") if token}
 
 
-def run_encode(args: argparse.Namespace) -> int:
-    out = sys.stdout
-    try:
-        tokenizer = load_tokenizer(args.tokenizer)
-        allowed = parse_allowed_special(args.allowed_special)
-        if args.text is not None:
-            ids = tokenizer.encode(args.text, allowed_special=allowed)
-            out.write(" ".join(map(str, ids)) + "\n")
-            return 0
-        with open(args.input, encoding="utf-8", newline="") as handle:
-            batch: list[int] = []
-            try:
-                for token_id in tokenizer.encode_iterable(handle, allowed_special=allowed):
-                    batch.append(token_id)
-                    if len(batch) == IDS_PER_LINE:
-                        out.write(" ".join(map(str, batch)) + "\n")
-                        batch = []
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{args.input!r} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
-                                 "read block); expected UTF-8 encoded text") from None
-            if batch:
-                out.write(" ".join(map(str, batch)) + "\n")
-    except (ValueError, TypeError, OSError) as exc:
-        return _fail("encode", exc)
+def run_encode(cfg: EncodeConfig) -> int:
+    args, out = cfg.encode, sys.stdout
+    tokenizer = load_tokenizer(args.tokenizer)
+    allowed = parse_allowed_special(args.allowed_special)
+    if args.text is not None:
+        ids = tokenizer.encode(args.text, allowed_special=allowed)
+        out.write(" ".join(map(str, ids)) + "\n")
+        return 0
+    with open(args.input, encoding="utf-8", newline="") as handle:
+        batch: list[int] = []
+        try:
+            for token_id in tokenizer.encode_iterable(handle, allowed_special=allowed):
+                batch.append(token_id)
+                if len(batch) == IDS_PER_LINE:
+                    out.write(" ".join(map(str, batch)) + "\n")
+                    batch = []
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{args.input!r} is not UTF-8 text ({exc.reason} at byte {exc.start} of a "
+                             "read block); expected UTF-8 encoded text") from None
+        if batch:
+            out.write(" ".join(map(str, batch)) + "\n")
     return 0
 
 
-def run_decode(args: argparse.Namespace) -> int:
-    try:
-        tokenizer = load_tokenizer(args.tokenizer)
-        words = args.ids if args.ids else sys.stdin.read().split()
-        ids = []
-        for position, word in enumerate(words):
-            try:
-                ids.append(int(word))
-            except ValueError:
-                raise ValueError(f"ids[{position}]={word!r} is not an integer token id") from None
-        text = tokenizer.decode(ids)
-    except (ValueError, TypeError, OSError) as exc:
-        return _fail("decode", exc)
+def run_decode(cfg: DecodeConfig) -> int:
+    args = cfg.decode
+    tokenizer = load_tokenizer(args.tokenizer)
+    words = args.ids if args.ids else sys.stdin.read().split()
+    ids = []
+    for position, word in enumerate(words):
+        try:
+            ids.append(int(word))
+        except ValueError:
+            raise ValueError(f"ids[{position}]={word!r} is not an integer token id") from None
+    text = tokenizer.decode(ids)
     # Write UTF-8 bytes so any text survives, whatever the terminal's encoding.
     stream = getattr(sys.stdout, "buffer", None)
     if stream is not None:

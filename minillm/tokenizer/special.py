@@ -22,6 +22,9 @@ from typing import Iterator
 from .checks import short_repr
 
 ALLOWED_SPECIAL_HELP = "'none_raise', 'none', 'all', or a set of special token strings"
+# The document separator of GPT-2 and of minillm's pretraining: put between documents, a natural
+# first token for an unconditional sample, and a default stop for generation.
+END_OF_TEXT = "<|endoftext|>"
 
 
 class SpecialTokenMatcher:

@@ -1,59 +1,46 @@
 """``minillm train`` and ``minillm eval``."""
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from minillm import commandline
+from minillm.amp import PRECISIONS
+from minillm.config import Config, Section, option
 from minillm.train.config import TrainConfig
 
 
-def parse_overrides(tokens: list[str]) -> dict:
-    """``["--max_steps", "10", "--lr=1e-3"]`` -> ``{"max_steps": "10", "lr": "1e-3"}``.
+@dataclass
+class EvalSection(Section):
+    name: ClassVar[str] = "eval"
+    title: ClassVar[str] = "what to evaluate on what"
 
-    Values stay strings; TrainConfig converts and checks them against each key's type."""
-    overrides, index = {}, 0
-    while index < len(tokens):
-        token = tokens[index]
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r}; overrides look like --key value")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            index += 1
-        else:
-            if index + 1 >= len(tokens):
-                raise ValueError(f"override {token!r} has no value")
-            value = tokens[index + 1]
-            index += 2
-        overrides[key.replace("-", "_")] = value
-    return overrides
+    checkpoint: str = option("", "a checkpoint (.safetensors) written by training", required=True)
+    input: str = option("", "a text file or folder; empty = the embedded corpus's validation part")
+    device: str = option("cpu", "where to run", choices=("cpu", "cuda"))
+    precision: str = option("fp32", "run the model under minillm.amp.autocast (mixed precision)", choices=PRECISIONS)
+    batch_size: int = option(16, "windows per batch", minimum=1)
+    stride: int | None = option(None, "window stride; none = the block size (smaller gives more context)", minimum=1)
+
+
+@dataclass
+class EvalConfig(Config):
+    description: ClassVar[str] = "Loss, perplexity and bits per byte of a checkpoint on a text."
+
+    eval: EvalSection = field(default_factory=EvalSection)
 
 
 def register(subparsers) -> None:
-    train = subparsers.add_parser(
-        "train", help="pretrain a GPT (no arguments: the main job on the embedded Shakespeare corpus)",
-        description="Pretrain a GPT. Any config key can be overridden: --key value "
-                    f"(keys: {', '.join(TrainConfig.keys())}).")
-    train.add_argument("--config", help="a TOML config file (see examples/configs/)")
-    train.set_defaults(handler=run_train, accepts_overrides=True)
-
-    evaluate = subparsers.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on a text")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint (.safetensors) written by training")
-    evaluate.add_argument("--input", help="a text file or folder; default: the embedded corpus's validation part")
-    evaluate.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    evaluate.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                          help="run the model under minillm.amp.autocast (mixed precision)")
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--stride", type=int, default=None,
-                          help="window stride (default: the block size; smaller gives more context)")
-    evaluate.set_defaults(handler=run_eval)
+    commandline.register(subparsers, "train", TrainConfig, run_train,
+                         help="pretrain a GPT (no arguments: the main job on the embedded Shakespeare corpus)")
+    commandline.register(subparsers, "eval", EvalConfig, run_eval,
+                         help="loss, perplexity and bits per byte of a checkpoint on a text")
 
 
-def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+def run_train(cfg: TrainConfig) -> int:
     from minillm.train.pretrain import run_pretraining  # noqa: PLC0415  (heavy imports on demand)
 
-    values = parse_overrides(overrides)
-    cfg = TrainConfig.from_toml(args.config, values) if args.config else TrainConfig.from_dict(values, "command line")
     summary = run_pretraining(cfg)
     final = summary["final"]
     print(f"\nfinal validation: loss {final['val_loss']:.4f} nats/token, perplexity {final['val_ppl']:.2f}, "
@@ -67,14 +54,15 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val  # noqa: PLC0415
-    from minillm.train.checkpoint import load_model  # noqa: PLC0415
-    from minillm.amp import autocast  # noqa: PLC0415
-    from minillm.train.evaluate import evaluate_language_model  # noqa: PLC0415
-
+def run_eval(cfg: EvalConfig) -> int:
     import numpy as np  # noqa: PLC0415
 
+    from minillm.amp import autocast  # noqa: PLC0415
+    from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val  # noqa: PLC0415
+    from minillm.train.checkpoint import load_model  # noqa: PLC0415
+    from minillm.train.evaluate import evaluate_language_model  # noqa: PLC0415
+
+    args = cfg.eval
     model, tokenizer, checkpoint = load_model(args.checkpoint, device=args.device)
     if tokenizer is None:
         raise ValueError(f"checkpoint {args.checkpoint!r} holds no tokenizer; cannot encode text")
@@ -82,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
         text = "".join(read_corpus(args.input))
         source = args.input
     else:
-        val_fraction = (checkpoint.train_config or {}).get("val_fraction", 0.1)
+        val_fraction = training_value(checkpoint.train_config, "data", "val_fraction", 0.1)
         docs, _ = clean_documents(read_corpus(default_corpus_path()))
         text = "".join(split_train_val(docs, val_fraction)[1])
         source = f"the embedded corpus's last {val_fraction:.0%} (validation split)"
@@ -96,3 +84,13 @@ def run_eval(args: argparse.Namespace) -> int:
     result.update(checkpoint=args.checkpoint, text=source, step=checkpoint.step, precision=args.precision)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def training_value(train_config: dict | None, section: str, key: str, default):
+    """A value of the config a checkpoint was trained with: ``{section: {key: ...}}`` (or the flat
+    layout of checkpoints written before the config had sections)."""
+    config = train_config or {}
+    inner = config.get(section)
+    if isinstance(inner, dict) and key in inner:
+        return inner[key]
+    return config.get(key, default)

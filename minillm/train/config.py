@@ -1,196 +1,169 @@
-"""Training configuration: one dataclass, TOML files, command-line overrides.
+"""The sections every training command shares, and the pretraining config built from them.
 
-A config file groups keys in tables that mirror the fields' sections::
+    [model]  ModelSection: the preset and every GPTConfig field (None = the preset's value)
+    [data]   DataSection: corpus, tokenizer, cleaning, split (pretraining)
+    [optim]  OptimSection: the learning-rate schedule (lr, min_lr, warmup_steps), AdamW, clipping
+    [loop]   LoopSection: the Trainer's loop (steps, batches, device, precision, checkpoints, logs)
 
-    [data]
-    tokenizer = "bpe"
-    vocab_size = 1024
-    [model]
-    n_layer = 4
-    [optim]
-    lr = 2e-3
-    [train]
-    max_steps = 2000
-
-Every key has one flat name, so the command line overrides it directly
-(``minillm train --config run.toml --max_steps 500 --lr 1e-3``). An unknown key, a key in the
-wrong table, or a value of the wrong type is rejected with a message that lists the valid keys.
+``TrainConfig`` (``minillm train``) is all four, with the main job's sizes as its defaults; SFT and
+DPO (``minillm.posttrain.stage``) take ``optim`` and ``loop`` plus a section of their own. A TOML
+file has one table per section; ``[train]`` is read as ``[loop]`` (its name before the sections
+were shared). See :mod:`minillm.config` for how values are read and checked.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
-
-def _f(default, section: str, help_text: str, choices: tuple | None = None):
-    return field(default=default, metadata={"section": section, "help": help_text, "choices": choices})
+from minillm.amp import PRECISIONS
+from minillm.config import Config, Section, option
+from minillm.nn.gpt import GPTConfig
 
 
 @dataclass
-class TrainConfig:
-    """Everything a pretraining run needs. Defaults are the main job: a small GPT on the
-    embedded Shakespeare corpus that trains in under 10 minutes on 2 CPU cores."""
+class ModelSection(Section):
+    """The model: ``preset`` chooses the family's defaults, every other key overrides one
+    :class:`~minillm.nn.GPTConfig` field (None keeps the preset's value; ``vocab_size`` None: the
+    tokenizer's size)."""
 
-    # -- data -------------------------------------------------------------------------------
-    corpus: str = _f("", "data", "text file or folder of .txt files; empty = the embedded Shakespeare corpus")
-    tokenizer: str = _f("bpe", "data", "tokenizer kind trained on the corpus", ("bpe", "char"))
-    tokenizer_path: str = _f("", "data", "a saved tokenizer JSON to use instead of training one")
-    vocab_size: int = _f(1024, "data", "BPE vocabulary size (256 bytes + merges + special tokens)")
-    pattern: str = _f("gpt4", "data", "BPE pre-tokenization split pattern: gpt2, gpt4 or a regex")
-    val_fraction: float = _f(0.1, "data", "share of the corpus held out for validation (the tail)")
-    min_chars: int = _f(1, "data", "documents shorter than this many characters are dropped when cleaning")
-    dedup_threshold: float = _f(0.0, "data", "MinHash near-duplicate Jaccard threshold; 0 = exact duplicates only")
+    name: ClassVar[str] = "model"
+    title: ClassVar[str] = "the model (GPTConfig; unset keys take the preset's value)"
 
-    # -- model ------------------------------------------------------------------------------
-    preset: str = _f("gpt2", "model", "architecture family", ("gpt2", "llama"))
-    n_layer: int = _f(4, "model", "transformer blocks")
-    n_head: int = _f(4, "model", "attention heads")
-    n_kv_head: int = _f(0, "model", "key/value heads for grouped-query attention; 0 = n_head")
-    n_embd: int = _f(192, "model", "model width C")
-    block_size: int = _f(128, "model", "context length T")
-    dropout: float = _f(0.1, "model", "dropout probability")
+    preset: str = option("gpt2", "architecture family: gpt2 (LayerNorm, learned positions, GELU, tied head) or "
+                         "llama (RMSNorm, RoPE, SwiGLU, GQA)", choices=("gpt2", "llama"))
+    vocab_size: int | None = option(None, "model vocabulary (>= the tokenizer's); none = the tokenizer's size",
+                                    minimum=1)
+    block_size: int | None = option(None, "context length T", minimum=1)
+    n_layer: int | None = option(None, "transformer blocks", minimum=1)
+    n_head: int | None = option(None, "query heads per attention layer", minimum=1)
+    n_kv_head: int | None = option(None, "key/value heads (grouped-query attention); n_head = multi-head",
+                                   minimum=1)
+    n_embd: int | None = option(None, "model width C", minimum=1)
+    dropout: float | None = option(None, "dropout probability (embeddings, attention, residual branches)",
+                                   minimum=0.0, below=1.0)
+    bias: bool | None = option(None, "biases in every Linear and LayerNorm")
+    norm: str | None = option(None, "normalisation", choices=("layernorm", "rmsnorm"))
+    norm_eps: float | None = option(None, "the epsilon inside the norms' square root", above=0.0)
+    pos: str | None = option(None, "position encoding", choices=("learned", "sinusoidal", "rope"))
+    rope_theta: float | None = option(None, "RoPE base theta", above=1.0)
+    mlp: str | None = option(None, "feed-forward", choices=("gelu", "swiglu"))
+    mlp_hidden: int | None = option(None, "feed-forward hidden width; none = 4C (gelu) or the Llama rule (swiglu)",
+                                    minimum=1)
+    mlp_multiple_of: int | None = option(None, "SwiGLU hidden width rounds up to a multiple of this", minimum=1)
+    gelu_approximate: str | None = option(None, "GELU form", choices=("tanh", "none"))
+    norm_position: str | None = option(None, "pre-norm (GPT-2, Llama) or post-norm (the original transformer)",
+                                       choices=("pre", "post"))
+    tie_weights: bool | None = option(None, "share the token embedding with the output head")
+    init_std: float | None = option(None, "standard deviation of the normal initialisation", above=0.0)
 
-    # -- optimizer and schedule ---------------------------------------------------------------
-    lr: float = _f(2e-3, "optim", "peak learning rate")
-    min_lr: float = _f(2e-4, "optim", "learning rate at the end of the cosine decay")
-    warmup_steps: int = _f(50, "optim", "linear warmup steps")
-    weight_decay: float = _f(0.1, "optim", "AdamW decoupled weight decay (matrices only)")
-    beta1: float = _f(0.9, "optim", "AdamW beta1")
-    beta2: float = _f(0.99, "optim", "AdamW beta2")
-    grad_clip: float = _f(1.0, "optim", "clip the global gradient norm to this; 0 = off")
-
-    # -- training loop ------------------------------------------------------------------------
-    batch_size: int = _f(32, "train", "sequences per micro-batch")
-    grad_accum_steps: int = _f(1, "train", "micro-batches per optimizer step")
-    max_steps: int = _f(400, "train", "optimizer steps")
-    seed: int = _f(1337, "train", "seed for initialisation, dropout and batch sampling")
-    device: str = _f("cpu", "train", "where to train", ("cpu", "cuda"))
-    precision: str = _f("fp32", "train", "compute precision: fp32, or mixed fp16 (with dynamic loss scaling) / "
-                        "bf16 (emulated); see minillm/amp.py", ("fp32", "fp16", "bf16"))
-    out_dir: str = _f("runs/shakespeare", "train", "folder for checkpoints, metrics and plots")
-    eval_interval: int = _f(100, "train", "evaluate every this many steps (and at the end)")
-    eval_batches: int = _f(0, "train", "validation batches per evaluation; 0 = the whole validation set")
-    log_interval: int = _f(10, "train", "write a metrics line every this many steps")
-    save_interval: int = _f(0, "train", "save the 'last' checkpoint every this many steps; 0 = at evaluations")
-    on_nonfinite: str = _f("stop", "train", "a NaN/Inf loss stops the run, or skips that step", ("stop", "skip"))
-    spike_factor: float = _f(5.0, "train", "log a gradient-norm spike above this multiple of the running mean")
-    sample_tokens: int = _f(200, "train", "tokens to sample at the end (0 = none)")
-    resume: str = _f("", "train", "checkpoint to resume from (exactly where it stopped)")
-    progress: bool = _f(True, "train", "show a progress bar")
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ValueError(f"config key {f.name}={value!r} is not valid; expected one of {list(choices)}")
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum_steps",
-                    "max_steps", "eval_interval", "log_interval", "vocab_size")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"config key {name}={getattr(self, name)!r} must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"config key dropout={self.dropout!r} must be in [0, 1)")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"config key val_fraction={self.val_fraction!r} must be in (0, 1)")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"config key warmup_steps={self.warmup_steps} must be between 0 and "
-                             f"max_steps={self.max_steps}; lower warmup_steps for short runs")
-        if self.lr < 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"config keys lr={self.lr!r}, min_lr={self.min_lr!r}: expected 0 <= min_lr <= lr")
-
-    # -- construction -------------------------------------------------------------------------
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def sections(cls) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for f in dataclasses.fields(cls):
-            out.setdefault(f.metadata["section"], []).append(f.name)
-        return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
-        """Build from flat ``key: value`` pairs, converting and checking each value's type."""
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(types))
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys are: {', '.join(cls.keys())}")
-        converted = {name: _convert(name, value, types[name], source) for name, value in values.items()}
-        return cls(**converted)
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike, overrides: dict | None = None) -> "TrainConfig":
-        """Read a TOML file (tables [data], [model], [optim], [train] or top-level keys), then
-        apply ``overrides`` (flat keys, e.g. parsed from the command line)."""
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
-        flat = flatten_sections(document, source=os.fspath(path))
-        flat.update(overrides or {})
-        return cls.from_dict(flat, source=os.fspath(path))
+    def build(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig: the preset, then every key that is set; ``vocab_size`` unless set here."""
+        values = {k: v for k, v in self.to_dict().items() if k != "preset" and v is not None}
+        values.setdefault("vocab_size", vocab_size)
+        if values["vocab_size"] < vocab_size:
+            raise ValueError(f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's {vocab_size} "
+                             "ids; expected at least that many rows (or leave it unset)")
+        make = GPTConfig.gpt2 if self.preset == "gpt2" else GPTConfig.llama
+        return make(**values)
 
 
-def flatten_sections(document: dict, source: str) -> dict:
-    """``{"model": {"n_layer": 4}, "seed": 1}`` -> ``{"n_layer": 4, "seed": 1}``, checking that
-    each key sits in its own table."""
-    sections = TrainConfig.sections()
-    flat: dict = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            if key not in sections:
-                raise ValueError(f"{source}: unknown table [{key}]; valid tables are "
-                                 f"{['[' + s + ']' for s in sections]}")
-            for inner, inner_value in value.items():
-                if inner not in sections[key]:
-                    home = next((s for s, names in sections.items() if inner in names), None)
-                    hint = f" (it belongs in [{home}])" if home else f"; valid keys in [{key}]: {sections[key]}"
-                    raise ValueError(f"{source}: key {inner!r} is not valid in [{key}]{hint}")
-                flat[inner] = inner_value
-        else:
-            flat[key] = value
-    return flat
+@dataclass
+class DataSection(Section):
+    """Pretraining data: the corpus, its cleaning and split, and the tokenizer trained on it."""
+
+    name: ClassVar[str] = "data"
+    title: ClassVar[str] = "corpus, cleaning, split and tokenizer"
+
+    corpus: str = option("", "text file or folder of .txt files; empty = the embedded Shakespeare corpus")
+    tokenizer: str = option("bpe", "tokenizer kind trained on the corpus", choices=("bpe", "char"))
+    tokenizer_path: str = option("", "a saved tokenizer JSON to use instead of training one")
+    vocab_size: int = option(1024, "BPE vocabulary size (256 bytes + merges + special tokens)", minimum=257)
+    pattern: str = option("gpt4", "BPE pre-tokenization split pattern: gpt2, gpt4 or a regex")
+    val_fraction: float = option(0.1, "share of the corpus held out for validation (the tail)", above=0.0,
+                                 below=1.0)
+    min_chars: int = option(1, "documents shorter than this many characters are dropped when cleaning", minimum=0)
+    dedup_threshold: float = option(0.0, "MinHash near-duplicate Jaccard threshold; 0 = exact duplicates only",
+                                    minimum=0.0, maximum=1.0)
 
 
-def _convert(name: str, value, type_name: str, source: str):
-    """Coerce ``value`` (possibly a command-line string) to the field's type, or explain why not."""
-    type_name = type_name if isinstance(type_name, str) else type_name.__name__
-    try:
-        if type_name == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if type_name == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if type_name == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if type_name == "str":
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"{source}: key {name}={value!r} is not a valid {type_name}")
+@dataclass
+class OptimSection(Section):
+    """The optimizer: the learning-rate schedule (warmup, cosine decay) is the one owner of the
+    learning rate; AdamW's other hyperparameters; gradient clipping."""
+
+    name: ClassVar[str] = "optim"
+    title: ClassVar[str] = "learning-rate schedule, AdamW, clipping"
+
+    lr: float = option(2e-3, "peak learning rate (the schedule's)", minimum=0.0)
+    min_lr: float = option(2e-4, "learning rate at the end of the cosine decay", minimum=0.0)
+    warmup_steps: int = option(50, "linear warmup steps (clamped to max_steps for shorter runs)", minimum=0)
+    weight_decay: float = option(0.1, "AdamW decoupled weight decay (matrices only)", minimum=0.0)
+    beta1: float = option(0.9, "AdamW beta1", minimum=0.0, below=1.0)
+    beta2: float = option(0.99, "AdamW beta2", minimum=0.0, below=1.0)
+    eps: float = option(1e-8, "AdamW epsilon", above=0.0)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = off", minimum=0.0)
+
+    def check(self) -> None:
+        if self.min_lr > self.lr:
+            raise ValueError(f"optim.min_lr={self.min_lr!r} is above optim.lr={self.lr!r}; expected "
+                             "0 <= min_lr <= lr")
+
+    def schedule(self, total_steps: int):
+        """The run's :class:`~minillm.optim.CosineSchedule`."""
+        from minillm.optim import CosineSchedule  # noqa: PLC0415  (optim imports nothing from here)
+
+        return CosineSchedule(self.lr, self.min_lr, self.warmup_steps, total_steps)
+
+    def optimizer(self, param_groups, schedule):
+        """AdamW over ``param_groups`` (or parameters), starting at the schedule's first rate."""
+        from minillm.optim import AdamW  # noqa: PLC0415
+
+        return AdamW(param_groups, lr=schedule(0), betas=(self.beta1, self.beta2), eps=self.eps,
+                     weight_decay=self.weight_decay)
+
+
+@dataclass
+class LoopSection(Section):
+    """The training loop (:class:`~minillm.train.Trainer`): how long, on what, in what precision,
+    and what it writes."""
+
+    name: ClassVar[str] = "loop"
+    title: ClassVar[str] = "the training loop"
+
+    max_steps: int = option(400, "optimizer steps", minimum=1)
+    batch_size: int = option(32, "sequences (or conversations, pairs) per micro-batch", minimum=1)
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step", minimum=1)
+    seed: int = option(1337, "seed for initialisation, dropout and batch sampling", minimum=0)
+    device: str = option("cpu", "where to train", choices=("cpu", "cuda"))
+    precision: str = option("fp32", "compute precision: fp32, or mixed fp16 (dynamic loss scaling) / bf16 "
+                            "(see minillm/amp.py)", choices=PRECISIONS)
+    out_dir: str = option("runs/shakespeare", "folder for checkpoints, metrics and plots")
+    eval_interval: int = option(100, "evaluate every this many steps (and at the end)", minimum=1)
+    eval_batches: int = option(0, "(pretraining) validation batches per evaluation; 0 = the whole split",
+                               minimum=0)
+    log_interval: int = option(10, "write a metrics line every this many steps", minimum=1)
+    save_interval: int = option(0, "save the 'last' checkpoint every this many steps; 0 = at evaluations",
+                                minimum=0)
+    on_nonfinite: str = option("stop", "a NaN/Inf loss stops the run, or skips that step", choices=("stop", "skip"))
+    spike_factor: float = option(5.0, "log a gradient-norm spike above this multiple of the running mean",
+                                 above=0.0)
+    sample_tokens: int = option(200, "(pretraining) tokens to sample at the end; 0 = none", minimum=0)
+    resume: str = option("", "checkpoint to resume from (exactly where it stopped)")
+    progress: bool = option(True, "show a progress bar")
+
+
+@dataclass
+class TrainConfig(Config):
+    """``minillm train``: pretraining from scratch. The defaults are the main job: a BPE tokenizer
+    and a small GPT-2-style model on the embedded Shakespeare corpus, 400 steps on a CPU."""
+
+    description: ClassVar[str] = ("Pretrain a GPT: corpus -> cleaning -> tokenizer -> token shards -> model -> "
+                                  "trainer. No options: the main job on the embedded Shakespeare corpus.")
+    defaults: ClassVar[dict] = {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192, "model.block_size": 128,
+                                "model.dropout": 0.1}
+    prefer: ClassVar[dict] = {"vocab_size": "data"}
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loop: LoopSection = field(default_factory=LoopSection)

@@ -1,21 +1,30 @@
 """The training loop shared by pretraining, SFT and DPO.
 
-One optimizer step:
+One optimizer step (:meth:`Trainer.train_step`), in fp32 just the plain loop::
 
-1. lr ← cosine_schedule(step) (linear warmup, cosine decay to a floor);
-2. for each of ``grad_accum_steps`` micro-batches: loss_k = compute_loss(model, batch_k),
-   backward of loss_k / grad_accum_steps, so the summed gradient is that of the mean loss over
-   all micro-batches (equal-sized micro-batches assumed, as the loaders produce);
-3. a non-finite loss or gradient norm stops the run (naming the step and the last good
-   checkpoint), or with ``on_nonfinite="skip"`` drops the step and logs it;
-4. clip the global gradient norm; log a spike when it exceeds ``spike_factor`` times its
-   running mean; AdamW step; zero the gradients.
+    lr = schedule(step); set it on every param group
+    for each of grad_accum_steps micro-batches:
+        loss = compute_loss(model, batch); (loss / grad_accum_steps).backward()
+    grad_norm = clip_grad_norm_(params, grad_clip)
+    optimizer.step(); optimizer.zero_grad()
 
-Mixed precision (``precision`` "fp16"/"bf16", see :mod:`minillm.amp`): the loss (and evaluation)
-runs under ``amp.autocast``; for fp16 a :class:`~minillm.amp.GradScaler` multiplies the loss by
-its scale before backward, divides the gradients again before clipping, and on an inf/NaN
-gradient skips the step (logged with ``skipped`` and ``overflow``) and halves the scale. Every
-train record then carries ``loss_scale``; the scaler's state travels in checkpoints.
+around which three small named steps handle what can go wrong:
+
+- a non-finite loss or gradient norm stops the run (naming the step and the last good
+  checkpoint), or with ``on_nonfinite="skip"`` drops the step and logs it
+  (:meth:`Trainer._handle_nonfinite`);
+- a gradient-norm spike above ``spike_factor`` times its running mean is logged
+  (:meth:`Trainer._note_spike`);
+- mixed precision (``precision`` "fp16"/"bf16", see :mod:`minillm.amp`): the loss (and evaluation)
+  runs under ``amp.autocast``; for fp16 a :class:`~minillm.amp.GradScaler` multiplies the loss by
+  its scale before backward, divides the gradients again before clipping, and on an inf/NaN
+  gradient skips the step (logged with ``skipped`` and ``overflow``) and halves the scale
+  (:meth:`Trainer._skip_overflow`). Every train record then carries ``loss_scale``; the scaler's
+  state travels in checkpoints.
+
+The learning rate belongs to the schedule alone (a :class:`~minillm.optim.CosineSchedule`: warmup
+then cosine decay); the gradient is that of the mean loss over the micro-batches (equal-sized
+micro-batches assumed, as the loaders produce).
 
 Every ``eval_interval`` steps (and at the end) ``evaluate(model)`` runs; the lowest validation
 loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest state and is what
@@ -27,49 +36,21 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from minillm.amp import GradScaler, autocast, check_precision
+from minillm.amp import GradScaler, autocast
 from minillm.backend import get_rng_state, set_rng_state, to_device
-from minillm.optim import clip_grad_norm_, cosine_schedule
+from minillm.optim import clip_grad_norm_, set_lr
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
+from minillm.train.config import LoopSection
 from minillm.train.metrics import MetricsLog, plot_loss_curve
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or gradient norm) became NaN/Inf and the run was told to stop."""
-
-
-@dataclass
-class LoopSettings:
-    """The knobs of :class:`Trainer` (a subset of TrainConfig, reused by SFT and DPO)."""
-
-    max_steps: int
-    lr: float
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    grad_accum_steps: int = 1
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    log_interval: int = 10
-    save_interval: int = 0
-    on_nonfinite: str = "stop"
-    spike_factor: float = 5.0
-    progress: bool = True
-    out_dir: str | None = None
-    precision: str = "fp32"
-
-    def __post_init__(self):
-        check_precision(self.precision, "LoopSettings: precision")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"on_nonfinite={self.on_nonfinite!r}; expected 'stop' or 'skip'")
-        if self.max_steps <= 0 or self.grad_accum_steps <= 0:
-            raise ValueError(f"max_steps={self.max_steps} and grad_accum_steps={self.grad_accum_steps} "
-                             "must be positive")
 
 
 class Trainer:
@@ -78,42 +59,44 @@ class Trainer:
     Args:
         model: a Module; ``model.config.to_dict()`` is stored in checkpoints.
         optimizer: an Optimizer over the model's parameters.
-        settings: LoopSettings.
+        schedule: ``step -> learning rate`` (a :class:`~minillm.optim.CosineSchedule`).
+        loop: the loop's settings (:class:`~minillm.train.config.LoopSection`).
         compute_loss: ``(model, batch) -> (loss Tensor, {metric: float})``.
         batches: the training batch source: ``next_batch()``, ``state_dict()``, ``load_state_dict()``.
         evaluate: ``model -> {"val_loss": float, ...}`` or None.
+        grad_clip: clip the global gradient norm to this; 0 measures it only.
         tokens_per_batch: tokens in one micro-batch (for tokens/s and MFU).
         flops_per_token: training FLOPs per token (6N + attention), for MFU; None = no MFU.
         peak_flops: the device's measured matmul FLOP/s (the MFU denominator).
         checkpoint_metadata: extra things stored in every checkpoint (``tokenizer``, ``train_config``).
-        device: where batches go.
-        grad_scaler: the fp16 loss scaler; None builds ``GradScaler()`` when ``settings.precision``
+        grad_scaler: the fp16 loss scaler; None builds ``GradScaler()`` when ``loop.precision``
             is "fp16" (bf16 and fp32 use none).
     """
 
-    def __init__(self, model, optimizer, settings: LoopSettings, compute_loss: Callable, batches,
-                 evaluate: Callable | None = None, tokens_per_batch: int = 0,
+    def __init__(self, model, optimizer, schedule: Callable[[int], float], loop: LoopSection, compute_loss: Callable,
+                 batches, evaluate: Callable | None = None, grad_clip: float = 1.0, tokens_per_batch: int = 0,
                  flops_per_token: float | None = None, peak_flops: float | None = None,
-                 checkpoint_metadata: dict | None = None, device: str = "cpu",
-                 grad_scaler: GradScaler | None = None):
-        self.model, self.optimizer, self.settings = model, optimizer, settings
+                 checkpoint_metadata: dict | None = None, grad_scaler: GradScaler | None = None):
+        if not isinstance(loop, LoopSection):
+            raise TypeError(f"Trainer: loop must be a LoopSection, got {type(loop).__name__}")
+        self.model, self.optimizer, self.schedule, self.loop = model, optimizer, schedule, loop
         self.compute_loss, self.batches, self.evaluate = compute_loss, batches, evaluate
+        self.grad_clip = float(grad_clip)
         self.tokens_per_batch, self.flops_per_token, self.peak_flops = tokens_per_batch, flops_per_token, peak_flops
         self.checkpoint_metadata = checkpoint_metadata or {}
-        self.device = device
-        if grad_scaler is None and settings.precision == "fp16":
+        self.device = loop.device
+        if grad_scaler is None and loop.precision == "fp16":
             grad_scaler = GradScaler()
         self.scaler = grad_scaler
         self.step = 0
         self.best_val_loss = math.inf
         self.grad_norm_mean: float | None = None
         self.last_good_checkpoint: str | None = None
-        out_dir = settings.out_dir
-        self.metrics = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir else None)
+        self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if loop.out_dir else None)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_path(self, kind: str) -> str | None:
-        return os.path.join(self.settings.out_dir, f"{kind}.safetensors") if self.settings.out_dir else None
+        return os.path.join(self.loop.out_dir, f"{kind}.safetensors") if self.loop.out_dir else None
 
     def save(self, path: str) -> None:
         save_checkpoint(path, model=self.model, step=self.step, optimizer=self.optimizer,
@@ -149,71 +132,78 @@ class Trainer:
         self.last_good_checkpoint = path
 
     # -- one step ---------------------------------------------------------------------------------
-    def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
     def train_step(self) -> dict:
-        """One optimizer step (with accumulation); returns its metrics."""
-        s = self.settings
-        lr = cosine_schedule(self.step, s.lr, s.warmup_steps, s.max_steps, s.min_lr)
-        self._set_lr(lr)
+        """One optimizer step (with accumulation); returns its metrics record."""
+        loop, scaler = self.loop, self.scaler
+        lr = self.schedule(self.step)
+        set_lr(self.optimizer, lr)
         self.model.train()
-        scaler = self.scaler
-        # the loss scale (fp16) and the 1/K of accumulation in one factor (fp32: exactly 1/K as before)
-        loss_weight = (1.0 if scaler is None else scaler.get_scale()) / s.grad_accum_steps
         total_loss, extra = 0.0, {}
-        for _ in range(s.grad_accum_steps):
+        for _ in range(loop.grad_accum_steps):
             batch = self._to_device(self.batches.next_batch())
-            with autocast(s.precision):
+            with autocast(loop.precision):
                 loss, metrics = self.compute_loss(self.model, batch)
-            if scaler is None:
-                (loss * loss_weight).backward()
-            else:
-                with np.errstate(over="ignore", invalid="ignore"):   # fp16 overflow: the scaler's business
-                    (loss * loss_weight).backward()
-            total_loss += loss.item() / s.grad_accum_steps
+            self._backward(loss)
+            total_loss += loss.item() / loop.grad_accum_steps
             for key, value in metrics.items():
-                extra[key] = extra.get(key, 0.0) + value / s.grad_accum_steps
+                extra[key] = extra.get(key, 0.0) + value / loop.grad_accum_steps
         params = [p for p in self.model.parameters() if p.requires_grad]
-        overflow = scaler is not None and scaler.unscale_(self.optimizer)   # grads / scale, inf/NaN check
-        if overflow:
-            grad_norm = math.inf
-        else:
-            grad_norm = clip_grad_norm_(params, s.grad_clip) if s.grad_clip > 0 else clip_grad_norm_(params, math.inf)
+        overflow = scaler is not None and scaler.unscale_(self.optimizer)   # fp16: grads / scale, inf/NaN check
+        grad_norm = math.inf if overflow else clip_grad_norm_(params, self.grad_clip or math.inf)
         record = {"kind": "train", "step": self.step + 1, "loss": total_loss, "lr": lr, "grad_norm": grad_norm, **extra}
         if scaler is not None:
             record["loss_scale"] = scaler.get_scale()
         if overflow and math.isfinite(total_loss):
-            # fp16 gradients overflowed at this loss scale: skip the step, halve the scale
-            self.optimizer.zero_grad()
-            scaler.update()
-            record.update(skipped=True, overflow=True, next_loss_scale=scaler.get_scale(),
-                          skipped_steps=scaler.skipped_steps)
-            self.step += 1
-            return record
+            return self._skip_overflow(record)
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad()
-            if scaler is not None:
-                scaler.update()
-            if s.on_nonfinite == "stop":
-                where = self.last_good_checkpoint or "none saved yet"
-                raise NonFiniteLossError(
-                    f"non-finite loss {total_loss} (gradient norm {grad_norm}) at step {self.step + 1}; "
-                    f"the last good checkpoint is {where}. Lower the learning rate, or set "
-                    "on_nonfinite='skip' to drop such steps")
-            record["skipped"] = True
-            self.step += 1
-            return record
-        if self.grad_norm_mean is not None and grad_norm > s.spike_factor * self.grad_norm_mean:
-            record["grad_norm_spike"] = True
-        self.grad_norm_mean = grad_norm if self.grad_norm_mean is None else 0.95 * self.grad_norm_mean + 0.05 * grad_norm
+            return self._handle_nonfinite(record, total_loss, grad_norm)
+        self._note_spike(record, grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad()
         if scaler is not None:
             scaler.update()
         self.step += 1
         return record
+
+    def _backward(self, loss) -> None:
+        """Backward of the micro-batch's share of the mean loss (times the fp16 loss scale)."""
+        weight = (1.0 if self.scaler is None else self.scaler.get_scale()) / self.loop.grad_accum_steps
+        if self.scaler is None:
+            (loss * weight).backward()
+            return
+        with np.errstate(over="ignore", invalid="ignore"):   # fp16 overflow: the scaler's business
+            (loss * weight).backward()
+
+    def _skip_overflow(self, record: dict) -> dict:
+        """fp16 gradients overflowed at this loss scale: skip the step, halve the scale."""
+        self.optimizer.zero_grad()
+        self.scaler.update()
+        record.update(skipped=True, overflow=True, next_loss_scale=self.scaler.get_scale(),
+                      skipped_steps=self.scaler.skipped_steps)
+        self.step += 1
+        return record
+
+    def _handle_nonfinite(self, record: dict, total_loss: float, grad_norm: float) -> dict:
+        """A NaN/Inf loss or gradient norm: stop with a clear error, or skip the step and log it."""
+        self.optimizer.zero_grad()
+        if self.scaler is not None:
+            self.scaler.update()
+        if self.loop.on_nonfinite == "stop":
+            where = self.last_good_checkpoint or "none saved yet"
+            raise NonFiniteLossError(
+                f"non-finite loss {total_loss} (gradient norm {grad_norm}) at step {self.step + 1}; "
+                f"the last good checkpoint is {where}. Lower the learning rate, or set "
+                "on_nonfinite='skip' to drop such steps")
+        record["skipped"] = True
+        self.step += 1
+        return record
+
+    def _note_spike(self, record: dict, grad_norm: float) -> None:
+        """Flag a gradient norm far above its running mean, then update the mean."""
+        if self.grad_norm_mean is not None and grad_norm > self.loop.spike_factor * self.grad_norm_mean:
+            record["grad_norm_spike"] = True
+        self.grad_norm_mean = grad_norm if self.grad_norm_mean is None else \
+            0.95 * self.grad_norm_mean + 0.05 * grad_norm
 
     def _to_device(self, batch):
         if isinstance(batch, tuple):
@@ -226,12 +216,12 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run_evaluation(self) -> dict:
-        with autocast(self.settings.precision):
+        with autocast(self.loop.precision):
             result = self.evaluate(self.model)
         record = {"kind": "eval", "step": self.step, **result}
         self.metrics.write(**record)
         val = result.get("val_loss")
-        if val is not None and val < self.best_val_loss and self.settings.out_dir:
+        if val is not None and val < self.best_val_loss and self.loop.out_dir:
             self.best_val_loss = val
             self.save(self.checkpoint_path("best"))
         elif val is not None and val < self.best_val_loss:
@@ -241,7 +231,7 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train until ``max_steps`` (or pause at ``stop_at``: the schedule still spans
         ``max_steps``, and the 'last' checkpoint there resumes exactly); returns the records."""
-        s = self.settings
+        s = self.loop
         stop_at = s.max_steps if stop_at is None else min(stop_at, s.max_steps)
         self.metrics.truncate_after(self.step)
         bar = tqdm(total=s.max_steps, initial=self.step, disable=not s.progress, dynamic_ncols=True,

@@ -1,12 +1,11 @@
 """The `minillm prepare` command."""
-import argparse
+import functools
 import json
 import re
 
-import pytest
-
+from minillm import commandline
 from minillm.data import TokenDataset
-from minillm.data.cli import main, register, run_prepare
+from minillm.data.cli import PrepareConfig, main, run_prepare
 
 
 def _corpus(tmp_path):
@@ -21,18 +20,15 @@ def _corpus(tmp_path):
     return folder
 
 
-def _args(parser_args):
-    parser = argparse.ArgumentParser(prog="minillm")
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(parser_args)
+def _prepare(tokens, tokenizer):
+    """The command as ``minillm prepare`` runs it (exit status, errors), with an injected tokenizer."""
+    return commandline.run(PrepareConfig, functools.partial(run_prepare, tokenizer=tokenizer), "prepare", tokens)
 
 
 def test_prepare_with_an_injected_tokenizer(tmp_path, byte_tokenizer, capsys):
     out = tmp_path / "out"
-    args = _args(["prepare", "--input", str(_corpus(tmp_path)), "--output", str(out), "--tokenizer", "unused.json",
-                  "--val-fraction", "0.2"])
-    assert args.handler is run_prepare
-    assert args.handler(args, tokenizer=byte_tokenizer) == 0
+    assert _prepare(["--input", str(_corpus(tmp_path)), "--output", str(out), "--tokenizer", "unused.json",
+                     "--val-fraction", "0.2"], byte_tokenizer) == 0
     printed = capsys.readouterr().out
     assert "cleaning report" in printed and "dedup report" in printed
     assert re.search(r"exact duplicates +1 dropped", printed)
@@ -47,9 +43,8 @@ def test_prepare_with_an_injected_tokenizer(tmp_path, byte_tokenizer, capsys):
 
 def test_prepare_no_dedup_and_no_eot(tmp_path, byte_tokenizer, capsys):
     out = tmp_path / "out"
-    args = _args(["prepare", "--input", str(_corpus(tmp_path)), "--output", str(out), "--tokenizer", "x",
-                  "--no-dedup", "--eot-token", "none", "--min-chars", "1"])
-    assert run_prepare(args, tokenizer=byte_tokenizer) == 0
+    assert _prepare(["--input", str(_corpus(tmp_path)), "--output", str(out), "--tokenizer", "x",
+                     "--no-dedup", "--eot-token", "none", "--min-chars", "1"], byte_tokenizer) == 0
     assert "dedup skipped" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["eot_token_id"] is None
@@ -60,33 +55,30 @@ def test_prepare_splits_on_a_separator(tmp_path, byte_tokenizer):
     corpus = tmp_path / "one.txt"
     corpus.write_text("\f".join(f"document {i} " * 10 for i in range(20)), encoding="utf-8")
     out = tmp_path / "out"
-    args = _args(["prepare", "--input", str(corpus), "--output", str(out), "--tokenizer", "x",
-                  "--doc-separator", "\\f", "--val-fraction", "0.25"])
-    assert run_prepare(args, tokenizer=byte_tokenizer) == 0
+    assert _prepare(["--input", str(corpus), "--output", str(out), "--tokenizer", "x",
+                     "--doc-separator", "\\f", "--val-fraction", "0.25"], byte_tokenizer) == 0
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] in (20, 21)
 
 
 def test_prepare_reports_errors_as_exit_code(tmp_path, byte_tokenizer, capsys):
-    args = _args(["prepare", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
-                  "--tokenizer", "x"])
-    assert run_prepare(args, tokenizer=byte_tokenizer) == 2
+    assert _prepare(["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"), "--tokenizer", "x"],
+                    byte_tokenizer) == 2
     err = capsys.readouterr().err
     assert "minillm prepare: error:" in err and "missing" in err
-    args = _args(["prepare", "--input", str(_corpus(tmp_path)), "--output", str(tmp_path / "o"),
-                  "--tokenizer", "x", "--eot-token", "<|nope|>"])
-    assert run_prepare(args, tokenizer=byte_tokenizer) == 2
+    assert _prepare(["--input", str(_corpus(tmp_path)), "--output", str(tmp_path / "o"), "--tokenizer", "x",
+                     "--eot-token", "<|nope|>"], byte_tokenizer) == 2
     assert "<|nope|>" in capsys.readouterr().err
+    assert _prepare(["--output", str(tmp_path / "o")], byte_tokenizer) == 2
+    assert "--tokenizer is required" in capsys.readouterr().err
 
 
 def test_prepare_with_a_saved_bpe_tokenizer(tmp_path, capsys):
-    tokenizer_module = pytest.importorskip(
-        "minillm.tokenizer", reason="minillm.tokenizer is not importable yet (written in parallel)")
-    if not hasattr(tokenizer_module, "load_tokenizer") or not hasattr(tokenizer_module, "BPETokenizer"):
-        pytest.skip("minillm.tokenizer does not provide BPETokenizer and load_tokenizer yet")
+    from minillm.tokenizer import BPETokenizer
+
     corpus = _corpus(tmp_path)
     text = (corpus / "a.txt").read_text(encoding="utf-8")
-    tokenizer = tokenizer_module.BPETokenizer.train(text, vocab_size=300, special_tokens=["<|endoftext|>"])
+    tokenizer = BPETokenizer.train(text, vocab_size=300, special_tokens=["<|endoftext|>"])
     tokenizer.save(tmp_path / "tok.json")
     out = tmp_path / "out"
     code = main(["--input", str(corpus), "--output", str(out), "--tokenizer", str(tmp_path / "tok.json")])

@@ -44,7 +44,7 @@ def test_doc_separator_splits_files_and_bom_is_dropped(tmp_path):
 def test_non_utf8_names_file_and_byte_offset(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf".encode() + b"\xe9 au lait")
-    with pytest.raises(ValueError, match=r"latin1\.txt.*byte offset 3"):
+    with pytest.raises(ValueError, match=r"latin1\.txt.*is not UTF-8 text \(invalid byte at offset 3"):
         read_corpus(path)
 
 

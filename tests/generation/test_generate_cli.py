@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import minillm as mm
-from minillm.cli import build_parser, main
-from minillm.generate_cli import run_chat, unescape
+from minillm.cli import main
+from minillm.commandline import load_config, unescape
+from minillm.generation.cli import ChatConfig, run_chat
 from minillm.generation.chat import ChatSession, chat_loop
 from minillm.nn import GPT, GPTConfig
 from minillm.tokenizer import CharTokenizer
@@ -66,11 +67,13 @@ def test_sample_prints_independent_samples(plain, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--temperature", "-1"], "temperature=-1.0; expected a finite number >= 0"),
-    (["--top-p", "2"], r"top_p=2.0; expected None or a probability in (0, 1]"),
-    (["--top-k", "0"], "top_k=0; expected None or an int >= 1"),
-    (["--max-new-tokens", "-3"], "--max-new-tokens=-3; expected an int >= 0"),
+    (["--temperature", "-1"], "generate.temperature=-1.0 is out of range; expected a value >= 0"),
+    (["--top-p", "2"], "generate.top_p=2.0 is out of range; expected a value > 0 and <= 1"),
+    (["--top-k", "0"], "generate.top_k=0 is out of range; expected a value >= 1"),
+    (["--max-new-tokens", "-3"], "generate.max_new_tokens=-3 is out of range; expected a value >= 0"),
+    (["--top-k", "many"], "generate.top_k='many' is not a valid int or none"),
     (["--prompt", "xyz"], "'x'"),                                # not in the character vocabulary
+    (["--temprature", "0"], "unknown key(s) ['temprature']"),
 ])
 def test_generate_bad_arguments(plain, capsys, argv, message):
     path, _, _ = plain
@@ -83,8 +86,7 @@ def test_unescape():
 
 
 def chat_args(path, *extra):
-    return build_parser().parse_args(["chat", "--checkpoint", path, "--max-new-tokens", "8", "--seed", "0",
-                                      *extra])
+    return load_config(ChatConfig, ["--checkpoint", path, "--max-new-tokens", "8", "--seed", "0", *extra])
 
 
 def test_chat_template_session_keeps_the_conversation(chat):

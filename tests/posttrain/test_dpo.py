@@ -14,9 +14,10 @@ from minillm import functional as F
 from minillm.nn import GPT, GPTConfig
 from minillm.optim import SGD
 from minillm.posttrain import ChatTemplate, dpo_batch, make_preference_pairs, render_preference_pairs
-from minillm.posttrain.dpo import (DPOConfig, DPOObjective, dpo_loss, frozen_copy, logsigmoid, logsigmoid_composed,
+from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy, logsigmoid, logsigmoid_composed,
                                    pair_logprobs, run_dpo, sequence_logprobs, sequence_logprobs_composed)
 from minillm.posttrain.sft import run_sft
+from minillm.posttrain.stage import DPOConfig
 from minillm.train.checkpoint import load_model
 
 from tests.posttrain.test_sft import make_pretrained, small_sft_config
@@ -178,13 +179,13 @@ def small_dpo_config(tmp_path, checkpoint, **overrides) -> DPOConfig:
                   batch_size=4, eval_interval=3, log_interval=1, eval_per_task=1, eval_pairs=8, n_sft=16, n_dpo=32,
                   max_new_tokens=3, progress=False)
     values.update(overrides)
-    return DPOConfig(**values)
+    return DPOConfig.create(values)
 
 
 def test_dpo_run_logs_the_preference_metrics_and_saves_a_loadable_model(sft_model, tmp_path):
     cfg = small_dpo_config(tmp_path, sft_model)
     summary = run_dpo(cfg, log=lambda m: None)
-    records = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"), encoding="utf-8")]
+    records = [json.loads(line) for line in open(os.path.join(cfg.loop.out_dir, "metrics.jsonl"), encoding="utf-8")]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3]
     assert train[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)       # policy = reference at step 0
@@ -211,9 +212,9 @@ def test_dpo_with_lora_and_resume(sft_model, tmp_path):
 
 
 def test_bad_dpo_options_name_the_option(sft_model, tmp_path):
-    with pytest.raises(ValueError, match=r"dpo: beta=-1.0; expected a number > 0"):
+    with pytest.raises(ValueError, match=r"dpo.beta=-1.0 is out of range; expected a value > 0"):
         run_dpo(small_dpo_config(tmp_path, sft_model, beta=-1.0))
-    with pytest.raises(ValueError, match=r"dpo: nll_alpha=-0.5; expected a number >= 0"):
+    with pytest.raises(ValueError, match=r"dpo.nll_alpha=-0.5 is out of range; expected a value >= 0"):
         run_dpo(small_dpo_config(tmp_path, sft_model, nll_alpha=-0.5))
 
 
@@ -222,7 +223,8 @@ def test_sft_lora_and_dpo_steps_run_on_the_gpu_path(gpu_device, policy_and_batch
     from minillm.backend import to_device
     from minillm.optim import AdamW
     from minillm.posttrain.lora import apply_lora, lora_param_groups, train_rows_from
-    from minillm.posttrain.sft import resize_token_embeddings, sft_loss
+    from minillm.nn import resize_token_embeddings
+    from minillm.posttrain.sft import sft_loss
 
     model, batch = policy_and_batch
     model.to(gpu_device)

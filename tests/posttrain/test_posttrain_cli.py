@@ -7,6 +7,7 @@ import os
 import pytest
 
 from minillm.cli import build_parser, main
+from minillm.commandline import load_config
 from minillm.train.checkpoint import load_model
 
 from tests.posttrain.test_sft import make_pretrained
@@ -15,17 +16,21 @@ SMALL = ["--max-steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--eval
          "--n-dpo", "16", "--max-new-tokens", "3", "--log-interval", "1", "--no-progress"]
 
 
-def test_the_subcommands_are_registered_with_their_options():
+def test_the_subcommands_are_registered_with_their_options(capsys):
     parser = build_parser()
-    args = parser.parse_args(["sft", "--checkpoint", "c.safetensors", "--lora-rank", "4", "--lr", "3e-4"])
-    assert args.handler.__name__ == "run_sft_command" and args.lora_rank == 4 and args.lr == 3e-4
-    assert args.data == "" and args.device == "cpu" and args.progress is True
-    args = parser.parse_args(["dpo", "--checkpoint", "m.safetensors", "--beta", "0.2", "--nll-alpha", "0",
-                              "--resume", "r.safetensors", "--device", "cuda"])
-    assert args.handler.__name__ == "run_dpo_command" and args.beta == 0.2 and args.nll_alpha == 0.0
-    assert args.resume == "r.safetensors" and args.device == "cuda"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["sft"])                  # --checkpoint is required
+    args, rest = parser.parse_known_args(["sft", "--checkpoint", "c.safetensors", "--lora-rank", "4", "--lr", "3e-4"])
+    cfg = load_config(args.config_class, rest)
+    assert args.handler.__name__ == "run_sft_command" and cfg.sft.lora_rank == 4 and cfg.optim.lr == 3e-4
+    assert cfg.sft.data == "" and cfg.loop.device == "cpu" and cfg.loop.progress is True
+    args, rest = parser.parse_known_args(["dpo", "--checkpoint", "m.safetensors", "--beta", "0.2", "--nll-alpha", "0",
+                                          "--resume", "r.safetensors", "--device", "cuda"])
+    cfg = load_config(args.config_class, rest)
+    assert args.handler.__name__ == "run_dpo_command" and cfg.dpo.beta == 0.2 and cfg.dpo.nll_alpha == 0.0
+    assert cfg.loop.resume == "r.safetensors" and cfg.loop.device == "cuda"
+    assert main(["sft"]) == 2                                    # --checkpoint is required
+    assert "--checkpoint is required" in capsys.readouterr().err
+    assert main(["sft", "--help"]) == 0
+    assert "[sft]" in capsys.readouterr().out
 
 
 def test_sft_then_dpo_from_the_command_line(tmp_path, capsys):

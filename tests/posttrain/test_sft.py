@@ -14,7 +14,9 @@ from minillm import functional as F
 from minillm.nn import GPT, GPTConfig, Module
 from minillm.posttrain import CHAT_SPECIAL_TOKENS, ChatTemplate, ensure_chat_tokens
 from minillm.posttrain.evaluate import evaluate_tasks, generate_replies, reply_budgets
-from minillm.posttrain.sft import SFTConfig, resize_token_embeddings, run_sft, sft_loss
+from minillm.nn import resize_token_embeddings
+from minillm.posttrain.sft import run_sft, sft_loss
+from minillm.posttrain.stage import SFTConfig
 from minillm.posttrain.tasks import Task
 from minillm.tokenizer import BPETokenizer
 from minillm.train.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -200,7 +202,7 @@ def small_sft_config(tmp_path, checkpoint, **overrides) -> SFTConfig:
                   batch_size=4, eval_interval=4, log_interval=1, eval_per_task=1, n_sft=64, n_dpo=16,
                   max_new_tokens=4, progress=False)
     values.update(overrides)
-    return SFTConfig(**values)
+    return SFTConfig.create(values)
 
 
 @pytest.fixture(scope="module")
@@ -219,15 +221,15 @@ def test_sft_run_writes_a_loadable_model_with_the_chat_vocabulary(sft_run):
     assert set(CHAT_SPECIAL_TOKENS) <= set(tokenizer.special_tokens)
     assert checkpoint.extra["stage"] == "sft" and checkpoint.extra["base_vocab_size"] == 260
     for name in ("last.safetensors", "metrics.jsonl", "summary.json", "data/sft_train.jsonl", "data/eval.jsonl"):
-        assert os.path.exists(os.path.join(cfg.out_dir, name)), name
-    saved = json.load(open(os.path.join(cfg.out_dir, "summary.json"), encoding="utf-8"))
+        assert os.path.exists(os.path.join(cfg.loop.out_dir, name)), name
+    saved = json.load(open(os.path.join(cfg.loop.out_dir, "summary.json"), encoding="utf-8"))
     assert saved["steps"] == 4 and saved["before"]["end_rate"] == 0.0
     assert set(saved["after"]) >= {"overall", "end_rate", "mistake_rate"}
 
 
 def test_sft_trains_through_the_trainer_and_logs_losses(sft_run):
     cfg, _ = sft_run
-    records = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"), encoding="utf-8")]
+    records = [json.loads(line) for line in open(os.path.join(cfg.loop.out_dir, "metrics.jsonl"), encoding="utf-8")]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
@@ -265,7 +267,7 @@ def test_sft_with_lora_trains_a_fraction_and_saves_adapters(tmp_path):
 
 def test_bad_options_name_the_option(tmp_path):
     checkpoint = make_pretrained(tmp_path / "pre.safetensors")
-    with pytest.raises(ValueError, match=r"sft: max_steps=0; expected an int >= 1"):
+    with pytest.raises(ValueError, match=r"loop.max_steps=0 is out of range; expected a value >= 1"):
         run_sft(small_sft_config(tmp_path, checkpoint, max_steps=0))
     with pytest.raises(FileNotFoundError, match=r"checkpoint .*nope.safetensors"):
         run_sft(small_sft_config(tmp_path, os.fspath(tmp_path / "nope.safetensors")))
@@ -282,5 +284,5 @@ def test_sft_runs_in_mixed_precision(tmp_path, precision):
     assert losses and all(math.isfinite(loss) for loss in losses)
     if precision == "fp16":
         assert all("loss_scale" in r for r in records if r["kind"] == "train")
-    with pytest.raises(ValueError, match="precision='fp8'"):
+    with pytest.raises(ValueError, match="loop.precision='fp8' is not valid"):
         run_sft(small_sft_config(tmp_path, checkpoint, precision="fp8"))

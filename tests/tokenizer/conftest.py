@@ -59,3 +59,6 @@ def reference_encode(text_bytes: bytes, ranks: dict[bytes, int]) -> list[int]:
             break
         parts[best_index:best_index + 2] = [parts[best_index] + parts[best_index + 1]]
     return [ranks[part] for part in parts]
+
+
+from tests.chat_fixtures import bpe_chat, char_chat  # noqa: E402,F401  (the chat tokenizers, shared with tests/posttrain)

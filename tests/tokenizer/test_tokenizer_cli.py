@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+from minillm.commandline import load_config
 from minillm.tokenizer.cli import main, register
 
 
@@ -31,9 +32,10 @@ def test_minillm_command_runs_tokenizer(tmp_path, capsys):
 def test_register_adds_tokenizer_command():
     parser = argparse.ArgumentParser(prog="minillm")
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tokenizer", "decode", "--tokenizer", "t.json", "1", "2"])
-    assert args.command == "tokenizer" and args.tokenizer_command == "decode" and args.ids == ["1", "2"]
-    assert callable(args.handler)
+    args, rest = parser.parse_known_args(["tokenizer", "decode", "--tokenizer", "t.json", "1", "2"])
+    assert args.command == "tokenizer" and args.tokenizer_command == "decode" and callable(args.handler)
+    cfg = load_config(args.config_class, rest)
+    assert cfg.decode.tokenizer == "t.json" and cfg.decode.ids == ["1", "2"]
 
 
 def test_train_encode_decode(tmp_path, corpus_dir, capsys):
@@ -87,15 +89,17 @@ def test_train_char_tokenizer(tmp_path, corpus_dir, capsys):
 @pytest.mark.parametrize("argv, words", [
     (["train", "--input", "/nonexistent/x.txt", "--output", "o.json"], "does not exist"),
     (["train", "--input", "{empty}", "--output", "o.json"], "directory without *.txt files"),
-    (["train", "--input", "{bad_utf8}", "--output", "o.json"], "is not UTF-8 text (invalid byte at offset 2)"),
+    (["train", "--input", "{bad_utf8}", "--output", "o.json"], "is not UTF-8 text (invalid byte at offset 2:"),
     (["train", "--input", "{good}", "--vocab-size", "10", "--output", "o.json"], "vocab_size=10 is too small"),
+    (["train", "--output", "o.json"], "--input is required"),
+    (["encode", "--tokenizer", "{tok}"], "give exactly one of --text and --input"),
     (["encode", "--tokenizer", "/nonexistent/t.json", "--text", "x"], "No such file"),
     (["encode", "--tokenizer", "{tok}", "--text", "a<|endoftext|>"], "special token '<|endoftext|>'"),
     (["encode", "--tokenizer", "{tok}", "--input", "{bad_utf8}"], "is not UTF-8 text"),
     (["decode", "--tokenizer", "{tok}", "12", "abc"], "ids[1]='abc' is not an integer token id"),
     (["decode", "--tokenizer", "{tok}", "99999"], "ids[0]=99999 is out of range"),
 ])
-def test_errors_print_message_and_return_1(tmp_path, capsys, argv, words):
+def test_errors_print_message_and_return_2(tmp_path, capsys, argv, words):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.txt").write_bytes(b"ab\xffcd")
     (tmp_path / "good.txt").write_text("hello world", encoding="utf-8")
@@ -103,6 +107,6 @@ def test_errors_print_message_and_return_1(tmp_path, capsys, argv, words):
     paths = {"empty": tmp_path / "empty", "bad_utf8": tmp_path / "bad.txt", "good": tmp_path / "good.txt",
              "tok": tmp_path / "t.json"}
     argv = [arg.format(**paths) for arg in argv]
-    assert main(["tokenizer"] + argv) == 1
+    assert main(["tokenizer"] + argv) == 2                       # bad input: exit 2, as every command
     err = capsys.readouterr().err
     assert f"minillm tokenizer {argv[0]}: error: " in err and words in err

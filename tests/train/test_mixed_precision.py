@@ -10,8 +10,8 @@ import minillm as mm
 from minillm.amp import GradScaler
 from minillm.data import RandomWindowLoader
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, decay_groups
-from minillm.train import LoopSettings, Trainer, evaluate_language_model
+from minillm.optim import AdamW, CosineSchedule, decay_groups
+from minillm.train import LoopSection, Trainer, evaluate_language_model
 from minillm.train.pretrain import language_model_loss
 
 TOKENS = np.random.default_rng(0).integers(0, 50, size=3000).astype(np.uint16)
@@ -22,9 +22,9 @@ def make_trainer(out_dir, precision, max_steps=6, scaler=None, seed=0):
     model = GPT(GPTConfig.gpt2(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
     optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3)
     loader = RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=seed)
-    settings = LoopSettings(max_steps=max_steps, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=max_steps,
-                            log_interval=1, progress=False, out_dir=str(out_dir), precision=precision)
-    return Trainer(model, optimizer, settings, language_model_loss, loader,
+    loop = LoopSection(max_steps=max_steps, eval_interval=max_steps, log_interval=1, progress=False,
+                       out_dir=str(out_dir), precision=precision)
+    return Trainer(model, optimizer, CosineSchedule(3e-3, 3e-4, 2, max_steps), loop, language_model_loss, loader,
                    evaluate=lambda m: evaluate_language_model(m, TOKENS[:300], 16, 8, num_bytes=300),
                    tokens_per_batch=64, grad_scaler=scaler)
 
@@ -113,8 +113,8 @@ def test_mixed_precision_training_tracks_fp32(tmp_path, precision):
 
 
 def test_precision_is_validated():
-    with pytest.raises(ValueError, match=r"precision='fp64'; expected one of"):
-        LoopSettings(max_steps=1, lr=1e-3, precision="fp64")
+    with pytest.raises(ValueError, match=r"loop.precision='fp64' is not valid; expected one of"):
+        LoopSection(max_steps=1, precision="fp64")
 
 
 @pytest.mark.slow
@@ -127,8 +127,8 @@ def test_main_job_in_fp16_and_bf16_ends_within_2_percent_of_fp32(tmp_path):
 
     losses = {}
     for precision in ("fp32", "fp16", "bf16"):
-        cfg = TrainConfig(max_steps=300, eval_interval=300, sample_tokens=0, progress=False, precision=precision,
-                          out_dir=str(tmp_path / precision))
+        cfg = TrainConfig.create({"max_steps": 300, "eval_interval": 300, "sample_tokens": 0, "progress": False,
+                                  "precision": precision, "out_dir": str(tmp_path / precision)})
         losses[precision] = run_pretraining(cfg, log=lambda *a: None)["final"]["val_loss"]
     for precision in ("fp16", "bf16"):
         assert abs(losses[precision] - losses["fp32"]) <= 0.02 * losses["fp32"], losses

@@ -11,8 +11,8 @@ import pytest
 import minillm as mm
 from minillm.data import RandomWindowLoader
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, decay_groups
-from minillm.train import LoopSettings, NonFiniteLossError, Trainer, evaluate_language_model, load_checkpoint
+from minillm.optim import AdamW, CosineSchedule, decay_groups
+from minillm.train import LoopSection, NonFiniteLossError, Trainer, evaluate_language_model, load_checkpoint
 from minillm.train.pretrain import language_model_loss
 
 TOKENS = np.random.default_rng(0).integers(0, 50, size=3000).astype(np.uint16)
@@ -24,13 +24,14 @@ def make_trainer(out_dir, max_steps=20, seed=0, dropout=0.1, lr=3e-3, on_nonfini
     model = GPT(config)
     optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=lr)
     loader = RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=seed)
-    settings = LoopSettings(max_steps=max_steps, lr=lr, min_lr=lr / 10, warmup_steps=3, eval_interval=10,
-                            log_interval=1, on_nonfinite=on_nonfinite, progress=False, out_dir=str(out_dir))
+    loop = LoopSection(max_steps=max_steps, eval_interval=10, log_interval=1, on_nonfinite=on_nonfinite,
+                       progress=False, out_dir=str(out_dir))
+    schedule = CosineSchedule(lr, lr / 10, warmup_steps=3, total_steps=max_steps)
 
     def evaluate(m):
         return evaluate_language_model(m, TOKENS[:400], 16, 8, num_bytes=400)
 
-    return Trainer(model, optimizer, settings, language_model_loss, loader, evaluate=evaluate,
+    return Trainer(model, optimizer, schedule, loop, language_model_loss, loader, evaluate=evaluate,
                    tokens_per_batch=64)
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minillm.posttrain import CHAT_SPECIAL_TOKENS, ChatTemplate, check_conversation, ensure_chat_tokens
+from minillm.tokenizer.chat import CHAT_SPECIAL_TOKENS, ChatTemplate, check_conversation, ensure_chat_tokens
 from minillm.tokenizer import BPETokenizer, CharTokenizer
 
 U, A, E, S = 7, 8, 9, 10   # the chat marker ids of the char_chat fixture
