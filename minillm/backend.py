@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+DEVICES = ("cpu", "cuda")    # the device names: the host, and the GPU (CuPy or the strict emulation)
 _cupy: Any = None            # the cupy module once imported; False when import failed
 _strict_device = False       # serve "cuda" with the strict emulation instead of CuPy
 # Fused CUDA kernels (minillm/ops/_cuda.py and the kernels beside each op) run for CuPy arrays
@@ -140,7 +141,7 @@ def device_of(array) -> str:
 
 def check_device(device: str) -> str:
     """Validate a device name and make sure it can be used now."""
-    if device not in ("cpu", "cuda"):
+    if device not in DEVICES:
         raise ValueError(f"device={device!r} is not a known device; expected 'cpu' or 'cuda'")
     if device == "cuda" and not _strict_device and cupy_module() is None:
         raise RuntimeError("device='cuda' needs CuPy and an NVIDIA GPU: pip install -e '.[cuda12]' "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm import commandline
+from minillm.backend import DEVICES
 from minillm.commandline import unescape
 from minillm.config import Config, Section, option
 from minillm.tokenizer.special import END_OF_TEXT
@@ -37,7 +38,7 @@ class GenerationSection(Section):
     seed: int | None = option(None, "seed for reproducible sampling", minimum=0)
     stop: list[str] = option([], r"stop at this text (repeatable; the escapes \n \t \\ work)", metavar="TEXT")
     stop_id: list[int] = option([], "stop at this token id (repeatable)", metavar="ID")
-    device: str = option("cpu", "where to run the model", choices=("cpu", "cuda"))
+    device: str = option("cpu", "where to run the model", choices=DEVICES)
     cache: bool = option(True, "decode with the key/value cache (--no-cache recomputes every step: slow)")
 
 

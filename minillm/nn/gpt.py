@@ -29,7 +29,7 @@ from minillm.nn.positions import (
 )
 from minillm.tensor import Tensor
 
-_CHOICES = {
+CHOICES = {        # the allowed values of GPTConfig's string fields (the [model] config section uses them too)
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "sinusoidal", "rope"),
     "mlp": ("gelu", "swiglu"),
@@ -100,7 +100,7 @@ class GPTConfig:
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
                                       or value <= 0):
                 raise ValueError(f"GPTConfig: {name}={value!r}; expected a positive int or None")
-        for name, choices in _CHOICES.items():
+        for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected one of {choices}")
         for name in ("bias", "tie_weights"):

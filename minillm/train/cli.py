@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from minillm import commandline
 from minillm.amp import PRECISIONS
+from minillm.backend import DEVICES
 from minillm.config import Config, Section, option
 from minillm.train.config import TrainConfig
 
@@ -18,7 +19,7 @@ class EvalSection(Section):
 
     checkpoint: str = option("", "a checkpoint (.safetensors) written by training", required=True)
     input: str = option("", "a text file or folder; empty = the embedded corpus's validation part")
-    device: str = option("cpu", "where to run", choices=("cpu", "cuda"))
+    device: str = option("cpu", "where to run", choices=DEVICES)
     precision: str = option("fp32", "run the model under minillm.amp.autocast (mixed precision)", choices=PRECISIONS)
     batch_size: int = option(16, "windows per batch", minimum=1)
     stride: int | None = option(None, "window stride; none = the block size (smaller gives more context)", minimum=1)
@@ -58,7 +59,12 @@ def run_eval(cfg: EvalConfig) -> int:
     import numpy as np  # noqa: PLC0415
 
     from minillm.amp import autocast  # noqa: PLC0415
-    from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val  # noqa: PLC0415
+    from minillm.data import (  # noqa: PLC0415
+        clean_documents,
+        default_corpus_path,
+        read_corpus,
+        split_train_val,
+    )
     from minillm.train.checkpoint import load_model  # noqa: PLC0415
     from minillm.train.evaluate import evaluate_language_model  # noqa: PLC0415
 

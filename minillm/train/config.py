@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm.amp import PRECISIONS
+from minillm.backend import DEVICES
 from minillm.config import Config, Section, option
+from minillm.nn.gpt import CHOICES as MODEL_CHOICES
 from minillm.nn.gpt import GPTConfig
 
 
@@ -42,17 +44,17 @@ class ModelSection(Section):
     dropout: float | None = option(None, "dropout probability (embeddings, attention, residual branches)",
                                    minimum=0.0, below=1.0)
     bias: bool | None = option(None, "biases in every Linear and LayerNorm")
-    norm: str | None = option(None, "normalisation", choices=("layernorm", "rmsnorm"))
+    norm: str | None = option(None, "normalisation", choices=MODEL_CHOICES["norm"])
     norm_eps: float | None = option(None, "the epsilon inside the norms' square root", above=0.0)
-    pos: str | None = option(None, "position encoding", choices=("learned", "sinusoidal", "rope"))
+    pos: str | None = option(None, "position encoding", choices=MODEL_CHOICES["pos"])
     rope_theta: float | None = option(None, "RoPE base theta", above=1.0)
-    mlp: str | None = option(None, "feed-forward", choices=("gelu", "swiglu"))
+    mlp: str | None = option(None, "feed-forward", choices=MODEL_CHOICES["mlp"])
     mlp_hidden: int | None = option(None, "feed-forward hidden width; none = 4C (gelu) or the Llama rule (swiglu)",
                                     minimum=1)
     mlp_multiple_of: int | None = option(None, "SwiGLU hidden width rounds up to a multiple of this", minimum=1)
-    gelu_approximate: str | None = option(None, "GELU form", choices=("tanh", "none"))
+    gelu_approximate: str | None = option(None, "GELU form", choices=MODEL_CHOICES["gelu_approximate"])
     norm_position: str | None = option(None, "pre-norm (GPT-2, Llama) or post-norm (the original transformer)",
-                                       choices=("pre", "post"))
+                                       choices=MODEL_CHOICES["norm_position"])
     tie_weights: bool | None = option(None, "share the token embedding with the output head")
     init_std: float | None = option(None, "standard deviation of the normal initialisation", above=0.0)
 
@@ -134,7 +136,7 @@ class LoopSection(Section):
     batch_size: int = option(32, "sequences (or conversations, pairs) per micro-batch", minimum=1)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step", minimum=1)
     seed: int = option(1337, "seed for initialisation, dropout and batch sampling", minimum=0)
-    device: str = option("cpu", "where to train", choices=("cpu", "cuda"))
+    device: str = option("cpu", "where to train", choices=DEVICES)
     precision: str = option("fp32", "compute precision: fp32, or mixed fp16 (dynamic loss scaling) / bf16 "
                             "(see minillm/amp.py)", choices=PRECISIONS)
     out_dir: str = option("runs/shakespeare", "folder for checkpoints, metrics and plots")
