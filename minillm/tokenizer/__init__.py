@@ -2,7 +2,7 @@
 
 Modules, one concept each:
     patterns   the regex split patterns (pre-tokenization) and safe cut points
-    training   BPE training (chunk counts, incremental pair counts, heap)
+    training   BPE training (chunk counts, incremental pair counts, heap) and its naive twin
     merge      applying merges to a chunk; recovering merges from tiktoken ranks
     special    special tokens in text and the ``allowed_special`` policy
     base       what both tokenizers share (special-token bookkeeping, batches, display, files)
@@ -22,6 +22,7 @@ from .display import format_compression_report
 from .formats import bytes_to_unicode, read_tokenizer_json
 from .patterns import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN
 from .special import END_OF_TEXT
+from .training import train_bpe_naive
 
 __all__ = [
     "END_OF_TEXT",
@@ -33,6 +34,7 @@ __all__ = [
     "format_compression_report",
     "load_tokenizer",
     "tokenizer_from_dict",
+    "train_bpe_naive",
 ]
 
 

@@ -1,10 +1,15 @@
-"""gradcheck must fail on deliberately broken ops, with a message that locates the error."""
+"""gradcheck must fail on deliberately broken ops, with a message that locates the error; each
+of its named checks catches the breakage it is named for, and the checks before it do not."""
 import numpy as np
 import pytest
 
 import minillm as mm
 from minillm.autograd import Function
-from minillm.backend import get_array_module
+from minillm.backend import get_array_module, to_numpy
+from minillm.debug import (
+    check_against_finite_differences, check_no_input_mutation, check_repeatable, check_shapes_and_dtypes,
+    forward_backward, prepare_case,
+)
 
 
 class GoodExp(Function):
@@ -46,6 +51,24 @@ class NotRepeatable(GoodExp):
         return gy * self.y * (1 + NotRepeatable.calls)
 
 
+class LosesPrecision(GoodExp):
+    """Computes in float32 for float64 inputs; backward hands float64 back, so the engine's
+    per-op gradient check passes and only the output's dtype shows the lost digits."""
+
+    def forward(self, x):
+        self.y = get_array_module(x).exp(x.astype(np.float32))
+        return self.y
+
+    def backward(self, gy):
+        return (gy * self.y).astype(np.float64)
+
+
+def exp_with_hook(replace):
+    """exp whose input carries a tensor hook that swaps its gradient for ``replace(gradient)``:
+    hooks run after the engine's shape/dtype check, so only gradcheck can see the result."""
+    return lambda x: GoodExp().apply(x.register_hook(lambda g: replace(g.data)))
+
+
 class SoftmaxMissingTerm(Function):
     """softmax whose backward forgets to multiply by y: gy - Σ(gy·y). With an all-ones upstream
     gradient it returns 1 - Σy = 0, the right answer (rows sum to one); a random one exposes it."""
@@ -69,6 +92,7 @@ def test_a_correct_op_passes():
 
 
 @pytest.mark.parametrize("broken, message", [
+    (LosesPrecision, "output dtype is float32"),
     (ZeroBackward, "gradient of input 0"),
     (IgnoresUpstream, "gradient of input 0"),
     (FlippedSign, "gradient of input 0"),
@@ -106,3 +130,53 @@ def test_the_missing_term_bug_hides_under_an_all_ones_upstream_gradient():
     np.testing.assert_allclose(leaf.grad, 0.0, atol=1e-12)   # looks right ...
     with pytest.raises(mm.GradcheckError):                  # ... but is not
         mm.gradcheck(lambda t: SoftmaxMissingTerm().apply(t), [x])
+
+
+def test_gradient_shape_and_dtype_are_checked_on_the_leaf():
+    with pytest.raises(mm.GradcheckError, match=r"gradient of input 0 has shape \(4,\) and dtype float64; "
+                                                r"expected \(3, 4\) and float64"):
+        mm.gradcheck(exp_with_hook(lambda g: g.sum(axis=0)), [_x()])
+    with pytest.raises(mm.GradcheckError, match=r"shape \(3, 4\) and dtype float32; expected \(3, 4\) and float64"):
+        mm.gradcheck(exp_with_hook(lambda g: g.astype(np.float32)), [_x()])
+
+
+# The named checks in gradcheck's order, each called the way gradcheck calls it.
+NAMED_CHECKS = [
+    ("shapes and dtypes", lambda case, run, analytic: check_shapes_and_dtypes(case, run)),
+    ("no input mutation", lambda case, run, analytic: check_no_input_mutation(case, run)),
+    ("repeatable", lambda case, run, analytic: check_repeatable(case, run, analytic)),
+    ("finite differences", lambda case, run, analytic: check_against_finite_differences(case, run.upstream, analytic)),
+]
+
+
+@pytest.mark.parametrize("fn, catching_check, message", [
+    (lambda x: LosesPrecision().apply(x), "shapes and dtypes", "output dtype is float32"),
+    (exp_with_hook(lambda g: g.sum(axis=0)), "shapes and dtypes", "gradient of input 0 has shape"),
+    (lambda x: MutatesInput().apply(x), "no input mutation", "input 0 was modified in place"),
+    (lambda x: NotRepeatable().apply(x), "repeatable", "backward is not repeatable for input 0"),
+    (lambda x: FlippedSign().apply(x), "finite differences", "gradient of input 0 .* is wrong at index"),
+    (lambda x: IgnoresUpstream().apply(x), "finite differences", "gradient of input 0 .* is wrong at index"),
+], ids=["float32-output", "hook-shape", "mutates", "not-repeatable", "flipped-sign", "ignores-upstream"])
+def test_each_named_check_catches_its_broken_op_and_the_earlier_ones_pass_it(fn, catching_check, message):
+    case = prepare_case(fn, [_x()])
+    run = forward_backward(case, seed=0)
+    analytic = None
+    for name, check in NAMED_CHECKS:
+        if name == catching_check:
+            with pytest.raises(mm.GradcheckError, match=message):
+                check(case, run, analytic)
+            return
+        result = check(case, run, analytic)    # an earlier check: must not object
+        if name == "shapes and dtypes":
+            analytic = result
+    raise AssertionError(f"no named check is called {catching_check!r}")
+
+
+def test_a_correct_op_passes_every_named_check_and_gets_host_gradients():
+    case = prepare_case(lambda x: GoodExp().apply(x), [_x()])
+    run = forward_backward(case, seed=0)
+    analytic = check_shapes_and_dtypes(case, run)
+    np.testing.assert_allclose(analytic[0], np.exp(_x().numpy()) * to_numpy(run.upstream))
+    check_no_input_mutation(case, run)
+    check_repeatable(case, run, analytic)
+    check_against_finite_differences(case, run.upstream, analytic)

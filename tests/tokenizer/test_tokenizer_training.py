@@ -1,46 +1,15 @@
-"""BPE training: the classic example, the tie-break rule, equality with a naive trainer,
+"""BPE training: the classic example, the tie-break rule, equality with the naive trainer
+(minillm.tokenizer.train_bpe_naive) on corpora, split patterns and special tokens,
 determinism, special tokens, argument checks."""
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 
 import pytest
 import regex
 from hypothesis import given, settings, strategies as st
 
-from minillm.tokenizer import BPETokenizer
-from minillm.tokenizer.patterns import GPT4_SPLIT_PATTERN
-
-
-def naive_train(texts: list[str], num_merges: int, pattern: str | None) -> list[tuple[int, int]]:
-    """Textbook BPE: recount every pair of every chunk occurrence before each merge; take the
-    highest count, ties to the smallest (left id, right id); merge it everywhere."""
-    chunks = []
-    for text in texts:
-        chunks += regex.findall(pattern, text) if pattern is not None else [text]
-    words = [list(chunk.encode("utf-8")) for chunk in chunks]
-    merges = []
-    for k in range(num_merges):
-        counts = Counter(pair for word in words for pair in zip(word, word[1:]))
-        if not counts:
-            break
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        new_id = 256 + k
-        merged_words = []
-        for word in words:
-            out, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    out.append(new_id)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            merged_words.append(out)
-        words = merged_words
-        merges.append(best)
-    return merges
+from minillm.tokenizer import BPETokenizer, train_bpe_naive
 
 
 def test_classic_example_learns_documented_merges():
@@ -48,6 +17,7 @@ def test_classic_example_learns_documented_merges():
     # wins -> 257; then (aa, ab) -> 258, i.e. Z=aa, Y=ab, X=ZY as in the textbook example.
     tok = BPETokenizer.train("aaabdaaabac", vocab_size=259, pattern=None)
     assert tok.merges == [(97, 97), (97, 98), (256, 257)]
+    assert train_bpe_naive("aaabdaaabac", 3, pattern=None) == tok.merges
     assert tok.vocab[258] == b"aaab"
     assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
 
@@ -71,29 +41,50 @@ def test_overlapping_pairs_merge_left_to_right():
     assert tok.encode("aaaaaa") == [257, 256]
 
 
-def test_training_equals_naive_trainer_on_corpus(corpus):
+def test_naive_trainer_follows_the_tie_break_and_merges_left_to_right():
+    assert train_bpe_naive(["ba", "dc", "ab"], 3, pattern=None) == [(97, 98), (98, 97), (100, 99)]
+    # aaaaaa -> [aa, aa, aa] -> [aaaa, aa] -> [aaaaaa]: one token, so 3 of the 5 merges asked for.
+    assert train_bpe_naive("aaaaaa", 5, pattern=None) == [(97, 97), (256, 256), (257, 256)]
+    assert train_bpe_naive("<s>ab<s>", 5, pattern=None, special_tokens=["<s>"]) == [(97, 98)]
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_training_equals_naive_trainer_on_corpus(corpus, pattern):
     texts = [corpus[:4000], corpus[4000:6000]]
-    tok = BPETokenizer.train(texts, vocab_size=256 + 150, pattern="gpt4")
-    assert tok.merges == naive_train(texts, 150, GPT4_SPLIT_PATTERN)
+    tok = BPETokenizer.train(texts, vocab_size=256 + 150, pattern=pattern)
+    assert tok.merges == train_bpe_naive(texts, 150, pattern)
+
+
+def test_training_equals_naive_trainer_with_special_tokens(corpus):
+    # Special token strings between and inside chunks, "<|end" a prefix of "<|endoftext|>"
+    # (the longer one must win), a custom pattern: the strings are cut out by both trainers.
+    specials = ["<|endoftext|>", "<|end", "<|user|>"]
+    texts = ["<|endoftext|>".join([corpus[:1500], corpus[1500:2500]]),
+             "<|user|>" + corpus[2500:3500] + "<|end|" + "wor<|endoftext|>ds " * 40 + "<|end"]
+    for pattern in ["gpt2", "gpt4", r"\s+|\w+|[^\s\w]+"]:
+        tok = BPETokenizer.train(texts, vocab_size=256 + 100 + len(specials), pattern=pattern,
+                                 special_tokens=specials)
+        assert tok.merges == train_bpe_naive(texts, 100, pattern, special_tokens=specials), pattern
 
 
 def test_raw_byte_training_on_one_long_text_equals_naive_trainer(corpus):
     # pattern=None: the whole text is one word with many occurrences of each pair.
     text = corpus[10_000:14_000]
     tok = BPETokenizer.train(text, vocab_size=256 + 120, pattern=None)
-    assert tok.merges == naive_train([text], 120, None)
+    assert tok.merges == train_bpe_naive([text], 120, None)
 
 
 @settings(max_examples=60, deadline=None)
 @given(texts=st.lists(st.text(alphabet="abc ab\n", max_size=40), min_size=1, max_size=6).filter(
-    lambda texts: any(texts)), num_merges=st.integers(0, 25), split=st.booleans())
-def test_training_equals_naive_trainer_on_random_texts(texts, num_merges, split):
+    lambda texts: any(texts)), num_merges=st.integers(0, 25), pattern=st.sampled_from([None, "gpt2", "gpt4"]),
+    specials=st.sampled_from([[], ["ba"], ["c", "b a"]]))
+def test_training_equals_naive_trainer_on_random_texts(texts, num_merges, pattern, specials):
     # A tiny alphabet gives many equal counts: the tie-break rule is exercised all the time.
-    pattern = GPT4_SPLIT_PATTERN if split else None
-    expected = naive_train(texts, num_merges, pattern)
+    expected = train_bpe_naive(texts, num_merges, pattern, special_tokens=specials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # running out of pairs early is fine here
-        tok = BPETokenizer.train(texts, vocab_size=256 + num_merges, pattern="gpt4" if split else None)
+        tok = BPETokenizer.train(texts, vocab_size=256 + num_merges + len(specials), pattern=pattern,
+                                 special_tokens=specials)
     assert tok.merges == expected
 
 
