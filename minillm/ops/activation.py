@@ -21,7 +21,8 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, erf, fusable, get_array_module
+from minillm.amp.formats import cast
+from minillm.backend import erf, fusable, get_array_module
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd

@@ -38,8 +38,9 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
+from minillm.amp.formats import cast
 from minillm.backend import (
-    cast, cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
+    cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
 )
 from minillm.ops import _cuda
 from minillm.ops import activation as act

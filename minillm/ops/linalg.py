@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, get_array_module
+from minillm.amp.formats import cast
+from minillm.backend import get_array_module
 from minillm.ops._util import binary_operands, sum_to
 from minillm.tensor import Tensor
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, get_array_module
+from minillm.amp.formats import cast
+from minillm.backend import get_array_module
 from minillm.ops import elementwise as ew
 from minillm.ops import linalg
 from minillm.ops import shape as sh

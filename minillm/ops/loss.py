@@ -26,7 +26,8 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, cupy_module, device_of, fusable, get_array_module, to_device
+from minillm.amp.formats import cast
+from minillm.backend import cupy_module, device_of, fusable, get_array_module, to_device
 from minillm.ops import _cuda
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew

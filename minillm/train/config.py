@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = _f(1337, "train", "seed for initialisation, dropout and batch sampling")
     device: str = _f("cpu", "train", "where to train", ("cpu", "cuda"))
     precision: str = _f("fp32", "train", "compute precision: fp32, or mixed fp16 (with dynamic loss scaling) / "
-                        "bf16 (emulated); see minillm/amp.py", ("fp32", "fp16", "bf16"))
+                        "bf16 (emulated); see minillm/amp/", ("fp32", "fp16", "bf16"))
     out_dir: str = _f("runs/shakespeare", "train", "folder for checkpoints, metrics and plots")
     eval_interval: int = _f(100, "train", "evaluate every this many steps (and at the end)")
     eval_batches: int = _f(0, "train", "validation batches per evaluation; 0 = the whole validation set")
