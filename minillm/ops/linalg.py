@@ -1,12 +1,12 @@
 """Linear algebra: batched matrix multiplication with broadcasting over batch axes (in a
-low-precision format under ``amp.autocast``: :class:`MatMulLowPrecision`)."""
+low-precision format under ``amp.autocast``: :class:`minillm.ops.lowp.matmul.MatMulLowPrecision`)."""
 from __future__ import annotations
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.amp.formats import cast
 from minillm.backend import get_array_module
 from minillm.ops._util import binary_operands, sum_to
+from minillm.ops.lowp.matmul import MatMulLowPrecision
 from minillm.tensor import Tensor
 
 
@@ -32,33 +32,6 @@ class MatMul(Function):
                 gb = a.reshape(-1, k).T @ gy.reshape(-1, m)             # (K, M)
             else:
                 gb = sum_to(xp.swapaxes(a, -1, -2) @ gy, b.shape)
-        return ga, gb
-
-
-class MatMulLowPrecision(Function):
-    """y = a @ b in a low-precision format (``amp.autocast``): a and b enter the product as the
-    format's values, sums in float32, y rounded to the format (its storage dtype). Gradients are
-    rounded products too, returned in each input's dtype.
-    Shapes: as :class:`MatMul`.  Saves: a and b."""
-
-    def __init__(self, fmt):
-        self.fmt = fmt
-
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return self.fmt.to_storage(self.fmt.matmul(a, b))
-
-    def backward(self, gy):
-        # dL/da = gy @ b^T,  dL/db = a^T @ gy   (summed over broadcast batch axes)
-        xp = get_array_module(gy)
-        fmt, a, b = self.fmt, self.a, self.b
-        ga = gb = None
-        if self.needs_input_grad[0]:
-            ga = sum_to(fmt.matmul(gy, xp.swapaxes(b, -1, -2)), a.shape)   # broadcast sums before rounding
-            ga = cast(fmt.to_storage(ga), a.dtype)
-        if self.needs_input_grad[1]:
-            gb = sum_to(fmt.matmul(xp.swapaxes(a, -1, -2), gy), b.shape)
-            gb = cast(fmt.to_storage(gb), b.dtype)
         return ga, gb
 
 
