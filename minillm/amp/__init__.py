@@ -1,4 +1,5 @@
-"""Mixed precision: the precision policy (``autocast``) and the dynamic loss scaler (``GradScaler``).
+"""Mixed precision: the precision policy (``autocast``, the table and :func:`dispatch`), the formats
+(:mod:`minillm.amp.formats`) and the dynamic loss scaler (``GradScaler``, :mod:`minillm.amp.scaler`).
 
     from minillm import amp
     scaler = amp.GradScaler()                       # fp16 only; bf16 needs none
@@ -14,21 +15,34 @@
 
 The policy (what runs in which precision)
 -----------------------------------------
-Under ``autocast`` the ops fall into three groups, as in PyTorch's autocast:
+One table, :data:`POLICY`, names how each op that cares runs, and one rule, :func:`dispatch`, turns
+an op's entry and its inputs into what its wrapper runs; no op checks a dtype or the active format
+itself. Three groups, as in PyTorch's autocast:
 
-- **low-precision ops** -- ``linear``, ``matmul``, ``scaled_dot_product_attention``: their inputs
-  enter the matrix products as values of the format (rounded to it), the products are summed in
-  float32, and the result is rounded to the format. Backward does the same (dL/dy and the saved
-  inputs enter the matmuls in the format). Weight gradients are rounded to the format like any
-  matmul result, then widened to float32 for the float32 master weight (the cast's backward), so
-  the engine's rule "a gradient has its input's dtype" holds everywhere.
-- **float32 ops** -- ``layer_norm``, ``rms_norm``, ``softmax``, ``log_softmax``, ``cross_entropy``:
-  means, variances, exponentials, sums and the loss are computed in float32 (the loss is float32).
-  One deviation from PyTorch, for memory: a norm *stores* its output in the format, because its
+- **low precision** (``LOW``) -- ``linear``, ``matmul``, ``scaled_dot_product_attention``: under
+  autocast the op's own low-precision algorithm runs (:mod:`minillm.ops.lowp`): its inputs enter
+  the matrix products as values of the format (rounded to it), the products are summed in float32,
+  and the result is rounded to the format. Backward does the same (dL/dy and the saved inputs
+  enter the matmuls in the format). Weight gradients are rounded to the format like any matmul
+  result, then widened to float32 for the float32 master weight (the cast's backward), so the
+  engine's rule "a gradient has its input's dtype" holds everywhere.
+- **float32** (``FLOAT32``, ``FLOAT32_STORED``) -- ``layer_norm``, ``rms_norm``, ``softmax``,
+  ``log_softmax``, ``cross_entropy``: under autocast, means, variances, exponentials, sums and the
+  loss are computed in float32 on float16 inputs widened (the loss is float32). One deviation from
+  PyTorch, for memory: a norm *stores* its output in the format (``FLOAT32_STORED``), because its
   consumers are matmuls that round it to the format anyway (pre-norm blocks, the final norm).
-- **everything else keeps its input dtype**: the residual stream stays float32 (float32 + float16
-  promotes to float32; the gradient is cast back to each input's dtype); GELU, SiLU, SwiGLU and
-  RoPE of float16 inputs compute in float32 and round once; dropout multiplies in the input dtype.
+- **input dtype** (``INPUT_DTYPE``, and every op not in the table) -- the op keeps its inputs'
+  dtype: the residual stream stays float32 (float32 + float16 promotes to float32; the gradient is
+  cast back to each input's dtype); dropout multiplies in the input dtype. ``gelu``, ``silu``,
+  ``swiglu`` and ``rope`` of float16 inputs (autocast or not) compute in float32 and round once to
+  float16.
+
+The float32 and input-dtype cases are one mechanism: the op's float32 Function runs inside the
+adapter :class:`minillm.ops.lowp.adapter.InFloat32` ("compute in float32, round once"), which
+widens float16 inputs, rounds the result once (to the format, to float16, or not at all for a
+float32 result) and returns each gradient in its input's dtype. The graph keeps the float16
+inputs, never float32 copies; a fused CUDA kernel reads the float16 arrays itself and writes the
+rounded result. So the float32 ops hold only the math.
 
 Parameters ("master weights"), their gradients and the optimizer state stay float32.
 
@@ -77,12 +91,14 @@ and needs no scaling.
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 from minillm.amp.formats import BF16, FP16, BFloat16Format, Float16Format, LowPrecisionFormat
 from minillm.amp.scaler import GradScaler
 
-__all__ = ["BF16", "FP16", "PRECISIONS", "BFloat16Format", "Float16Format", "GradScaler", "LowPrecisionFormat",
-           "active_format", "autocast", "check_precision", "format_for", "is_autocast_enabled"]
+__all__ = ["AS_IS", "BF16", "FLOAT32", "FLOAT32_STORED", "FP16", "INPUT_DTYPE", "IN_FLOAT32", "LOW", "POLICY",
+           "PRECISIONS", "BFloat16Format", "Dispatch", "Float16Format", "GradScaler", "LowPrecisionFormat",
+           "active_format", "autocast", "check_precision", "dispatch", "format_for", "is_autocast_enabled"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _FORMATS = {"fp16": FP16, "bf16": BF16}
@@ -127,3 +143,55 @@ def autocast(precision: str = "fp16", enabled: bool = True):
         yield fmt
     finally:
         _active = previous
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy table and the one dispatch rule
+# ---------------------------------------------------------------------------------------------
+LOW = "low precision"                  # under autocast: the op's low-precision algorithm (ops/lowp)
+FLOAT32 = "float32"                    # under autocast: float16 inputs widened, a float32 result
+FLOAT32_STORED = "float32, stored"     # under autocast: computed in float32, the result stored in the format
+INPUT_DTYPE = "input dtype"            # always: float16 inputs computed in float32, rounded once to float16
+
+POLICY = {
+    "linear": LOW, "matmul": LOW, "scaled_dot_product_attention": LOW,
+    "layer_norm": FLOAT32_STORED, "rms_norm": FLOAT32_STORED,
+    "softmax": FLOAT32, "log_softmax": FLOAT32, "cross_entropy": FLOAT32,
+    "gelu": INPUT_DTYPE, "silu": INPUT_DTYPE, "swiglu": INPUT_DTYPE, "rope": INPUT_DTYPE,
+}                                      # every other op runs in its inputs' dtype and never asks
+
+AS_IS = "as is"                        # what dispatch() answers: the float32 op on the inputs as given,
+IN_FLOAT32 = "in float32"              # ... the float32 op inside InFloat32, or (LOW) the low-precision op
+
+
+class Dispatch(NamedTuple):
+    """How an op runs (:func:`dispatch`): ``kind`` AS_IS, LOW or IN_FLOAT32, and ``fmt``: the
+    format of the low-precision algorithm (LOW), or the format the float32 result is rounded to
+    (IN_FLOAT32; None: a float32 result, not rounded)."""
+
+    kind: str
+    fmt: LowPrecisionFormat | None = None
+
+
+_AS_IS = Dispatch(AS_IS)
+
+
+def dispatch(op: str, *inputs) -> Dispatch:
+    """How ``op`` (a key of :data:`POLICY`) runs now on ``inputs`` (arrays or Tensors; None is
+    skipped): the one dispatch rule, asked by each op's wrapper.
+
+    - LOW: under autocast ``(LOW, format)``, else as is;
+    - FLOAT32_STORED: under autocast ``(IN_FLOAT32, format)`` (the result stored in the format), else as is;
+    - FLOAT32: under autocast with a float16 input ``(IN_FLOAT32, None)`` (a float32 result), else as is;
+    - INPUT_DTYPE: with a float16 input ``(IN_FLOAT32, FP16)`` (rounded back to float16), else as is.
+    """
+    group = POLICY[op]
+    fmt = _active
+    if group == LOW:
+        return Dispatch(LOW, fmt) if fmt is not None else _AS_IS
+    if group == FLOAT32_STORED:
+        return Dispatch(IN_FLOAT32, fmt) if fmt is not None else _AS_IS
+    half = any(x is not None and x.dtype == FP16.storage_dtype for x in inputs)
+    if group == FLOAT32:
+        return Dispatch(IN_FLOAT32, None) if fmt is not None and half else _AS_IS
+    return Dispatch(IN_FLOAT32, FP16) if half else _AS_IS          # INPUT_DTYPE

@@ -220,6 +220,8 @@ class LowPrecisionFormat:
         storage_dtype: the dtype of activations flowing between ops (float16; float32 holding
             bfloat16 values for the emulated bf16).
         packed_dtype: the dtype of arrays an op keeps for backward (float16; uint16 bits for bf16).
+        round_bf16: whether a value stored in ``storage_dtype`` is rounded to bfloat16 first (what a
+            fused kernel writing the format does: float16 stores round by themselves).
 
     Methods (every array argument may be any floating dtype; results are new arrays or the input):
         to_storage(x): x rounded to the format, in ``storage_dtype``.
@@ -238,6 +240,7 @@ class LowPrecisionFormat:
     name: str
     storage_dtype: np.dtype
     packed_dtype: np.dtype
+    round_bf16: bool
 
     def __repr__(self) -> str:
         return f"LowPrecisionFormat({self.name!r})"
@@ -249,6 +252,7 @@ class Float16Format(LowPrecisionFormat):
     name = "fp16"
     storage_dtype = np.dtype(np.float16)
     packed_dtype = np.dtype(np.float16)
+    round_bf16 = False
 
     # cast is astype with fast host conversions (NumPy's float16 casts are slow)
     def to_storage(self, x):
@@ -294,6 +298,7 @@ class BFloat16Format(LowPrecisionFormat):
     name = "bf16"
     storage_dtype = np.dtype(np.float32)
     packed_dtype = np.dtype(np.uint16)
+    round_bf16 = True
 
     def to_storage(self, x):
         if x.dtype.char == "E":                # a real bfloat16 product: widening is exact

@@ -38,7 +38,6 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.amp.formats import cast
 from minillm.backend import (
     cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
 )
@@ -47,6 +46,7 @@ from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import linalg
 from minillm.ops import shape as sh
+from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
 _mask_cache: dict = {}       # (T, S, dtype, device) -> additive causal mask (T, S); a few entries
@@ -549,7 +549,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     Under ``amp.autocast``: :class:`minillm.ops.lowp.attention.ScaledDotProductAttentionLowPrecision`
     (q, k, v are cast to the format's storage dtype first, e.g. float32 keys of a KV cache).
     """
-    fmt = amp.active_format()
+    route = amp.dispatch("scaled_dot_product_attention", q)
+    fmt = route.fmt if route.kind == amp.LOW else None
     if fmt is not None:
         q, k, v = (ew.cast(x, fmt.storage_dtype) if isinstance(x, Tensor) else x for x in (q, k, v))
     _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention")
@@ -670,19 +671,6 @@ class Rope(Function):
         return gx
 
 
-class RopeHalf(Rope):
-    """:class:`Rope` of a float16 x with float32 tables (queries/keys under ``amp.autocast``):
-    rotated in float32 (NumPy has no fast float16 arithmetic) and rounded once to float16.
-    Saves: cos and sin."""
-
-    def forward(self, x):
-        return cast(super().forward(cast(x, np.float32)), np.float16)   # x's memory order kept
-
-    def backward(self, gy):
-        # the float32 op's backward, rounded to the input's float16
-        return cast(super().backward(cast(gy, np.float32)), np.float16)
-
-
 def _rope_rows(x: Tensor, cos, sin, position_offset: int, op: str):
     cos = cos.data if isinstance(cos, Tensor) else cos
     sin = sin.data if isinstance(sin, Tensor) else sin
@@ -711,9 +699,7 @@ def rope(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:
     """Apply rotary embeddings to x (..., T, D) at positions position_offset..+T-1, using rows
     of the tables from :func:`rope_tables` (see :class:`Rope`)."""
     c, s = _rope_rows(x, cos, sin, position_offset, "rope")
-    if x.dtype != c.dtype:
-        return RopeHalf(c, s).apply(x)                           # float16 x, float32 tables
-    return Rope(c, s).apply(x)
+    return adapt(Rope(c, s), amp.dispatch("rope", x)).apply(x)  # a float16 x: rotated in float32
 
 
 def rope_composed(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:

@@ -51,9 +51,9 @@ def matmul(a, b) -> Tensor:
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: a's last dim "
                          f"{a.shape[-1]} must equal b's second-to-last dim {b.shape[-2]}")
-    fmt = amp.active_format()
+    route = amp.dispatch("matmul", a, b)
     try:
-        return MatMul().apply(a, b) if fmt is None else MatMulLowPrecision(fmt).apply(a, b)
+        return (MatMulLowPrecision(route.fmt) if route.kind == amp.LOW else MatMul()).apply(a, b)
     except ValueError as error:
         raise ValueError(f"matmul: batch axes of shapes {a.shape} and {b.shape} do not broadcast: "
                          f"{error}") from None

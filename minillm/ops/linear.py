@@ -76,14 +76,10 @@ def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None, mixed: bool = 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x @ weight.T + bias (PyTorch's ``F.linear``); see :class:`Linear` (and
     :class:`LinearLowPrecision` under ``amp.autocast``)."""
-    fmt = amp.active_format()
-    _check_linear(x, weight, bias, mixed=fmt is not None)
-    if fmt is not None:
-        fn = LinearLowPrecision(fmt)
-        return fn.apply(x, weight) if bias is None else fn.apply(x, weight, bias)
-    if bias is None:
-        return Linear().apply(x, weight)
-    return Linear().apply(x, weight, bias)
+    route = amp.dispatch("linear", x)
+    _check_linear(x, weight, bias, mixed=route.kind == amp.LOW)
+    fn = LinearLowPrecision(route.fmt) if route.kind == amp.LOW else Linear()
+    return fn.apply(x, weight) if bias is None else fn.apply(x, weight, bias)
 
 
 def linear_composed(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -32,6 +32,27 @@ def test_autocast_nests_restores_and_validates():
             pass
 
 
+def test_one_dispatch_rule_answers_for_every_op_in_the_table():
+    x16, x32 = np.ones(3, np.float16), np.ones(3, np.float32)
+    assert set(amp.POLICY) <= set(F.__all__)                              # the wrappers' own names
+    expected = {   # (no autocast, fp16 autocast) for a float16 and a float32 input
+        amp.LOW: [amp.Dispatch(amp.AS_IS)] * 2 + [amp.Dispatch(amp.LOW, amp.FP16)] * 2,
+        amp.FLOAT32_STORED: [amp.Dispatch(amp.AS_IS)] * 2 + [amp.Dispatch(amp.IN_FLOAT32, amp.FP16)] * 2,
+        amp.FLOAT32: [amp.Dispatch(amp.AS_IS)] * 2 + [amp.Dispatch(amp.IN_FLOAT32, None), amp.Dispatch(amp.AS_IS)],
+        amp.INPUT_DTYPE: [amp.Dispatch(amp.IN_FLOAT32, amp.FP16), amp.Dispatch(amp.AS_IS)] * 2,
+    }
+    for op, group in amp.POLICY.items():
+        got = [amp.dispatch(op, x16), amp.dispatch(op, x32)]
+        with amp.autocast("fp16"):
+            got += [amp.dispatch(op, x16), amp.dispatch(op, x32)]
+        assert got == expected[group], op
+    with amp.autocast("bf16"):
+        assert amp.dispatch("layer_norm", x32) == amp.Dispatch(amp.IN_FLOAT32, amp.BF16)
+        assert amp.dispatch("linear", x32) == amp.Dispatch(amp.LOW, amp.BF16)
+        assert amp.dispatch("softmax", x32) == amp.dispatch("gelu", x32) == amp.Dispatch(amp.AS_IS)
+    assert amp.dispatch("swiglu", x32, x16).kind == amp.IN_FLOAT32 and amp.dispatch("gelu", None, x32).kind == amp.AS_IS
+
+
 def test_dtypes_under_the_fp16_policy(rng):
     x = mm.tensor(rng.standard_normal((2, 5, 8)).astype(np.float32), requires_grad=True)
     w = mm.tensor(rng.standard_normal((6, 8)).astype(np.float32), requires_grad=True)
