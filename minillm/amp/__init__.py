@@ -16,8 +16,8 @@
 The policy (what runs in which precision)
 -----------------------------------------
 One table, :data:`POLICY`, names how each op that cares runs, and one rule, :func:`dispatch`, turns
-an op's entry and its inputs into what its wrapper runs; no op checks a dtype or the active format
-itself. Three groups, as in PyTorch's autocast:
+an op's entry and its inputs into what its wrapper runs; no op looks at a dtype or at the active
+format to choose its precision. Three groups, as in PyTorch's autocast:
 
 - **low precision** (``LOW``) -- ``linear``, ``matmul``, ``scaled_dot_product_attention``: under
   autocast the op's own low-precision algorithm runs (:mod:`minillm.ops.lowp`): its inputs enter
@@ -54,8 +54,8 @@ fp16 and bf16
   needs loss scaling (below).
 - **bf16** (bfloat16: float32's 8 exponent bits, 7 mantissa bits) has no dtype in NumPy or CuPy.
   It is *emulated*: values are rounded to bfloat16 (round to nearest even on the float32 bit
-  pattern, :func:`minillm.amp.formats.round_to_bf16`, tested bit for bit) at exactly the points where
-  a bf16 run rounds, and kept in float32 arrays. The numerics are bf16's; the memory is not,
+  pattern, :func:`minillm.amp.formats.round_to_bf16`, tested bit for bit) at exactly the points
+  where a bf16 run rounds, and kept in float32 arrays. The numerics are bf16's; the memory is not,
   except where an op keeps an array of its own for backward (the attention weights), which it
   stores as raw bfloat16 bits (uint16). The graph itself must keep float32 arrays: the autograd
   engine adds gradients with ``+`` and checks gradient dtype = input dtype, which rules out

@@ -7,8 +7,6 @@ the reference twin built from ``matmul``, ``transpose`` and ``add``. Under ``amp
 """
 from __future__ import annotations
 
-import numpy as np
-
 from minillm import amp
 from minillm.autograd import Function
 from minillm.ops import elementwise as ew
