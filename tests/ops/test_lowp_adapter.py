@@ -146,3 +146,15 @@ def test_a_fused_kernel_gets_the_float16_arrays_themselves(rng, monkeypatch):
     assert y.dtype == g.dtype == np.float16 and y.grad_fn.op.x is x.data
     (y.sum() + g.sum()).backward()
     assert x.grad.dtype == np.float16 and w.grad.dtype == np.float32 and not widened
+
+
+@pytest.mark.parametrize("table_dtype", [np.float32, np.float16])
+def test_rope_of_a_float16_x_rotates_in_float32_and_rounds_once(table_dtype, rng):
+    """One rule for every input-dtype op: float16 tables (a model made float16 with to_dtype) no
+    longer make RoPE compute in float16 step by step, as GELU, SiLU and SwiGLU never did."""
+    cos, sin = F.rope_tables(16, 8, dtype=table_dtype)
+    x = rng.standard_normal((2, 4, 8, 16)).astype(np.float16)
+    y = F.rope(mm.tensor(x), cos, sin)
+    wide = F.rope(mm.tensor(x.astype(np.float32)), cos.astype(np.float32), sin.astype(np.float32))
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y.data, wide.data.astype(np.float16))
