@@ -15,7 +15,7 @@ Precision: "fp32" (no TF32 for either on a GPU: CuPy's default, and PyTorch's
 ``torch.backends.cuda.matmul.allow_tf32 = False``, its default too), or mixed "fp16"/"bf16" --
 minillm under ``amp.autocast`` (fp16 with ``amp.GradScaler``: scale, unscale, inf check, step,
 update), PyTorch under ``torch.autocast`` (fp16 with ``torch.amp.GradScaler``). minillm's bf16 is
-emulated on float32 arrays (values rounded to bfloat16, float32 GEMMs: see minillm/amp.py), PyTorch's
+emulated on float32 arrays (values rounded to bfloat16, float32 GEMMs: see minillm/amp/), PyTorch's
 is real bfloat16; on the host minillm emulates fp16 too.
 
 Configs (GPT-2 preset: LayerNorm, learned positions, GELU, tied head, biases; dropout 0):

@@ -115,8 +115,12 @@ class Function:
     def backward(self, gy):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
 
+    def op_type(self) -> str:
+        """The op's name in labels and profiles: its class name (an adapter names the op it runs)."""
+        return type(self).__name__
+
     def label(self) -> str:
-        return f"{type(self).__name__}({self.name})" if self.name else type(self).__name__
+        return f"{self.op_type()}({self.name})" if self.name else self.op_type()
 
     def apply(self, *inputs: "Tensor") -> "Tensor":
         """Run ``forward`` on the inputs' arrays; record this op as the output's ``grad_fn``."""

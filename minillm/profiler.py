@@ -15,6 +15,9 @@ also means a profiled step runs slower than an unprofiled one (no overlap of Pyt
 Time spent outside ops (the optimizer, data movement) is not in the table; ``prof.wall_s`` is the
 wall time of the whole ``with`` block, so the difference shows how much that is.
 
+An op type is the Function's class name; a float32 op run by mixed precision's adapter shows as
+``InFloat32(LayerNorm)`` (:mod:`minillm.ops.lowp.adapter`).
+
 When no profile records, the cost on the hot path is one check of a module variable per op.
 """
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Profile:
     def stop(self, fn, phase: str, started: float, outputs) -> None:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         self._synchronize(outputs)
-        entry = self.ops.setdefault(type(fn).__name__, {"calls": 0, "forward_s": 0.0, "backward_s": 0.0})
+        entry = self.ops.setdefault(fn.op_type(), {"calls": 0, "forward_s": 0.0, "backward_s": 0.0})
         if phase == "forward":
             entry["calls"] += 1
         entry[phase + "_s"] += time.perf_counter() - started

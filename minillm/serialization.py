@@ -40,7 +40,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from minillm import backend
+from minillm.amp import formats
 from minillm.fileio import atomic_open
 
 HEADER_LENGTH_BYTES = 8
@@ -104,7 +104,7 @@ def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """
     if not isinstance(values, np.ndarray):
         raise TypeError(f"float32_to_bf16_bits: values must be a numpy array, got {type(values).__name__}")
-    return backend.float32_to_bf16_bits(values)   # the one implementation (mixed precision uses it too)
+    return formats.float32_to_bf16_bits(values)   # the one implementation (mixed precision uses it too)
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -114,7 +114,7 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
             f"bf16_bits_to_float32: bits must be a numpy uint16 array, got "
             f"{type(bits).__name__} with dtype {getattr(bits, 'dtype', None)}"
         )
-    return backend.bf16_bits_to_float32(bits)
+    return formats.bf16_bits_to_float32(bits)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ __device__ __forceinline__ unsigned short minillm_f2h(float f) {
     return h;
 }
 // Round a float32 to the nearest bfloat16 (ties to even), returned as float32: the same bit
-// arithmetic as minillm.backend.round_to_bf16 (NaNs stay NaN with the quiet bit set).
+// arithmetic as minillm.amp.formats.round_to_bf16 (NaNs stay NaN with the quiet bit set).
 __device__ __forceinline__ float minillm_round_bf16(float f) {
     unsigned int bits = __float_as_uint(f);
     if ((bits & 0x7fffffffu) > 0x7f800000u) {

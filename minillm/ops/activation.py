@@ -5,9 +5,10 @@ hand-derived backward that saves as little as possible. Each keeps a ``*_compose
 from primitive ops (exp, tanh, mul, ...); tests check that both agree, values and gradients.
 
 float16 inputs (mixed precision, :mod:`minillm.amp`): ``gelu``, ``silu`` and ``swiglu`` compute in
-float32 and round the result once to float16 (``*Half`` subclasses: NumPy has no fast float16
-arithmetic, and one rounding is more accurate than one per step); under ``amp.autocast``,
-``softmax`` and ``log_softmax`` of a float16 input run in float32 and return float32.
+float32 and round the result once to float16 (inside ``InFloat32``, :mod:`minillm.ops.lowp.adapter`:
+NumPy has no fast float16 arithmetic, and one rounding is more accurate than one per step); under
+``amp.autocast``, ``softmax`` and ``log_softmax`` of a float16 input run in float32 and return
+float32 (the same adapter, no rounding).
 
 On a GPU (CuPy arrays, float32 or float16) GELU, SiLU and SwiGLU run as one fused elementwise
 kernel each way (see the end of this module): float32 arithmetic, one read of the inputs, one
@@ -17,14 +18,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, erf, fusable, get_array_module
+from minillm.backend import erf, fusable, get_array_module
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
+from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -97,9 +97,10 @@ class GELU(Function):
         self.approximate = approximate
 
     def forward(self, x):
+        y = self.kernel_forward(x)
+        if y is not None:                                # CuPy arrays: the fused kernel ran
+            return y
         self.x = x
-        if fusable(x):
-            return (_GELU_TANH_FORWARD if self.approximate == "tanh" else _GELU_ERF_FORWARD)(x)
         if self.approximate == "tanh":
             y = _gelu_gate(x)                            # u
             y *= x
@@ -120,6 +121,20 @@ class GELU(Function):
         xp = get_array_module(gy)
         density = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
         return gy * (0.5 * (1 + self.t) + x * density)
+
+    def kernel_forward(self, x, out_dtype=None, round_bf16=False):
+        """The fused CUDA kernel, or None where it does not run (see :func:`_kernel_runs`)."""
+        if not _kernel_runs((x,), out_dtype, round_bf16):
+            return None
+        self.x = x
+        return (_GELU_TANH_FORWARD if self.approximate == "tanh" else _GELU_ERF_FORWARD)(x)
+
+
+def _kernel_runs(arrays, out_dtype, round_bf16) -> bool:
+    """Whether an elementwise kernel below runs: CuPy float32/float16 inputs (``fusable``), and the
+    result asked for in their own dtype (the only one the kernels write: float32 arithmetic inside,
+    one rounding to that dtype)."""
+    return fusable(*arrays) and not round_bf16 and (out_dtype is None or out_dtype == arrays[0].dtype)
 
 
 def _gelu_tanh_backward(x, gy):
@@ -150,11 +165,6 @@ def _gelu_tanh_backward(x, gy):
     return g
 
 
-def _half_blocks(size: int) -> list:
-    """Slices of a flat float16 array of ``size`` elements, processed in float32 one at a time."""
-    return [slice(i, min(i + _ELEMENTWISE_BLOCK, size)) for i in range(0, size, _ELEMENTWISE_BLOCK)]
-
-
 def _gelu_gate(x, out=None):
     """u = (1 + tanh(√(2/π)(x + 0.044715 x³))) / 2 in ``out`` or a fresh array (7 passes)."""
     xp = get_array_module(x)
@@ -168,49 +178,11 @@ def _gelu_gate(x, out=None):
     return u
 
 
-class GELUHalf(GELU):
-    """:class:`GELU` of a float16 x: computed in float32 block by block (a float32 copy of one
-    block at a time) and rounded once to float16.  Saves: x (float16)."""
-
-    def forward(self, x):
-        if fusable(x):
-            return GELU.forward(self, x)                 # the kernel computes in float32 anyway
-        if self.approximate != "tanh":                   # the erf form keeps a full-size t anyway
-            y = super().forward(cast(x, np.float32))
-            self.x = x
-            return cast(y, np.float16)
-        xp = get_array_module(x)
-        y = xp.empty(x.shape, dtype=np.float16)
-        xf, yf = x.reshape(-1), y.reshape(-1)
-        for block in _half_blocks(xf.size):
-            xs = cast(xf[block], np.float32)
-            u = _gelu_gate(xs)
-            u *= xs                                      # x · u
-            yf[block] = cast(u, np.float16)
-        self.x = x
-        return y
-
-    def backward(self, gy):
-        # the float32 derivative per block, rounded once to float16
-        x = self.x
-        if fusable(x, gy):
-            return GELU.backward(self, gy)
-        if self.approximate != "tanh":
-            self.x = cast(x, np.float32)
-            return cast(super().backward(cast(gy, np.float32)), np.float16)
-        xp = get_array_module(gy)
-        g = xp.empty(x.shape, dtype=np.float16)
-        xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)
-        for block in _half_blocks(xf.size):
-            gf[block] = cast(_gelu_tanh_backward(cast(xf[block], np.float32), cast(gyf[block], np.float32)),
-                             np.float16)
-        return g
-
-
 def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate={approximate!r}; expected 'tanh' or 'none'")
-    return (GELUHalf if x.dtype == np.float16 else GELU)(approximate).apply(x)
+    # tanh: in float32 block by block for a float16 x (the erf form keeps a full-size erf(x/√2) anyway)
+    return adapt(GELU(approximate), amp.dispatch("gelu", x), blocks=approximate == "tanh").apply(x)
 
 
 def gelu_composed(x: Tensor, approximate: str = "tanh") -> Tensor:
@@ -226,9 +198,9 @@ class SiLU(Function):
     """y = x · σ(x) (also called swish).  Saves: x and σ(x)."""
 
     def forward(self, x):
-        if fusable(x):
-            self.x = x
-            return _SILU_FORWARD(x)
+        y = self.kernel_forward(x)
+        if y is not None:                                # CuPy arrays: the fused kernel ran
+            return y
         s = get_array_module(x).tanh(x * 0.5)
         s += 1
         s *= 0.5
@@ -245,27 +217,16 @@ class SiLU(Function):
         d *= self.s
         return gy * d
 
-
-class SiLUHalf(SiLU):
-    """:class:`SiLU` of a float16 x: computed in float32, rounded once to float16.
-    Saves: x (float16) and σ(x) (float32)."""
-
-    def forward(self, x):
-        if fusable(x):
-            return SiLU.forward(self, x)
-        y = super().forward(cast(x, np.float32))
+    def kernel_forward(self, x, out_dtype=None, round_bf16=False):
+        """The fused CUDA kernel, or None where it does not run (see :func:`_kernel_runs`)."""
+        if not _kernel_runs((x,), out_dtype, round_bf16):
+            return None
         self.x = x
-        return cast(y, np.float16)
-
-    def backward(self, gy):
-        if fusable(self.x, gy):
-            return SiLU.backward(self, gy)
-        self.x = cast(self.x, np.float32)
-        return cast(super().backward(cast(gy, np.float32)), np.float16)
+        return _SILU_FORWARD(x)
 
 
 def silu(x: Tensor) -> Tensor:
-    return (SiLUHalf if x.dtype == np.float16 else SiLU)().apply(x)
+    return adapt(SiLU(), amp.dispatch("silu", x)).apply(x)
 
 
 def silu_composed(x: Tensor) -> Tensor:
@@ -291,9 +252,10 @@ class SwiGLU(Function):
     """
 
     def forward(self, a, b):
+        y = self.kernel_forward(a, b)
+        if y is not None:                                # CuPy arrays: the fused kernel ran
+            return y
         self.a, self.b = a, b
-        if fusable(a, b):
-            return _SWIGLU_FORWARD(a, b)
         y = _sigmoid_via_tanh(a)
         y *= a
         y *= b
@@ -303,6 +265,13 @@ class SwiGLU(Function):
         if fusable(self.a, self.b, gy):
             return _swiglu_backward_cuda(self.a, self.b, gy, self.needs_input_grad)
         return _swiglu_backward(self.a, self.b, gy, self.needs_input_grad)
+
+    def kernel_forward(self, a, b, out_dtype=None, round_bf16=False):
+        """The fused CUDA kernel, or None where it does not run (see :func:`_kernel_runs`)."""
+        if not _kernel_runs((a, b), out_dtype, round_bf16):
+            return None
+        self.a, self.b = a, b
+        return _SWIGLU_FORWARD(a, b)
 
 
 def _swiglu_backward(a, b, gy, needs):
@@ -323,44 +292,6 @@ def _swiglu_backward(a, b, gy, needs):
     return ga, gb
 
 
-class SwiGLUHalf(SwiGLU):
-    """:class:`SwiGLU` of float16 a, b: computed in float32 block by block, rounded once to
-    float16.  Saves: a and b (float16)."""
-
-    def forward(self, a, b):
-        if fusable(a, b):
-            return SwiGLU.forward(self, a, b)
-        xp = get_array_module(a)
-        y = xp.empty(a.shape, dtype=np.float16)
-        af, bf, yf = a.reshape(-1), b.reshape(-1), y.reshape(-1)
-        for block in _half_blocks(af.size):
-            a32 = cast(af[block], np.float32)
-            ys = _sigmoid_via_tanh(a32)
-            ys *= a32
-            ys *= cast(bf[block], np.float32)            # silu(a) · b
-            yf[block] = cast(ys, np.float16)
-        self.a, self.b = a, b
-        return y
-
-    def backward(self, gy):
-        # the float32 derivatives per block, rounded once to float16
-        if fusable(self.a, self.b, gy):
-            return SwiGLU.backward(self, gy)
-        xp = get_array_module(gy)
-        needs = self.needs_input_grad
-        af, bf, gyf = self.a.reshape(-1), self.b.reshape(-1), gy.reshape(-1)
-        ga = xp.empty(self.a.shape, dtype=np.float16) if needs[0] else None
-        gb = xp.empty(self.b.shape, dtype=np.float16) if needs[1] else None
-        for block in _half_blocks(af.size):
-            ga_s, gb_s = _swiglu_backward(cast(af[block], np.float32), cast(bf[block], np.float32),
-                                          cast(gyf[block], np.float32), needs)
-            if needs[0]:
-                ga.reshape(-1)[block] = cast(ga_s, np.float16)
-            if needs[1]:
-                gb.reshape(-1)[block] = cast(gb_s, np.float16)
-        return ga, gb
-
-
 def swiglu(a: Tensor, b: Tensor) -> Tensor:
     """silu(a) * b, fused (see :class:`SwiGLU`); a is the gate, b the up projection."""
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
@@ -369,7 +300,7 @@ def swiglu(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(f"swiglu: gate a has shape {a.shape} and b has {b.shape}; expected equal shapes")
     if a.dtype != b.dtype:
         raise TypeError(f"swiglu: a has dtype {a.dtype} and b has {b.dtype}; expected equal dtypes")
-    return (SwiGLUHalf if a.dtype == np.float16 else SwiGLU)().apply(a, b)
+    return adapt(SwiGLU(), amp.dispatch("swiglu", a, b), blocks=True).apply(a, b)
 
 
 def swiglu_composed(a: Tensor, b: Tensor) -> Tensor:
@@ -401,16 +332,9 @@ class Softmax(Function):
         return gx
 
 
-def _float32_under_autocast(x: Tensor) -> Tensor:
-    """float16 x cast to float32 under ``amp.autocast`` (softmax and log_softmax are float32 ops)."""
-    if x.dtype == np.float16 and amp.active_format() is not None:
-        return ew.cast(x, np.float32)
-    return x
-
-
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     _check_axis(x, axis, "softmax")
-    return Softmax(axis).apply(_float32_under_autocast(x))
+    return adapt(Softmax(axis), amp.dispatch("softmax", x)).apply(x)
 
 
 def softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
@@ -444,7 +368,7 @@ class LogSoftmax(Function):
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     _check_axis(x, axis, "log_softmax")
-    return LogSoftmax(axis).apply(_float32_under_autocast(x))
+    return adapt(LogSoftmax(axis), amp.dispatch("log_softmax", x)).apply(x)
 
 
 def log_softmax_composed(x: Tensor, axis: int = -1) -> Tensor:

@@ -39,13 +39,14 @@ import numpy as np
 from minillm import amp
 from minillm.autograd import Function
 from minillm.backend import (
-    cast, cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
+    cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
 )
 from minillm.ops import _cuda
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import linalg
 from minillm.ops import shape as sh
+from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
 _mask_cache: dict = {}       # (T, S, dtype, device) -> additive causal mask (T, S); a few entries
@@ -194,108 +195,6 @@ class ScaledDotProductAttention(Function):
         return _gradient_views(gq, gk, gv, (b, t, h, d))
 
 
-class ScaledDotProductAttentionLowPrecision(ScaledDotProductAttention):
-    """:class:`ScaledDotProductAttention` in a low-precision format (``amp.autocast``).
-
-    Q, K, V, the weights A, dL/dO and dL/dS enter the four matrix products as the format's values
-    (float32 sums: see :mod:`minillm.amp`); the scale, the mask, softmax and the row sums δ run
-    in float32. The output and the input gradients are in the format's storage dtype.
-
-    Shapes: as the float32 op; q, k, v arrive in the format's storage dtype (the wrapper casts).
-    Saves: q, k, v, o (graph arrays in the format), A *packed* (float16, or bfloat16 bits for bf16:
-    half the bytes of the float32 op's A) and the dropout mask as float16. The scores are computed
-    block by block in a float32 scratch, so no float32 (B, H, T, S) array is ever allocated.
-    """
-
-    def __init__(self, scale: float, mask, dropout_p: float, fmt):
-        super().__init__(scale, mask, dropout_p)
-        self.fmt = fmt
-
-    def forward(self, q, k, v):
-        xp = get_array_module(q)
-        fmt = self.fmt
-        b, h, t, d = q.shape
-        h_kv, s = k.shape[1], k.shape[2]
-        g = h // h_kv
-        q5 = q.reshape(b, h_kv, g, t, d)                         # (B, Hkv, g, T, D)
-        k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
-        v5 = v.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
-        att = xp.empty((b, h_kv, g, t, s), dtype=fmt.packed_dtype)   # (B, Hkv, g, T, S) packed A
-        out = xp.empty((b, t, h_kv, g, d), dtype=fmt.storage_dtype)  # (B, T, Hkv, g, D) memory order
-        out5 = out.transpose(0, 2, 3, 1, 4)                      # (B, Hkv, g, T, D) view
-        dropped = self.dropout_p > 0.0
-        if dropped:
-            self.keep = dropout_keep_mask(att.shape, 1.0 - self.dropout_p, np.float16, device_of(att))
-        for rows in self._blocks(b, h * t * s)[0]:
-            v_op = fmt.batched_operand(v5[rows])                         # the block's operands in the format
-            a = xp.matmul(fmt.batched_operand(q5[rows]), fmt.batched_operand(k5[rows]).swapaxes(-1, -2))   # (.., T, D) @ (.., D, S)
-            a = a.astype(np.float32, copy=False)                 # scores in float32 (a GPU GEMM gives fp16)
-            a *= self.scale
-            mask = self._mask_block(rows)
-            if mask is not None:
-                a += mask
-            a -= a.max(axis=-1, keepdims=True)                   # softmax in float32, in place
-            xp.exp(a, out=a)
-            norm = a.sum(axis=-1, keepdims=True)
-            a *= xp.reciprocal(norm, out=norm)
-            packed = fmt.pack(a)                                 # A rounded to the format
-            att[rows] = packed
-            weights = fmt.batched_unpack_operand(packed)
-            if dropped:
-                weights = fmt.batched_operand(fmt.unpack(packed) * self.keep[rows])
-            out5[rows] = fmt.to_storage(xp.matmul(weights, v_op))   # (.., T, S) @ (.., S, D) -> (.., T, D)
-        out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
-        self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
-        return out
-
-    def backward(self, gy):
-        # as the float32 op: dV = A_d^T G;  dS = A ⊙ ((G V^T) ⊙ m - δ);  dQ = scale dS K;  dK = scale dS^T Q
-        xp = get_array_module(gy)
-        fmt, q, k, v, att = self.fmt, self.q, self.k, self.v, self.att
-        b, h, t, d = q.shape
-        h_kv, s = k.shape[1], k.shape[2]
-        g = h // h_kv
-        needs = self.needs_input_grad
-        dropped = self.dropout_p > 0.0
-        gy5 = gy.reshape(b, h_kv, g, t, d)                       # (B, Hkv, g, T, D)
-        out5 = self.out.reshape(b, h_kv, g, t, d)
-        q_flat = q.reshape(b, h_kv, g * t, d)                    # (B, Hkv, g·T, D)
-        k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
-        v5 = v.reshape(b, h_kv, 1, s, d)
-        # the gradients, in the inputs' dtypes and (B, T, heads, D) memory order like the float32 op
-        gq = xp.empty((b, t, h_kv, g, d), dtype=q.dtype) if needs[0] else None   # (B, T, Hkv, g, D)
-        gk = xp.empty((b, s, h_kv, d), dtype=k.dtype) if needs[1] else None      # (B, S, Hkv, D)
-        gv = xp.empty((b, s, h_kv, d), dtype=v.dtype) if needs[2] else None      # (B, S, Hkv, D)
-        for rows in self._blocks(b, h * t * s)[0]:
-            n = rows.stop - rows.start
-            gy_op = fmt.batched_operand(gy5[rows])                       # (b', Hkv, g, T, D) G in the format
-            gy32 = gy_op.astype(np.float32, copy=False)
-            delta = xp.einsum("...td,...td->...t", gy32, out5[rows].astype(np.float32, copy=False))
-            weights = fmt.unpack(att[rows])                      # (b', Hkv, g, T, S) A as float32
-            gs = xp.matmul(gy_op, fmt.batched_operand(v5[rows]).swapaxes(-1, -2))   # G V^T (.., T, S)
-            gs = gs.astype(np.float32, copy=False)
-            if dropped:
-                gs *= self.keep[rows]
-            gs -= delta[..., None]
-            gs *= weights                                        # dL/dS (float32)
-            gs_op = fmt.batched_operand(gs)                              # ... entering two products in the format
-            if needs[0]:
-                part = xp.matmul(gs_op, fmt.batched_operand(k5[rows]))   # (.., T, S) @ (.., S, D) -> (.., T, D)
-                part = part.astype(np.float32, copy=False) * self.scale
-                gq[rows].transpose(0, 2, 3, 1, 4)[...] = fmt.to_storage(part)
-            gs_flat = gs_op.reshape(n, h_kv, g * t, s)           # (b', Hkv, g·T, S)
-            if needs[1]:
-                part = xp.matmul(gs_flat.swapaxes(-1, -2), fmt.batched_operand(q_flat[rows]))   # (.., S, g·T) @ (.., g·T, D)
-                part = part.astype(np.float32, copy=False) * self.scale
-                gk[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
-            if needs[2]:
-                weights = fmt.batched_operand(weights * self.keep[rows]) if dropped else fmt.batched_unpack_operand(att[rows])
-                w_flat = weights.reshape(n, h_kv, g * t, s)
-                part = xp.matmul(w_flat.swapaxes(-1, -2), gy_op.reshape(n, h_kv, g * t, d))   # (.., S, g·T) @ (.., g·T, D)
-                gv[rows].transpose(0, 2, 1, 3)[...] = fmt.to_storage(part)
-        return _gradient_views(gq, gk, gv, (b, t, h, d))
-
-
 class ScaledDotProductAttentionCuda(Function):
     """Attention on a GPU without stored weights: softmax(scale · Q K^T + causal) V with GQA.
 
@@ -313,9 +212,9 @@ class ScaledDotProductAttentionCuda(Function):
 
     Under ``amp.autocast`` the products take the format's operands (float16 GEMMs; bfloat16-rounded
     float32 for bf16, see ``LowPrecisionFormat.batched_operand``), with float32 accumulation, and the
-    kernels compute in float32 (A and dS rounded to the format before their products), as
-    :class:`ScaledDotProductAttentionLowPrecision`; the scores come out of the GEMM in the format
-    (float16; bf16-rounded float32 products for bf16).
+    kernels compute in float32 (A and dS rounded to the format before their products), as the
+    array path's :class:`minillm.ops.lowp.attention.ScaledDotProductAttentionLowPrecision`; the
+    scores come out of the GEMM in the format (float16; bf16-rounded float32 products for bf16).
 
     Shapes: q (B, H, T, D), k, v (B, H_kv, S, D), T <= S -> o (B, H, T, D), a view of a (B, T, H, D)
     buffer; the causal mask is aligned bottom-right (query i sees keys j <= i + S - T).
@@ -647,10 +546,11 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         is_causal: mask future keys (bottom-right aligned when T < S, see :func:`causal_mask`).
         scale: defaults to 1/sqrt(D).
     A row whose keys are all masked has no defined softmax and comes out as NaN.
-    Under ``amp.autocast``: :class:`ScaledDotProductAttentionLowPrecision` (q, k, v are cast to
-    the format's storage dtype first, e.g. float32 keys of a KV cache).
+    Under ``amp.autocast``: :class:`minillm.ops.lowp.attention.ScaledDotProductAttentionLowPrecision`
+    (q, k, v are cast to the format's storage dtype first, e.g. float32 keys of a KV cache).
     """
-    fmt = amp.active_format()
+    route = amp.dispatch("scaled_dot_product_attention", q)
+    fmt = route.fmt if route.kind == amp.LOW else None
     if fmt is not None:
         q, k, v = (ew.cast(x, fmt.storage_dtype) if isinstance(x, Tensor) else x for x in (q, k, v))
     _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention")
@@ -658,6 +558,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     if attn_mask is None and dropout_p == 0.0 and q.shape[2] <= k.shape[2] and fusable(q.data, k.data, v.data):
         return ScaledDotProductAttentionCuda(scale, bool(is_causal), fmt).apply(q, k, v)
     if fmt is not None:
+        # imported here: the low-precision op subclasses ScaledDotProductAttention (defined above)
+        from minillm.ops.lowp.attention import ScaledDotProductAttentionLowPrecision  # noqa: PLC0415
+
         mask = _prepare_mask(attn_mask, is_causal, q, k, dtype=np.float32)
         return ScaledDotProductAttentionLowPrecision(scale, mask, float(dropout_p), fmt).apply(q, k, v)
     mask = _prepare_mask(attn_mask, is_causal, q, k)
@@ -768,19 +671,6 @@ class Rope(Function):
         return gx
 
 
-class RopeHalf(Rope):
-    """:class:`Rope` of a float16 x with float32 tables (queries/keys under ``amp.autocast``):
-    rotated in float32 (NumPy has no fast float16 arithmetic) and rounded once to float16.
-    Saves: cos and sin."""
-
-    def forward(self, x):
-        return cast(super().forward(cast(x, np.float32)), np.float16)   # x's memory order kept
-
-    def backward(self, gy):
-        # the float32 op's backward, rounded to the input's float16
-        return cast(super().backward(cast(gy, np.float32)), np.float16)
-
-
 def _rope_rows(x: Tensor, cos, sin, position_offset: int, op: str):
     cos = cos.data if isinstance(cos, Tensor) else cos
     sin = sin.data if isinstance(sin, Tensor) else sin
@@ -809,9 +699,7 @@ def rope(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:
     """Apply rotary embeddings to x (..., T, D) at positions position_offset..+T-1, using rows
     of the tables from :func:`rope_tables` (see :class:`Rope`)."""
     c, s = _rope_rows(x, cos, sin, position_offset, "rope")
-    if x.dtype != c.dtype:
-        return RopeHalf(c, s).apply(x)                           # float16 x, float32 tables
-    return Rope(c, s).apply(x)
+    return adapt(Rope(c, s), amp.dispatch("rope", x)).apply(x)  # a float16 x: rotated in float32
 
 
 def rope_composed(x: Tensor, cos, sin, position_offset: int = 0) -> Tensor:

@@ -1,11 +1,12 @@
 """Linear algebra: batched matrix multiplication with broadcasting over batch axes (in a
-low-precision format under ``amp.autocast``: :class:`MatMulLowPrecision`)."""
+low-precision format under ``amp.autocast``: :class:`minillm.ops.lowp.matmul.MatMulLowPrecision`)."""
 from __future__ import annotations
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, get_array_module
+from minillm.backend import get_array_module
 from minillm.ops._util import binary_operands, sum_to
+from minillm.ops.lowp.matmul import MatMulLowPrecision
 from minillm.tensor import Tensor
 
 
@@ -34,33 +35,6 @@ class MatMul(Function):
         return ga, gb
 
 
-class MatMulLowPrecision(Function):
-    """y = a @ b in a low-precision format (``amp.autocast``): a and b enter the product as the
-    format's values, sums in float32, y rounded to the format (its storage dtype). Gradients are
-    rounded products too, returned in each input's dtype.
-    Shapes: as :class:`MatMul`.  Saves: a and b."""
-
-    def __init__(self, fmt):
-        self.fmt = fmt
-
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return self.fmt.to_storage(self.fmt.matmul(a, b))
-
-    def backward(self, gy):
-        # dL/da = gy @ b^T,  dL/db = a^T @ gy   (summed over broadcast batch axes)
-        xp = get_array_module(gy)
-        fmt, a, b = self.fmt, self.a, self.b
-        ga = gb = None
-        if self.needs_input_grad[0]:
-            ga = sum_to(fmt.matmul(gy, xp.swapaxes(b, -1, -2)), a.shape)   # broadcast sums before rounding
-            ga = cast(fmt.to_storage(ga), a.dtype)
-        if self.needs_input_grad[1]:
-            gb = sum_to(fmt.matmul(xp.swapaxes(a, -1, -2), gy), b.shape)
-            gb = cast(fmt.to_storage(gb), b.dtype)
-        return ga, gb
-
-
 def matmul(a, b) -> Tensor:
     """Matrix product with NumPy's rules; a 1-D operand is treated as a row/column vector."""
     a, b = binary_operands(a, b)
@@ -77,9 +51,9 @@ def matmul(a, b) -> Tensor:
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: a's last dim "
                          f"{a.shape[-1]} must equal b's second-to-last dim {b.shape[-2]}")
-    fmt = amp.active_format()
+    route = amp.dispatch("matmul", a, b)
     try:
-        return MatMul().apply(a, b) if fmt is None else MatMulLowPrecision(fmt).apply(a, b)
+        return (MatMulLowPrecision(route.fmt) if route.kind == amp.LOW else MatMul()).apply(a, b)
     except ValueError as error:
         raise ValueError(f"matmul: batch axes of shapes {a.shape} and {b.shape} do not broadcast: "
                          f"{error}") from None

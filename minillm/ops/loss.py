@@ -13,7 +13,8 @@ reused scratch buffer (it stays in cache and no (N, V) array is allocated) and s
 lse (N, 1); backward recomputes softmax = e^{z - lse} straight into the (N, V) gradient it
 returns, then subtracts the smoothed one-hot in place.
 ``cross_entropy_composed`` is the reference twin built from primitive ops.
-Under ``amp.autocast`` float16 logits go to :class:`CrossEntropyHalf` (float32 inside, a float32 loss).
+Under ``amp.autocast`` float16 logits run inside ``InFloat32`` (:mod:`minillm.ops.lowp.adapter`):
+float32 inside, a float32 loss, a float16 gradient.
 
 On a GPU (CuPy arrays, float32 or float16 logits) two fused kernels replace the blocked array
 code: forward is one pass per row (max, then Σ e^{z - m} and Σ z, one thread block per row),
@@ -22,16 +23,15 @@ into the gradient. Same memory rule: no (N, V) array but the gradient.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, cupy_module, device_of, fusable, get_array_module, to_device
+from minillm.backend import cupy_module, device_of, fusable, get_array_module, to_device
 from minillm.ops import _cuda
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
 from minillm.ops import shape as sh
+from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -55,8 +55,9 @@ class CrossEntropy(Function):
         self.valid, self.count = valid, count          # valid (N,) bool; count = number of valid rows
 
     def forward(self, logits):
-        if fusable(logits):
-            return self._forward_cuda(logits, logits.dtype)
+        loss = self.kernel_forward(logits)
+        if loss is not None:                                     # CuPy logits: the fused kernels ran
+            return loss
         xp = get_array_module(logits)
         v = logits.shape[-1]
         z = logits.reshape(-1, v)                                # (N, V)
@@ -119,6 +120,13 @@ class CrossEntropy(Function):
         return g.reshape(self.logits_shape)
 
     # -- the CUDA kernels (CuPy arrays) -------------------------------------------------------
+    def kernel_forward(self, logits, out_dtype=None, round_bf16=False):
+        """The fused forward, or None where it does not run (not CuPy float32/float16 logits): the
+        loss in ``out_dtype`` (the logits' by default; float32 under autocast, via ``InFloat32``)."""
+        if not fusable(logits) or round_bf16:
+            return None
+        return self._forward_cuda(logits, logits.dtype if out_dtype is None else out_dtype)
+
     def _forward_cuda(self, logits, loss_dtype):
         """The fused forward: float32 arithmetic inside, the loss returned in ``loss_dtype``."""
         cp = cupy_module()
@@ -209,26 +217,6 @@ extern "C" __global__ void cross_entropy_backward(
 """, ("X", "G"))
 
 
-class CrossEntropyHalf(CrossEntropy):
-    """:class:`CrossEntropy` of float16 logits under ``amp.autocast`` (a float32 op there): lse,
-    the loss and softmax in float32 on a widened copy; the loss is float32, the gradient float16.
-    Saves: the float16 logits (widened again in backward), lse (float32) and the targets."""
-
-    def forward(self, logits):
-        if fusable(logits):
-            return self._forward_cuda(logits, np.float32)   # the kernel widens each value as it reads it
-        loss = super().forward(cast(logits, np.float32))
-        self.logits = logits                             # the graph's float16 array, not the copy
-        return loss
-
-    def backward(self, gy):
-        # the float32 gradient softmax - onehot (smoothed, scaled), rounded to float16
-        if getattr(self, "fused", False):
-            return self._backward_cuda(gy, np.float16)
-        self.logits = cast(self.logits, np.float32)
-        return cast(super().backward(gy), np.float16)
-
-
 def _check_cross_entropy(logits, targets, ignore_index, label_smoothing, reduction):
     if not isinstance(logits, Tensor):
         raise TypeError(f"cross_entropy: logits must be a Tensor, got {type(logits).__name__}")
@@ -304,8 +292,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoot
     device = device_of(logits.data)
     array = to_device(array, device)                             # explicit transfer if needed
     valid = array.reshape(-1) != ignore_index if valid is None else to_device(valid, device)
-    op = CrossEntropyHalf if logits.dtype == np.float16 and amp.active_format() is not None else CrossEntropy
-    return op(array, ignore_index, float(label_smoothing), reduction, valid, count).apply(logits)
+    op = CrossEntropy(array, ignore_index, float(label_smoothing), reduction, valid, count)
+    return adapt(op, amp.dispatch("cross_entropy", logits)).apply(logits)
 
 
 def cross_entropy_composed(logits: Tensor, targets, ignore_index: int = -100,

@@ -6,8 +6,9 @@ row statistics once, by hand, so no (N, C) intermediate of the composed graph is
 forward saves only the per-row statistics (mean and/or 1/σ, shape (..., 1)); backward rebuilds
 x̂ from the input, which the graph holds anyway. ``*_composed`` twins use primitive ops.
 
-Under ``amp.autocast`` (:mod:`minillm.amp`) the ``*LowPrecision`` subclasses run: statistics and
-x̂ in float32, the output rounded to the format's storage dtype.
+Under ``amp.autocast`` (:mod:`minillm.amp`) both run inside ``InFloat32``
+(:mod:`minillm.ops.lowp.adapter`): statistics and x̂ in float32, the output rounded to the format's
+storage dtype (on a GPU the kernel writes it so).
 
 On a GPU (CuPy arrays: x float32 or float16, float32 weight and bias) fused kernels run instead
 of the array code, one thread block per row: forward reads the row for the mean, again for the
@@ -22,10 +23,11 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import cast, cupy_module, fusable, get_array_module
+from minillm.backend import cupy_module, fusable, get_array_module
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
+from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
 
@@ -62,9 +64,8 @@ class LayerNorm(Function):
         self.eps = eps
 
     def forward(self, x, weight, bias=None):
-        if _fused_norm(x, weight, bias):
-            self.x, self.weight, self.fused = x, weight, True
-            y, self.mu, self.rstd = _norm_forward_cuda(x, weight, bias, self.eps, True, x.dtype, False)
+        y = self.kernel_forward(x, weight, bias)
+        if y is not None:                                        # CuPy arrays: the fused kernel ran
             return y
         xp = get_array_module(x)
         c = x.shape[-1]
@@ -107,36 +108,16 @@ class LayerNorm(Function):
             gx *= self.rstd
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
-
-class LayerNormLowPrecision(LayerNorm):
-    """:class:`LayerNorm` under ``amp.autocast``: μ, σ², x̂ and the affine map in float32 (x may be
-    float32 or float16), the output rounded to the format's storage dtype: its consumers are
-    matmuls, which round it to the format anyway, and the graph keeps it at half the size in fp16.
-    Saves: x (as given), w, μ and r (float32)."""
-
-    def __init__(self, eps: float, fmt):
-        super().__init__(eps)
-        self.fmt = fmt
-
-    def forward(self, x, weight, bias=None):
-        if _fused_norm(x, weight, bias):
-            self.x, self.weight, self.fused = x, weight, True
-            y, self.mu, self.rstd = _norm_forward_cuda(x, weight, bias, self.eps, True, self.fmt.storage_dtype,
-                                                       self.fmt.name == "bf16")
-            return y
-        y = super().forward(cast(x, np.float32), weight, bias)
-        self.x = x                                       # the graph's array, not a float32 copy
-        return self.fmt.to_storage(y)
-
-    def backward(self, gy):
-        # the float32 backward (dL/dx, dL/dw, dL/db), dL/dx returned in x's dtype
-        if self.fused:                                   # fused: float32 inside, dL/dx in x's dtype
-            return _norm_backward_cuda(self.x, gy, self.weight, self.mu, self.rstd, True, self.needs_input_grad)
-        x = self.x
-        self.x = cast(x, np.float32)
-        grads = super().backward(cast(gy, np.float32))
-        gx = None if grads[0] is None else cast(grads[0], x.dtype)
-        return (gx,) + tuple(grads[1:])
+    def kernel_forward(self, x, weight, bias=None, out_dtype=None, round_bf16=False):
+        """The fused CUDA forward, or None where it does not run (:func:`_fused_norm`): x float32 or
+        float16, float32 inside, y written in ``out_dtype`` (x's by default), rounded to bfloat16
+        first with ``round_bf16`` (what ``InFloat32`` asks for under autocast)."""
+        if not _fused_norm(x, weight, bias):
+            return None
+        self.x, self.weight, self.fused = x, weight, True
+        y, self.mu, self.rstd = _norm_forward_cuda(x, weight, bias, self.eps, True,
+                                                   x.dtype if out_dtype is None else out_dtype, round_bf16)
+        return y
 
 
 def _check_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, op: str,
@@ -157,11 +138,11 @@ def _check_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, op: 
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
-    """Layer normalisation over the last axis (see :class:`LayerNorm`; under ``amp.autocast``
-    :class:`LayerNormLowPrecision`)."""
-    fmt = amp.active_format()
-    _check_norm(x, weight, bias, eps, "layer_norm", mixed=fmt is not None)
-    fn = LayerNorm(float(eps)) if fmt is None else LayerNormLowPrecision(float(eps), fmt)
+    """Layer normalisation over the last axis (see :class:`LayerNorm`; in float32 under
+    ``amp.autocast``, the output stored in the format)."""
+    route = amp.dispatch("layer_norm", x)
+    _check_norm(x, weight, bias, eps, "layer_norm", mixed=route.kind != amp.AS_IS)
+    fn = adapt(LayerNorm(float(eps)), route)
     if bias is None:
         return fn.apply(x, weight)
     return fn.apply(x, weight, bias)
@@ -191,9 +172,8 @@ class RMSNorm(Function):
         self.eps = eps
 
     def forward(self, x, weight):
-        if _fused_norm(x, weight, None):
-            self.x, self.weight, self.fused = x, weight, True
-            y, _, self.rstd = _norm_forward_cuda(x, weight, None, self.eps, False, x.dtype, False)
+        y = self.kernel_forward(x, weight)
+        if y is not None:                                        # CuPy arrays: the fused kernel ran
             return y
         xp = get_array_module(x)
         ms = _row_dot(x, x)                                      # (..., 1) Σ x²
@@ -225,42 +205,22 @@ class RMSNorm(Function):
             gx *= self.rstd
         return gx, gw
 
-
-class RMSNormLowPrecision(RMSNorm):
-    """:class:`RMSNorm` under ``amp.autocast``: as :class:`LayerNormLowPrecision` (float32 inside,
-    output rounded to the format's storage dtype).  Saves: x (as given), w and r (float32)."""
-
-    def __init__(self, eps: float, fmt):
-        super().__init__(eps)
-        self.fmt = fmt
-
-    def forward(self, x, weight):
-        if _fused_norm(x, weight, None):
-            self.x, self.weight, self.fused = x, weight, True
-            y, _, self.rstd = _norm_forward_cuda(x, weight, None, self.eps, False, self.fmt.storage_dtype,
-                                                 self.fmt.name == "bf16")
-            return y
-        y = super().forward(cast(x, np.float32), weight)
-        self.x = x
-        return self.fmt.to_storage(y)
-
-    def backward(self, gy):
-        if self.fused:                                           # fused: float32 inside, dL/dx in x's dtype
-            return _norm_backward_cuda(self.x, gy, self.weight, None, self.rstd, False, self.needs_input_grad)
-        x = self.x
-        self.x = cast(x, np.float32)
-        gx, gw = super().backward(cast(gy, np.float32))
-        return (None if gx is None else cast(gx, x.dtype)), gw
+    def kernel_forward(self, x, weight, out_dtype=None, round_bf16=False):
+        """The fused CUDA forward, or None where it does not run: as :meth:`LayerNorm.kernel_forward`."""
+        if not _fused_norm(x, weight, None):
+            return None
+        self.x, self.weight, self.fused = x, weight, True
+        y, _, self.rstd = _norm_forward_cuda(x, weight, None, self.eps, False,
+                                             x.dtype if out_dtype is None else out_dtype, round_bf16)
+        return y
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
-    """RMS normalisation over the last axis (see :class:`RMSNorm`; under ``amp.autocast``
-    :class:`RMSNormLowPrecision`)."""
-    fmt = amp.active_format()
-    _check_norm(x, weight, None, eps, "rms_norm", mixed=fmt is not None)
-    if fmt is not None:
-        return RMSNormLowPrecision(float(eps), fmt).apply(x, weight)
-    return RMSNorm(float(eps)).apply(x, weight)
+    """RMS normalisation over the last axis (see :class:`RMSNorm`; in float32 under
+    ``amp.autocast``, the output stored in the format)."""
+    route = amp.dispatch("rms_norm", x)
+    _check_norm(x, weight, None, eps, "rms_norm", mixed=route.kind != amp.AS_IS)
+    return adapt(RMSNorm(float(eps)), route).apply(x, weight)
 
 
 def rms_norm_composed(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:

@@ -138,7 +138,7 @@ class LoopSection(Section):
     seed: int = option(1337, "seed for initialisation, dropout and batch sampling", minimum=0)
     device: str = option("cpu", "where to train", choices=DEVICES)
     precision: str = option("fp32", "compute precision: fp32, or mixed fp16 (dynamic loss scaling) / bf16 "
-                            "(see minillm/amp.py)", choices=PRECISIONS)
+                            "(see minillm/amp/)", choices=PRECISIONS)
     out_dir: str = option("runs/shakespeare", "folder for checkpoints, metrics and plots")
     eval_interval: int = option(100, "evaluate every this many steps (and at the end)", minimum=1)
     eval_batches: int = option(0, "(pretraining) validation batches per evaluation; 0 = the whole split",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from minillm import backend
+from minillm.amp import formats
 from minillm.ops import _cuda, activation, attention, embedding, loss, norm
 from minillm.optim import adamw
 
@@ -115,7 +116,7 @@ def _row_kernel(name):
         mean = x.mean(axis=1, keepdims=True) if centered else np.zeros((x.shape[0], 1), np.float32)
         rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=1, keepdims=True) + eps)
         out = (x - mean) * rstd * weight + (bias if has_bias else 0.0)
-        _store(y, backend.round_to_bf16(out) if round_bf16 else out)
+        _store(y, formats.round_to_bf16(out) if round_bf16 else out)
         mean_out[...], rstd_out[...] = mean[:, 0], rstd[:, 0]
 
     def norm_backward_input(grid, block, args):
@@ -145,7 +146,7 @@ def _row_kernel(name):
         e = np.exp(s - top)
         total = e.sum(axis=1, keepdims=True)
         a = e / total
-        _store(scores, backend.round_to_bf16(a) if round_bf16 else a)
+        _store(scores, formats.round_to_bf16(a) if round_bf16 else a)
         lse.reshape(-1)[...] = (top + np.log(total))[:, 0]
 
     def attention_softmax_backward(grid, block, args):
@@ -156,7 +157,7 @@ def _row_kernel(name):
         da = np.where(visible, _f32(grads).reshape(-1, int(width)), 0.0)
         ds = scale * a * (da - (a * da).sum(axis=1, keepdims=True))
         if round_bf16:
-            a, ds = backend.round_to_bf16(a), backend.round_to_bf16(ds)
+            a, ds = formats.round_to_bf16(a), formats.round_to_bf16(ds)
         _store(scores, a)
         _store(grads, ds)
 

@@ -16,6 +16,7 @@ import pytest
 
 import minillm as mm
 from minillm import amp, backend
+from minillm.amp import formats
 from minillm import functional as F
 from minillm.ops import _cuda
 from minillm.ops import activation, attention, embedding, loss, norm
@@ -259,13 +260,13 @@ def test_adamw_kernel_matches_the_array_update(gpu, kernels, rng):
 # bfloat16 products on the GPU (CuPy with ml_dtypes)
 # ---------------------------------------------------------------------------------------------
 def test_gpu_bfloat16_rounding_matches_the_host_bits(gpu):
-    if backend.gpu_bfloat16() is None:
+    if formats.gpu_bfloat16() is None:
         pytest.skip("this CuPy takes no ml_dtypes.bfloat16 (or MINILLM_BF16_GEMM=0): bf16 stays emulated")
     x = np.array([1.0, 1.00390625, 1.01171875, -2.5e-3, 3.4e38, np.inf, -np.inf, np.nan, 1e-40, 0.0],
                  dtype=np.float32)
     x = np.concatenate([x, np.random.default_rng(0).standard_normal(1000).astype(np.float32)])
-    got = backend.to_gpu_bfloat16(backend.to_device(x, gpu)).view(np.uint16)
-    np.testing.assert_array_equal(backend.to_numpy(got), backend.float32_to_bf16_bits(x))
+    got = formats.to_gpu_bfloat16(backend.to_device(x, gpu)).view(np.uint16)
+    np.testing.assert_array_equal(backend.to_numpy(got), formats.float32_to_bf16_bits(x))
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

@@ -5,6 +5,8 @@ Each test runs the plain host op first, then the same op through its fused path 
 stand-ins, and compares (float32 arithmetic on both sides; the stand-ins round like the
 kernels: float32 inside, one rounding to the output dtype).
 """
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,16 @@ def assert_close(got, want, tol):
         if g is not None:
             assert g.dtype == w.dtype and g.shape == w.shape, (i, g.dtype, w.dtype, g.shape, w.shape)
             np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), err_msg=f"output {i}", **tol)
+
+
+def test_the_stand_ins_reach_every_module_with_a_fused_path():
+    """install() patches ``fusable``/``cupy_module`` module by module: every module that calls
+    ``fusable(`` (runs a fused kernel) must be in its list, wherever the code moves."""
+    package = pathlib.Path(mm.__file__).parent
+    users = {p.relative_to(package).as_posix() for p in package.rglob("*.py")
+             if p.name != "backend.py" and "fusable(" in p.read_text(encoding="utf-8")}
+    listed = {pathlib.Path(m.__file__).relative_to(package).as_posix() for m in kernel_emulation._OP_MODULES}
+    assert len(users) >= 6 and users <= listed, sorted(users - listed)
 
 
 F32 = dict(rtol=1e-4, atol=1e-5)

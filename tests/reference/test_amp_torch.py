@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minillm import backend
+from minillm.amp import formats
 
 torch = pytest.importorskip("torch")
 
@@ -15,11 +15,11 @@ def sample_patterns():
 def test_round_to_bf16_matches_torch_bfloat16_bit_for_bit():
     x = sample_patterns()
     expected = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    np.testing.assert_array_equal(backend.float32_to_bf16_bits(x), expected)
-    assert np.isnan(backend.round_to_bf16(np.array([np.nan], np.float32))).all()
+    np.testing.assert_array_equal(formats.float32_to_bf16_bits(x), expected)
+    assert np.isnan(formats.round_to_bf16(np.array([np.nan], np.float32))).all()
 
 
 def test_fast_float16_cast_matches_torch_half_bit_for_bit():
     x = sample_patterns()
     expected = torch.from_numpy(x.copy()).to(torch.float16).view(torch.int16).numpy().view(np.uint16)
-    np.testing.assert_array_equal(backend.cast(x, np.float16).view(np.uint16), expected)
+    np.testing.assert_array_equal(formats.cast(x, np.float16).view(np.uint16), expected)
