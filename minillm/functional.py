@@ -7,8 +7,8 @@ Every name here is a wrapper around one Function subclass in :mod:`minillm.ops` 
 composition of them). ``*_composed`` twins build fused ops from primitives for testing.
 """
 from minillm.ops.activation import (
-    gelu, gelu_composed, log_softmax, log_softmax_composed, relu, sigmoid, silu, silu_composed,
-    softmax, softmax_composed, swiglu, swiglu_composed, tanh,
+    gelu, gelu_composed, log_softmax, log_softmax_composed, logsigmoid, logsigmoid_composed, relu,
+    sigmoid, silu, silu_composed, softmax, softmax_composed, swiglu, swiglu_composed, tanh,
 )
 from minillm.ops.attention import (
     causal_mask, repeat_kv, rope, rope_composed, rope_tables, scaled_dot_product_attention,
@@ -33,9 +33,10 @@ __all__ = [
     "abs", "add", "broadcast_to", "cast", "cat", "clip", "concatenate", "div", "dropout", "exp",
     "expand", "gelu", "gelu_composed", "getitem", "log", "log_softmax", "log_softmax_composed",
     "matmul", "max", "maximum", "mean", "minimum", "mul", "neg", "permute", "pow", "relu",
-    "reshape", "sigmoid", "silu", "silu_composed", "softmax", "softmax_composed", "split",
+    "logsigmoid", "logsigmoid_composed", "reshape", "sigmoid", "silu", "silu_composed", "softmax",
+    "softmax_composed", "split",
     "sqrt", "stack", "sub", "sum", "swapaxes", "tanh", "transpose", "var", "where",
-    # fused model ops (issue 3) and their composed twins
+    # fused model ops and their composed twins
     "causal_mask", "cross_entropy", "cross_entropy_composed", "embedding", "embedding_composed",
     "layer_norm", "layer_norm_composed", "linear", "linear_composed", "repeat_kv", "rms_norm",
     "rms_norm_composed", "rope", "rope_composed", "rope_tables", "scaled_dot_product_attention",

@@ -23,6 +23,7 @@ from minillm.autograd import Function
 from minillm.backend import erf, fusable, get_array_module
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
+from minillm.ops import shape as sh
 from minillm.ops import reduce as rd
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
@@ -81,6 +82,47 @@ class Sigmoid(Function):
 
 def sigmoid(x: Tensor) -> Tensor:
     return Sigmoid().apply(x)
+
+
+class LogSigmoid(Function):
+    """y = log σ(x) = -log(1 + e^{-x}), computed as min(x, 0) - log1p(e^{-|x|}).
+
+    The exponent -|x| is never positive, so nothing overflows: log σ(-1000) = -1000 and
+    log σ(1000) = 0 exactly, where the naive log(1/(1 + e^{-x})) gives -inf and NaN gradients
+    (the DPO loss is -log σ of a reward margin).
+    Shapes: any -> same. Saves: x and y.
+    """
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = xp.minimum(x, 0)
+        y -= xp.log1p(xp.exp(-xp.abs(x)))
+        self.x, self.y = x, y
+        return y
+
+    def backward(self, gy):
+        # dy/dx = 1 - σ(x) = σ(-x) = exp(log σ(-x)) = exp(y - x), since log σ(-x) = log σ(x) - x.
+        # y - x <= 0 never overflows, and unlike (1 - tanh(x/2))/2 it keeps the relative
+        # precision of tiny gradients (σ(-50) = 2e-22, not 0).
+        xp = get_array_module(gy)
+        s = self.y - self.x
+        xp.exp(s, out=s)
+        s *= gy
+        return s
+
+
+def logsigmoid(x: Tensor) -> Tensor:
+    """log σ(x), numerically stable for any x (see :class:`LogSigmoid`)."""
+    if not isinstance(x, Tensor) or x.dtype.kind != "f":
+        raise TypeError(f"logsigmoid: x must be a floating Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    return LogSigmoid().apply(x)
+
+
+def logsigmoid_composed(x: Tensor) -> Tensor:
+    """log σ(x) from primitives: log σ(x) = log(e^x / (e^0 + e^x)) = log_softmax([0, x])[1]."""
+    zero = Tensor(get_array_module(x.data).zeros(x.shape, dtype=x.dtype))
+    pair = sh.stack([zero, x], axis=-1)                               # (..., 2)
+    return sh.getitem(log_softmax_composed(pair, axis=-1), (Ellipsis, 1))   # (...)
 
 
 class GELU(Function):

@@ -13,7 +13,7 @@ Modules, one concept each:
               running a stage through the Trainer
     sft       supervised fine-tuning: the loss, the run (``minillm sft``)
     lora      low-rank adapters: LoRALinear, apply/merge, adapter files
-    dpo       direct preference optimisation: logsigmoid, sequence log-probs, the loss, the run
+    dpo       direct preference optimisation: sequence log-probs, the loss, the run
               (``minillm dpo``)
     evaluate  greedy replies (model.generate) scored on the tasks: exact match, end-marker rate
     cli       the ``sft`` and ``dpo`` subcommands
@@ -40,8 +40,8 @@ from minillm.posttrain.datasets import (PreferencePair, load_dpo_jsonl, load_sft
 from minillm.posttrain.tasks import (DEFAULT_NOISE, TASK_NAMES, TASKS, Task, TaskSpec, check, corpus_vocabulary,
                                      load_eval_jsonl, make_eval_prompts, make_pools, make_preference_pairs,
                                      make_sft_examples, save_eval_jsonl, score, write_task_files)
-from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy, logsigmoid, logsigmoid_composed,
-                                   run_dpo, sequence_logprobs, sequence_logprobs_composed)
+from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy, run_dpo, sequence_logprobs,
+                                   sequence_logprobs_composed)
 from minillm.posttrain.evaluate import evaluate_tasks, generate_replies
 from minillm.posttrain.lora import (LoRALinear, apply_lora, load_lora, lora_state_dict, merge_lora, parameter_counts,
                                     save_lora)
@@ -59,7 +59,7 @@ __all__ = [
     "write_task_files",
     "DPOConfig", "DPOSection", "PostTrainSection", "SFTConfig", "SFTSection", "run_sft", "sft_loss",
     "LoRALinear", "apply_lora", "load_lora", "lora_state_dict", "merge_lora", "parameter_counts", "save_lora",
-    "DPOObjective", "dpo_loss", "frozen_copy", "logsigmoid", "logsigmoid_composed", "run_dpo",
+    "DPOObjective", "dpo_loss", "frozen_copy", "run_dpo",
     "sequence_logprobs", "sequence_logprobs_composed",
     "evaluate_tasks", "generate_replies",
 ]

@@ -24,9 +24,9 @@ The reference's log-probs need no gradient: they are computed under ``no_grad`` 
 copy. Logged per step: loss, dpo_loss, nll, reward margin, reward accuracy (share of pairs with
 margin > 0), chosen/rejected rewards and the policy's chosen/rejected log-probs.
 
-``logsigmoid`` is its own op (forward min(x, 0) - log1p(e^{-|x|}), never overflowing) with a
-composed twin; ``sequence_logprobs`` uses the fused cross-entropy, with a twin built from
-``log_softmax`` and an integer-array gather. Both are gradchecked in the tests.
+``F.logsigmoid`` (:mod:`minillm.ops.activation`: forward min(x, 0) - log1p(e^{-|x|}), never
+overflowing) gives -log σ; ``sequence_logprobs`` uses the fused cross-entropy, with a twin built
+from ``log_softmax`` and an integer-array gather. Both are gradchecked in the tests.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import os
 import time
 
 from minillm import functional as F
-from minillm.autograd import Function, no_grad
+from minillm.autograd import no_grad
 from minillm.backend import get_array_module, item, manual_seed, to_device, to_numpy
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
@@ -52,46 +52,6 @@ from minillm.tensor import Tensor
 # ------------------------------------------------------------------------------------------------
 # ops
 # ------------------------------------------------------------------------------------------------
-
-
-class LogSigmoid(Function):
-    """y = log σ(x) = -log(1 + e^{-x}), computed as min(x, 0) - log1p(e^{-|x|}).
-
-    The exponent -|x| is never positive, so nothing overflows: log σ(-1000) = -1000 and
-    log σ(1000) = 0 exactly, where the naive log(1/(1 + e^{-x})) gives -inf and NaN gradients.
-    Shapes: any -> same. Saves: x and y.
-    """
-
-    def forward(self, x):
-        xp = get_array_module(x)
-        y = xp.minimum(x, 0)
-        y -= xp.log1p(xp.exp(-xp.abs(x)))
-        self.x, self.y = x, y
-        return y
-
-    def backward(self, gy):
-        # dy/dx = 1 - σ(x) = σ(-x) = exp(log σ(-x)) = exp(y - x), since log σ(-x) = log σ(x) - x.
-        # y - x <= 0 never overflows, and unlike (1 - tanh(x/2))/2 it keeps the relative
-        # precision of tiny gradients (σ(-50) = 2e-22, not 0).
-        xp = get_array_module(gy)
-        s = self.y - self.x
-        xp.exp(s, out=s)
-        s *= gy
-        return s
-
-
-def logsigmoid(x: Tensor) -> Tensor:
-    """log σ(x), numerically stable for any x (see :class:`LogSigmoid`)."""
-    if not isinstance(x, Tensor) or x.dtype.kind != "f":
-        raise TypeError(f"logsigmoid: x must be a floating Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    return LogSigmoid().apply(x)
-
-
-def logsigmoid_composed(x: Tensor) -> Tensor:
-    """log σ(x) from primitives: log σ(x) = log(e^x / (e^0 + e^x)) = log_softmax([0, x])[1]."""
-    zero = Tensor(get_array_module(x.data).zeros(x.shape, dtype=x.dtype))
-    pair = F.stack([zero, x], axis=-1)                                 # (..., 2)
-    return F.getitem(F.log_softmax(pair, axis=-1), (Ellipsis, 1))      # (...)
 
 
 def _check_targets(logits: Tensor, targets, where: str):
@@ -151,7 +111,7 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen, ref_rej
     chosen_reward = (policy_chosen - ref_c.detach()) * float(beta)               # (B,)
     rejected_reward = (policy_rejected - ref_r.detach()) * float(beta)           # (B,)
     margin = chosen_reward - rejected_reward                                     # (B,)
-    loss = -F.mean(logsigmoid(margin))
+    loss = -F.mean(F.logsigmoid(margin))
     stats = {"chosen_reward": chosen_reward.data, "rejected_reward": rejected_reward.data, "margin": margin.data}
     return loss, stats
 
@@ -355,6 +315,5 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     return summary
 
 
-__all__ = ["DPOObjective", "LogSigmoid", "all_pair_logprobs", "dpo_loss", "frozen_copy", "logsigmoid",
-           "logsigmoid_composed", "pair_logprobs", "preference_metrics", "run_dpo", "sequence_logprobs",
+__all__ = ["DPOObjective", "all_pair_logprobs", "dpo_loss", "frozen_copy", "pair_logprobs", "preference_metrics", "run_dpo", "sequence_logprobs",
            "sequence_logprobs_composed"]

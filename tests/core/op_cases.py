@@ -126,6 +126,8 @@ CASES = [
     OpCase("silu", F.silu, inputs(normal(3, 4))),
     OpCase("silu_composed", F.silu_composed, inputs(normal(3, 4))),
     OpCase("sigmoid", F.sigmoid, inputs(normal(3, 4))),
+    OpCase("logsigmoid", F.logsigmoid, inputs(lambda rng: 4 * rng.standard_normal((3, 4)))),
+    OpCase("logsigmoid_composed", F.logsigmoid_composed, inputs(normal(3, 4))),
     OpCase("tanh", F.tanh, inputs(normal(3, 4))),
     OpCase("softmax", F.softmax, inputs(normal(3, 5)), "last-axis"),
     OpCase("softmax", lambda a: F.softmax(a, axis=0), inputs(normal(3, 5)), "axis0"),

@@ -14,7 +14,8 @@ from minillm import functional as F
 from minillm.nn import GPT, GPTConfig
 from minillm.optim import SGD
 from minillm.posttrain import ChatTemplate, dpo_batch, make_preference_pairs, render_preference_pairs
-from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy, logsigmoid, logsigmoid_composed,
+from minillm.functional import logsigmoid, logsigmoid_composed
+from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy,
                                    pair_logprobs, run_dpo, sequence_logprobs, sequence_logprobs_composed)
 from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import DPOConfig
