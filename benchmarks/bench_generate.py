@@ -69,9 +69,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
     import numpy as np  # noqa: PLC0415  (after the thread count is set)
+    from common import OtherCpu, alternate, format_table, median, save_results  # noqa: PLC0415
 
     import minillm as mm  # noqa: PLC0415
-    from common import OtherCpu, alternate, format_table, median, save_results  # noqa: PLC0415
     from minillm.nn import GPT, GPTConfig  # noqa: PLC0415
 
     mm.manual_seed(0)

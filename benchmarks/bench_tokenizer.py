@@ -37,7 +37,9 @@ sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 import common  # noqa: E402  (after the path setup)
+
 from minillm.fileio import atomic_write_text  # noqa: E402
+
 DEFAULT_CORPUS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "shakespeare_complete.txt")
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 VOCAB_SIZE = 16_384
@@ -84,6 +86,7 @@ def worker_train_ours(corpus: str) -> dict:
 
 def worker_train_ours_tracemalloc(corpus: str) -> dict:
     import tracemalloc
+
     from minillm.tokenizer import BPETokenizer
     text = load_text(corpus)
     tracemalloc.start()

@@ -184,7 +184,6 @@ class MinillmStep:
 def torch_model(cfg):
     """PyTorch eager GPT with the same architecture and parameter names as minillm's GPT-2
     preset (nanoGPT style; attention through F.scaled_dot_product_attention)."""
-    import torch
     from torch import nn
     from torch.nn import functional as F
 

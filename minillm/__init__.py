@@ -6,10 +6,9 @@
     x = mm.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
     F.softmax(x).sum().backward()
 """
-from minillm import amp, functional
+from minillm import amp, debug, functional
 from minillm.autograd import Function, enable_grad, is_grad_enabled, no_grad
 from minillm.backend import cuda_available, get_array_module, manual_seed
-from minillm import debug
 from minillm.debug import GradcheckError, gradcheck
 from minillm.tensor import Tensor, ones, randn, tensor, zeros
 

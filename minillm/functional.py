@@ -7,16 +7,48 @@ Every name here is a wrapper around one Function subclass in :mod:`minillm.ops` 
 composition of them). ``*_composed`` twins build fused ops from primitives for testing.
 """
 from minillm.ops.activation import (
-    gelu, gelu_composed, log_softmax, log_softmax_composed, logsigmoid, logsigmoid_composed, relu,
-    sigmoid, silu, silu_composed, softmax, softmax_composed, swiglu, swiglu_composed, tanh,
+    gelu,
+    gelu_composed,
+    log_softmax,
+    log_softmax_composed,
+    logsigmoid,
+    logsigmoid_composed,
+    relu,
+    sigmoid,
+    silu,
+    silu_composed,
+    softmax,
+    softmax_composed,
+    swiglu,
+    swiglu_composed,
+    tanh,
 )
 from minillm.ops.attention import (
-    causal_mask, repeat_kv, rope, rope_composed, rope_tables, scaled_dot_product_attention,
+    causal_mask,
+    repeat_kv,
+    rope,
+    rope_composed,
+    rope_tables,
+    scaled_dot_product_attention,
     scaled_dot_product_attention_composed,
 )
 from minillm.ops.dropout import dropout
 from minillm.ops.elementwise import (
-    abs, add, cast, clip, div, exp, log, maximum, minimum, mul, neg, pow, sqrt, sub, where,
+    abs,
+    add,
+    cast,
+    clip,
+    div,
+    exp,
+    log,
+    maximum,
+    minimum,
+    mul,
+    neg,
+    pow,
+    sqrt,
+    sub,
+    where,
 )
 from minillm.ops.embedding import embedding, embedding_composed
 from minillm.ops.linalg import matmul
@@ -25,7 +57,16 @@ from minillm.ops.loss import cross_entropy, cross_entropy_composed
 from minillm.ops.norm import layer_norm, layer_norm_composed, rms_norm, rms_norm_composed
 from minillm.ops.reduce import max, mean, sum, var
 from minillm.ops.shape import (
-    broadcast_to, cat, concatenate, expand, getitem, permute, reshape, split, stack, swapaxes,
+    broadcast_to,
+    cat,
+    concatenate,
+    expand,
+    getitem,
+    permute,
+    reshape,
+    split,
+    stack,
+    swapaxes,
     transpose,
 )
 

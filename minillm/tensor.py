@@ -13,8 +13,8 @@ import weakref
 import numpy as np
 
 from minillm import autograd
-from minillm.backend import check_device, device_of, get_array_module, item as backend_item
-from minillm.backend import to_device, to_numpy
+from minillm.backend import check_device, device_of, get_array_module, to_device, to_numpy
+from minillm.backend import item as backend_item
 
 _DEFAULT_FLOAT = np.float32
 

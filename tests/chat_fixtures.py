@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 
-from minillm.tokenizer.chat import CHAT_SPECIAL_TOKENS
 from minillm.tokenizer import BPETokenizer, CharTokenizer
+from minillm.tokenizer.chat import CHAT_SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="session")

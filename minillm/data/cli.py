@@ -20,6 +20,7 @@ from minillm.data.clean import DEFAULT_MIN_CHARS, clean_documents
 from minillm.data.dataset import DEFAULT_SHARD_TOKENS, prepare_dataset
 from minillm.data.dedup import deduplicate
 from minillm.data.documents import default_corpus_path, read_corpus
+from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT as EOT_TOKEN
 
 
@@ -59,11 +60,6 @@ def register(subparsers) -> None:
                          help="clean, de-duplicate and tokenize a corpus into token shards")
 
 
-def _load_tokenizer(path: str):
-    from minillm.tokenizer import load_tokenizer   # imported here: the data layer needs no tokenizer code
-    return load_tokenizer(path)
-
-
 def _resolve_eot(tokenizer, name: str) -> int | None:
     special = dict(getattr(tokenizer, "special_tokens", {}) or {})
     if name.lower() == "none":
@@ -81,7 +77,7 @@ def run_prepare(cfg: PrepareConfig, tokenizer=None) -> int:
     input_path = args.input or default_corpus_path()
     separator = unescape(args.doc_separator) if args.doc_separator is not None else None
     if tokenizer is None:
-        tokenizer = _load_tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer)
     eot_token_id = _resolve_eot(tokenizer, args.eot_token)
     docs = read_corpus(input_path, doc_separator=separator)
     print(f"read {len(docs):,} document(s) from {input_path}")

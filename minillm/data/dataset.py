@@ -30,6 +30,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from minillm.data.shards import ConcatenatedTokens, read_shard, read_shard_header, token_dtype, write_shard
 from minillm.fileio import atomic_write_text
@@ -162,7 +163,6 @@ def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
         num_bytes = 0
         iterator = split_docs
         if progress:
-            from tqdm import tqdm
             iterator = tqdm(split_docs, desc=f"tokenize {split}", unit="doc")
         for index, doc in enumerate(iterator):
             if eot is not None and index > 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 from minillm import fileio
 
 _CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")

@@ -2,8 +2,17 @@
 graph export (DOT)."""
 from minillm.debug.anomaly import detect_anomaly
 from minillm.debug.gradcheck import (
-    BackwardRun, GradcheckCase, GradcheckError, check_against_finite_differences, check_no_input_mutation,
-    check_repeatable, check_shapes_and_dtypes, forward_backward, gradcheck, numeric_gradient, prepare_case,
+    BackwardRun,
+    GradcheckCase,
+    GradcheckError,
+    check_against_finite_differences,
+    check_no_input_mutation,
+    check_repeatable,
+    check_shapes_and_dtypes,
+    forward_backward,
+    gradcheck,
+    numeric_gradient,
+    prepare_case,
 )
 from minillm.debug.graph import to_dot
 

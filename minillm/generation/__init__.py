@@ -12,7 +12,12 @@ The key/value cache itself is :class:`minillm.nn.KVCache` (attention reads and w
 from minillm.generation.chat import ChatSession, chat_loop
 from minillm.generation.decode import as_prompts, decode_steps, generate, stream
 from minillm.generation.sampling import (
-    Sampler, apply_repetition_penalty, candidates, check_sampling_args, draw, make_generators,
+    Sampler,
+    apply_repetition_penalty,
+    candidates,
+    check_sampling_args,
+    draw,
+    make_generators,
 )
 from minillm.generation.text import IncrementalDetokenizer, split_stop, stream_text
 

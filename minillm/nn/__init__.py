@@ -12,10 +12,13 @@ from minillm.nn.kv_cache import KVCache, LayerKVCache
 from minillm.nn.layers import Dropout, Embedding, LayerNorm, Linear, RMSNorm
 from minillm.nn.mlp import MLP, SwiGLUMLP, swiglu_hidden
 from minillm.nn.module import Module, ModuleList, Parameter, functional_call
-from minillm.nn.vocab import resize_token_embeddings
 from minillm.nn.positions import (
-    LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding, sinusoidal_table,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    sinusoidal_table,
 )
+from minillm.nn.vocab import resize_token_embeddings
 
 __all__ = [
     "Block", "CausalSelfAttention", "Dropout", "Embedding", "GPT", "GPTConfig", "KVCache",

@@ -25,7 +25,9 @@ from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
 from minillm.nn.module import Module, ModuleList
 from minillm.nn.positions import (
-    LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
 )
 from minillm.tensor import Tensor
 

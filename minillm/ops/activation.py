@@ -23,8 +23,8 @@ from minillm.autograd import Function
 from minillm.backend import erf, fusable, get_array_module
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
-from minillm.ops import shape as sh
 from minillm.ops import reduce as rd
+from minillm.ops import shape as sh
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 

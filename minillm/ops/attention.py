@@ -39,12 +39,16 @@ import numpy as np
 from minillm import amp
 from minillm.autograd import Function
 from minillm.backend import (
-    cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device,
+    cupy_module,
+    device_of,
+    dropout_keep_mask,
+    fusable,
+    get_array_module,
+    module_for_device,
 )
-from minillm.ops import _cuda
+from minillm.ops import _cuda, linalg
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
-from minillm.ops import linalg
 from minillm.ops import shape as sh
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minillm.autograd import Function
 from minillm.amp.formats import cast as cast_array
+from minillm.autograd import Function
 from minillm.backend import get_array_module
 from minillm.ops._util import as_tensor, binary_operands, sum_to
 from minillm.tensor import Tensor

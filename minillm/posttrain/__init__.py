@@ -31,22 +31,64 @@ Typical use::
     summary = run_sft(SFTConfig.create({"checkpoint": "runs/shakespeare/last.safetensors", "lora_rank": 8}))
     summary = run_dpo(DPOConfig.create({"checkpoint": "runs/sft/model.safetensors", "beta": 0.1}))
 """
-from minillm.posttrain.batches import (IGNORE_INDEX, DPOBatchSampler, RenderedPair, SFTBatchSampler, dpo_batch,
-                                       sft_batch)
-from minillm.tokenizer.chat import (ASSISTANT_TOKEN, CHAT_SPECIAL_TOKENS, END_TOKEN, SYSTEM_TOKEN, USER_TOKEN,
-                                    ChatTemplate, Reply, check_conversation, ensure_chat_tokens)
-from minillm.posttrain.datasets import (PreferencePair, load_dpo_jsonl, load_sft_jsonl, render_preference_pairs,
-                                        render_sft_examples, save_dpo_jsonl, save_sft_jsonl)
-from minillm.posttrain.tasks import (DEFAULT_NOISE, TASK_NAMES, TASKS, Task, TaskSpec, check, corpus_vocabulary,
-                                     load_eval_jsonl, make_eval_prompts, make_pools, make_preference_pairs,
-                                     make_sft_examples, save_eval_jsonl, score, write_task_files)
-from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy, run_dpo, sequence_logprobs,
-                                   sequence_logprobs_composed)
+from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, RenderedPair, SFTBatchSampler, dpo_batch, sft_batch
+from minillm.posttrain.datasets import (
+                                       PreferencePair,
+                                       load_dpo_jsonl,
+                                       load_sft_jsonl,
+                                       render_preference_pairs,
+                                       render_sft_examples,
+                                       save_dpo_jsonl,
+                                       save_sft_jsonl,
+)
+from minillm.posttrain.dpo import (
+                                       DPOObjective,
+                                       dpo_loss,
+                                       frozen_copy,
+                                       run_dpo,
+                                       sequence_logprobs,
+                                       sequence_logprobs_composed,
+)
 from minillm.posttrain.evaluate import evaluate_tasks, generate_replies
-from minillm.posttrain.lora import (LoRALinear, apply_lora, load_lora, lora_state_dict, merge_lora, parameter_counts,
-                                    save_lora)
+from minillm.posttrain.lora import (
+                                       LoRALinear,
+                                       apply_lora,
+                                       load_lora,
+                                       lora_state_dict,
+                                       merge_lora,
+                                       parameter_counts,
+                                       save_lora,
+)
 from minillm.posttrain.sft import run_sft, sft_loss
 from minillm.posttrain.stage import DPOConfig, DPOSection, PostTrainSection, SFTConfig, SFTSection
+from minillm.posttrain.tasks import (
+                                       DEFAULT_NOISE,
+                                       TASK_NAMES,
+                                       TASKS,
+                                       Task,
+                                       TaskSpec,
+                                       check,
+                                       corpus_vocabulary,
+                                       load_eval_jsonl,
+                                       make_eval_prompts,
+                                       make_pools,
+                                       make_preference_pairs,
+                                       make_sft_examples,
+                                       save_eval_jsonl,
+                                       score,
+                                       write_task_files,
+)
+from minillm.tokenizer.chat import (
+                                       ASSISTANT_TOKEN,
+                                       CHAT_SPECIAL_TOKENS,
+                                       END_TOKEN,
+                                       SYSTEM_TOKEN,
+                                       USER_TOKEN,
+                                       ChatTemplate,
+                                       Reply,
+                                       check_conversation,
+                                       ensure_chat_tokens,
+)
 
 __all__ = [
     "IGNORE_INDEX", "DPOBatchSampler", "RenderedPair", "SFTBatchSampler", "dpo_batch", "sft_batch",

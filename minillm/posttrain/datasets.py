@@ -37,8 +37,15 @@ import os
 from dataclasses import dataclass, field
 
 from minillm.fileio import atomic_write_text
-from minillm.posttrain.batches import (IGNORE_INDEX, DPOBatchSampler, RenderedPair, SFTBatchSampler, _check_list,
-                                       dpo_batch, sft_batch)
+from minillm.posttrain.batches import (
+    IGNORE_INDEX,
+    DPOBatchSampler,
+    RenderedPair,
+    SFTBatchSampler,
+    _check_list,
+    dpo_batch,
+    sft_batch,
+)
 from minillm.tokenizer.chat import ChatTemplate, check_conversation
 
 MAX_ERRORS_SHOWN = 20

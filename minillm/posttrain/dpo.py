@@ -44,8 +44,17 @@ from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
 from minillm.posttrain.datasets import load_dpo_jsonl, render_preference_pairs
 from minillm.posttrain.evaluate import evaluate_tasks, per_task_subset
 from minillm.posttrain.lora import parameter_counts
-from minillm.posttrain.stage import (PROGRESS_PROMPTS_PER_TASK, DPOConfig, build_optimizer, check_paths,
-                                     load_chat_model, load_eval_prompts, prepare_task_data, setup_lora, train_stage)
+from minillm.posttrain.stage import (
+    PROGRESS_PROMPTS_PER_TASK,
+    DPOConfig,
+    build_optimizer,
+    check_paths,
+    load_chat_model,
+    load_eval_prompts,
+    prepare_task_data,
+    setup_lora,
+    train_stage,
+)
 from minillm.posttrain.tasks import make_preference_pairs
 from minillm.tensor import Tensor
 

@@ -35,8 +35,17 @@ from minillm.posttrain.batches import IGNORE_INDEX, SFTBatchSampler, sft_batch
 from minillm.posttrain.datasets import load_sft_jsonl, render_sft_examples
 from minillm.posttrain.evaluate import evaluate_tasks, per_task_subset
 from minillm.posttrain.lora import parameter_counts
-from minillm.posttrain.stage import (PROGRESS_PROMPTS_PER_TASK, SFTConfig, build_optimizer, check_paths,
-                                     load_chat_model, load_eval_prompts, prepare_task_data, setup_lora, train_stage)
+from minillm.posttrain.stage import (
+    PROGRESS_PROMPTS_PER_TASK,
+    SFTConfig,
+    build_optimizer,
+    check_paths,
+    load_chat_model,
+    load_eval_prompts,
+    prepare_task_data,
+    setup_lora,
+    train_stage,
+)
 from minillm.posttrain.tasks import DEFAULT_NOISE
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,14 @@ from minillm.fileio import atomic_write_text
 from minillm.nn import GPT, GPTConfig
 from minillm.nn.vocab import resize_token_embeddings
 from minillm.optim import decay_groups
-from minillm.posttrain.lora import apply_lora, lora_param_groups, merge_lora, parameter_counts, save_lora, train_rows_from
+from minillm.posttrain.lora import (
+    apply_lora,
+    lora_param_groups,
+    merge_lora,
+    parameter_counts,
+    save_lora,
+    train_rows_from,
+)
 from minillm.posttrain.tasks import DEFAULT_NOISE, load_eval_jsonl, make_eval_prompts, write_task_files
 from minillm.tokenizer import tokenizer_from_dict
 from minillm.tokenizer.chat import ChatTemplate, ensure_chat_tokens

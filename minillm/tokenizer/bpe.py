@@ -26,8 +26,16 @@ from typing import Iterable, Iterator
 
 from . import formats
 from .base import TokenizerBase
-from .checks import (assign_special_ids, check_byte_ids, check_ids, check_merges, check_special_token_list,
-                     check_text, short_repr, surrogate_error)
+from .checks import (
+    assign_special_ids,
+    check_byte_ids,
+    check_ids,
+    check_merges,
+    check_special_token_list,
+    check_text,
+    short_repr,
+    surrogate_error,
+)
 from .merge import apply_merges, merges_from_ranked_tokens
 from .patterns import Splitter, last_safe_cut, resolve_pattern
 from .special import SpecialTokenMatcher

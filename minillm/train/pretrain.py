@@ -22,8 +22,14 @@ import numpy as np
 
 from minillm.backend import manual_seed, to_device
 from minillm.data import (
-    RandomWindowLoader, TokenDataset, clean_documents, deduplicate, default_corpus_path, prepare_dataset,
-    read_corpus, split_train_val,
+    RandomWindowLoader,
+    TokenDataset,
+    clean_documents,
+    deduplicate,
+    default_corpus_path,
+    prepare_dataset,
+    read_corpus,
+    split_train_val,
 )
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT

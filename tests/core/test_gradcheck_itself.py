@@ -7,8 +7,12 @@ import minillm as mm
 from minillm.autograd import Function
 from minillm.backend import get_array_module, to_numpy
 from minillm.debug import (
-    check_against_finite_differences, check_no_input_mutation, check_repeatable, check_shapes_and_dtypes,
-    forward_backward, prepare_case,
+    check_against_finite_differences,
+    check_no_input_mutation,
+    check_repeatable,
+    check_shapes_and_dtypes,
+    forward_backward,
+    prepare_case,
 )
 
 

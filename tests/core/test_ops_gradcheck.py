@@ -2,7 +2,6 @@
 import pathlib
 import re
 
-import numpy as np
 import pytest
 
 import minillm as mm

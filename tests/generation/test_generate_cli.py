@@ -1,14 +1,13 @@
 """``minillm generate | sample | chat`` on a tiny checkpoint; the chat loop fed from a list of lines."""
 import io
 
-import numpy as np
 import pytest
 
 import minillm as mm
 from minillm.cli import main
 from minillm.commandline import load_config, unescape
-from minillm.generation.cli import ChatConfig, run_chat
 from minillm.generation.chat import ChatSession, chat_loop
+from minillm.generation.cli import ChatConfig, run_chat
 from minillm.nn import GPT, GPTConfig
 from minillm.tokenizer import CharTokenizer
 from minillm.train.checkpoint import save_checkpoint

@@ -7,9 +7,21 @@ import pytest
 import minillm as mm
 from minillm import functional as F
 from minillm.nn import (
-    MLP, Block, CausalSelfAttention, Dropout, Embedding, GPTConfig, LayerNorm,
-    LearnedPositionalEmbedding, Linear, RMSNorm, RotaryEmbedding, SinusoidalPositionalEmbedding,
-    SwiGLUMLP, sinusoidal_table, swiglu_hidden,
+    MLP,
+    Block,
+    CausalSelfAttention,
+    Dropout,
+    Embedding,
+    GPTConfig,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    SwiGLUMLP,
+    sinusoidal_table,
+    swiglu_hidden,
 )
 
 

@@ -16,10 +16,9 @@ import pytest
 
 import minillm as mm
 from minillm import amp, backend
-from minillm.amp import formats
 from minillm import functional as F
-from minillm.ops import _cuda
-from minillm.ops import activation, attention, embedding, loss, norm
+from minillm.amp import formats
+from minillm.ops import _cuda, activation, attention, embedding, loss, norm
 from minillm.optim import adamw
 
 NEEDS_GPU = "fused CUDA kernels run on CuPy arrays only: pytest --backend cupy on a machine with a GPU"

@@ -4,7 +4,7 @@ import pytest
 
 import minillm as mm
 from minillm import functional as F
-from tests.ops.twins import assert_keeps_dtype, assert_twins_agree, run_with_grads
+from tests.ops.twins import assert_keeps_dtype, assert_twins_agree
 
 
 @pytest.mark.parametrize("x_shape", [(5, 4), (2, 3, 4), (2, 1, 3, 4)])

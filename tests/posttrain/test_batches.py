@@ -4,8 +4,18 @@ import json
 import numpy as np
 import pytest
 
-from minillm.posttrain import (IGNORE_INDEX, ChatTemplate, DPOBatchSampler, PreferencePair, RenderedPair,
-                               SFTBatchSampler, dpo_batch, render_preference_pairs, render_sft_examples, sft_batch)
+from minillm.posttrain import (
+    IGNORE_INDEX,
+    ChatTemplate,
+    DPOBatchSampler,
+    PreferencePair,
+    RenderedPair,
+    SFTBatchSampler,
+    dpo_batch,
+    render_preference_pairs,
+    render_sft_examples,
+    sft_batch,
+)
 
 N = IGNORE_INDEX
 PAD = 0

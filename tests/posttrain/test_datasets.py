@@ -4,8 +4,16 @@ import os
 
 import pytest
 
-from minillm.posttrain import (ChatTemplate, PreferencePair, load_dpo_jsonl, load_sft_jsonl, render_preference_pairs,
-                               render_sft_examples, save_dpo_jsonl, save_sft_jsonl)
+from minillm.posttrain import (
+    ChatTemplate,
+    PreferencePair,
+    load_dpo_jsonl,
+    load_sft_jsonl,
+    render_preference_pairs,
+    render_sft_examples,
+    save_dpo_jsonl,
+    save_sft_jsonl,
+)
 
 U, A, E = 7, 8, 9   # marker ids of the char_chat fixture
 

@@ -4,23 +4,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 
 import numpy as np
 import pytest
 
 import minillm as mm
 from minillm import functional as F
+from minillm.functional import logsigmoid, logsigmoid_composed
 from minillm.nn import GPT, GPTConfig
 from minillm.optim import SGD
-from minillm.posttrain import ChatTemplate, dpo_batch, make_preference_pairs, render_preference_pairs
-from minillm.functional import logsigmoid, logsigmoid_composed
-from minillm.posttrain.dpo import (DPOObjective, dpo_loss, frozen_copy,
-                                   pair_logprobs, run_dpo, sequence_logprobs, sequence_logprobs_composed)
+from minillm.posttrain import ChatTemplate, dpo_batch, render_preference_pairs
+from minillm.posttrain.dpo import (
+    DPOObjective,
+    dpo_loss,
+    frozen_copy,
+    pair_logprobs,
+    run_dpo,
+    sequence_logprobs,
+    sequence_logprobs_composed,
+)
 from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import DPOConfig
 from minillm.train.checkpoint import load_model
-
 from tests.posttrain.test_sft import make_pretrained, small_sft_config
 
 RNG = np.random.Generator(np.random.PCG64(11))
@@ -222,9 +227,9 @@ def test_bad_dpo_options_name_the_option(sft_model, tmp_path):
 def test_sft_lora_and_dpo_steps_run_on_the_gpu_path(gpu_device, policy_and_batch):
     """The CuPy-like emulation refuses silent host/device mixing: every array of a step must be on the device."""
     from minillm.backend import to_device
+    from minillm.nn import resize_token_embeddings
     from minillm.optim import AdamW
     from minillm.posttrain.lora import apply_lora, lora_param_groups, train_rows_from
-    from minillm.nn import resize_token_embeddings
     from minillm.posttrain.sft import sft_loss
 
     model, batch = policy_and_batch

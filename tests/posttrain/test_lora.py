@@ -8,11 +8,20 @@ import pytest
 
 import minillm as mm
 from minillm.backend import generator
-from minillm.nn import GPT, GPTConfig, Linear, functional_call
+from minillm.nn import GPT, GPTConfig, Linear, functional_call, resize_token_embeddings
 from minillm.optim import AdamW
-from minillm.posttrain.lora import (LoRALinear, apply_lora, load_lora, lora_modules, lora_param_groups,
-                                    lora_state_dict, merge_lora, parameter_counts, save_lora, train_rows_from)
-from minillm.nn import resize_token_embeddings
+from minillm.posttrain.lora import (
+    LoRALinear,
+    apply_lora,
+    load_lora,
+    lora_modules,
+    lora_param_groups,
+    lora_state_dict,
+    merge_lora,
+    parameter_counts,
+    save_lora,
+    train_rows_from,
+)
 
 
 def randomise_adapters(model, scale: float = 0.3) -> None:

@@ -9,7 +9,6 @@ import pytest
 from minillm.cli import build_parser, main
 from minillm.commandline import load_config
 from minillm.train.checkpoint import load_model
-
 from tests.posttrain.test_sft import make_pretrained
 
 SMALL = ["--max-steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--eval-per-task", "1", "--n-sft", "32",

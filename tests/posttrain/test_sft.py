@@ -11,10 +11,9 @@ import pytest
 
 import minillm as mm
 from minillm import functional as F
-from minillm.nn import GPT, GPTConfig, Module
+from minillm.nn import GPT, GPTConfig, Module, resize_token_embeddings
 from minillm.posttrain import CHAT_SPECIAL_TOKENS, ChatTemplate, ensure_chat_tokens
 from minillm.posttrain.evaluate import evaluate_tasks, generate_replies, reply_budgets
-from minillm.nn import resize_token_embeddings
 from minillm.posttrain.sft import run_sft, sft_loss
 from minillm.posttrain.stage import SFTConfig
 from minillm.posttrain.tasks import Task

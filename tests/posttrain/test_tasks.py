@@ -4,9 +4,22 @@ import random
 
 import pytest
 
-from minillm.posttrain import (TASK_NAMES, TASKS, Task, check, corpus_vocabulary, load_dpo_jsonl, load_eval_jsonl,
-                               load_sft_jsonl, make_eval_prompts, make_pools, make_preference_pairs, make_sft_examples,
-                               score, write_task_files)
+from minillm.posttrain import (
+    TASK_NAMES,
+    TASKS,
+    Task,
+    check,
+    corpus_vocabulary,
+    load_dpo_jsonl,
+    load_eval_jsonl,
+    load_sft_jsonl,
+    make_eval_prompts,
+    make_pools,
+    make_preference_pairs,
+    make_sft_examples,
+    score,
+    write_task_files,
+)
 from minillm.posttrain import tasks as task_module
 from minillm.posttrain.tasks import TaskPools, make_task
 

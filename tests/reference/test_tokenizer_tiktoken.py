@@ -8,7 +8,8 @@ rank files that ``save_tiktoken`` writes, and ``load_tiktoken`` must read tiktok
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minillm.tokenizer import BPETokenizer
 from tests.tokenizer.corpus_text import load_corpus_text

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minillm.tokenizer.chat import CHAT_SPECIAL_TOKENS, ChatTemplate, check_conversation, ensure_chat_tokens
 from minillm.tokenizer import BPETokenizer, CharTokenizer
+from minillm.tokenizer.chat import CHAT_SPECIAL_TOKENS, ChatTemplate, check_conversation, ensure_chat_tokens
 
 U, A, E, S = 7, 8, 9, 10   # the chat marker ids of the char_chat fixture
 

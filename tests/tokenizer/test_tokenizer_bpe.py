@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import regex
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minillm.tokenizer import BPETokenizer, format_compression_report
 from minillm.tokenizer.merge import _apply_merges_heap, _apply_merges_rescan, apply_merges

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 import regex
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minillm.tokenizer import CharTokenizer, load_tokenizer, tokenizer_from_dict
 

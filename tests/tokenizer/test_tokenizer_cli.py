@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 from minillm.commandline import load_config
+from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 from minillm.tokenizer.cli import main, register
 
 

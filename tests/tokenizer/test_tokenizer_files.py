@@ -9,8 +9,7 @@ import os
 import pytest
 import regex
 
-from minillm.tokenizer import (BPETokenizer, CharTokenizer, bytes_to_unicode, load_tokenizer,
-                               tokenizer_from_dict)
+from minillm.tokenizer import BPETokenizer, CharTokenizer, bytes_to_unicode, load_tokenizer, tokenizer_from_dict
 from minillm.tokenizer.patterns import GPT2_SPLIT_PATTERN
 
 SAMPLE = "To be, or not to be: that is the question.\n  Whether 'tis nobler 1599 🤖 naïve\t<|endoftext|>"

@@ -1,12 +1,19 @@
 """Split patterns: known splits, the ASCII fast path, safe cut points, custom patterns."""
 from __future__ import annotations
 
-import regex
 import pytest
-from hypothesis import given, settings, strategies as st
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from minillm.tokenizer.patterns import (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Splitter, find_safe_cut,
-                                        last_safe_cut, resolve_pattern)
+from minillm.tokenizer.patterns import (
+    GPT2_SPLIT_PATTERN,
+    GPT4_SPLIT_PATTERN,
+    Splitter,
+    find_safe_cut,
+    last_safe_cut,
+    resolve_pattern,
+)
 
 SAMPLE = "I'm here, you'RE 12345 going!!\n\n  Hello\tworld  "
 

@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 import regex
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minillm.tokenizer import BPETokenizer, train_bpe_naive
 
