@@ -259,7 +259,7 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
 def _apply_hook(hook, gradient):
     """Call a tensor hook with the gradient as a Tensor; it may return a replacement (a Tensor
     or an array) or None to keep the gradient."""
-    from minillm.tensor import Tensor  # noqa: PLC0415
+    from minillm.tensor import Tensor  # noqa: PLC0415  (tensor imports autograd)
 
     replaced = hook(Tensor(gradient))
     if replaced is None:

@@ -210,7 +210,7 @@ def scatter_add(target, indices, values) -> None:
     if type(target).__name__ == "StrictArray":
         _strict().scatter_add(target, indices, values)
         return
-    import cupyx  # noqa: PLC0415
+    import cupyx  # noqa: PLC0415  (only reached with CuPy arrays)
 
     cupyx.scatter_add(target, indices, values)
 
@@ -238,7 +238,7 @@ def erf(x):
             return np.vectorize(math.erf, otypes=[x.dtype])(x)
     if type(x).__name__ == "StrictArray":
         return _strict().from_host(erf(_strict().to_host(x)))
-    from cupyx.scipy.special import erf as cupy_erf  # noqa: PLC0415
+    from cupyx.scipy.special import erf as cupy_erf  # noqa: PLC0415  (only reached with CuPy arrays)
 
     return cupy_erf(x)
 

@@ -13,15 +13,14 @@ import argparse
 import sys
 
 from minillm import commandline
+from minillm.data import cli as data_cli
+from minillm.generation import cli as generation_cli
+from minillm.posttrain import cli as posttrain_cli
+from minillm.tokenizer import cli as tokenizer_cli
+from minillm.train import cli as train_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minillm.data import cli as data_cli  # noqa: PLC0415  (each command imports its family on demand)
-    from minillm.generation import cli as generation_cli  # noqa: PLC0415
-    from minillm.posttrain import cli as posttrain_cli  # noqa: PLC0415
-    from minillm.tokenizer import cli as tokenizer_cli  # noqa: PLC0415
-    from minillm.train import cli as train_cli  # noqa: PLC0415
-
     parser = argparse.ArgumentParser(prog="minillm", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.register(subparsers)

@@ -13,7 +13,15 @@ import weakref
 import numpy as np
 
 from minillm import autograd
-from minillm.backend import check_device, device_of, get_array_module, to_device, to_numpy
+from minillm.backend import (
+    check_device,
+    device_of,
+    get_array_module,
+    module_for_device,
+    random_normal,
+    to_device,
+    to_numpy,
+)
 from minillm.backend import item as backend_item
 
 _DEFAULT_FLOAT = np.float32
@@ -162,7 +170,7 @@ class Tensor:
 
     def astype(self, dtype) -> "Tensor":
         """Differentiable dtype conversion (the gradient is converted back)."""
-        from minillm.ops.elementwise import cast  # noqa: PLC0415
+        from minillm.ops.elementwise import cast  # noqa: PLC0415  (the ops import tensor)
 
         return cast(self, dtype)
 
@@ -318,7 +326,7 @@ def _ops():
     """minillm.functional, imported on first use (functional imports this module)."""
     global _functional
     if _functional is None:
-        from minillm import functional  # noqa: PLC0415
+        from minillm import functional  # noqa: PLC0415  (the ops import tensor)
 
         _functional = functional
     return _functional
@@ -361,23 +369,17 @@ def tensor(data, requires_grad: bool = False, dtype=None, device: str | None = N
 
 
 def zeros(shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
-    from minillm.backend import module_for_device  # noqa: PLC0415
-
     xp = module_for_device(device)
     return Tensor(xp.zeros(shape, dtype=dtype), requires_grad=requires_grad)
 
 
 def ones(shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
-    from minillm.backend import module_for_device  # noqa: PLC0415
-
     xp = module_for_device(device)
     return Tensor(xp.ones(shape, dtype=dtype), requires_grad=requires_grad)
 
 
 def randn(*shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
     """Standard normal samples from the global generator (seed with ``manual_seed``)."""
-    from minillm.backend import random_normal  # noqa: PLC0415
-
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     return Tensor(random_normal(shape, dtype, device), requires_grad=requires_grad)

@@ -19,7 +19,11 @@ from minillm import commandline
 from minillm.backend import DEVICES
 from minillm.commandline import unescape
 from minillm.config import Config, Section, option
+from minillm.generation import IncrementalDetokenizer, split_stop, stream_text
+from minillm.generation.chat import ChatSession, chat_loop
+from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT
+from minillm.train.checkpoint import load_model
 
 
 @dataclass
@@ -91,9 +95,6 @@ def register(subparsers) -> None:
 
 
 def _load(args: GenerationSection):
-    from minillm.tokenizer import load_tokenizer  # noqa: PLC0415  (heavy imports on demand)
-    from minillm.train.checkpoint import load_model  # noqa: PLC0415
-
     model, tokenizer, _ = load_model(args.checkpoint, device=args.device)
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
@@ -127,8 +128,6 @@ def _stops(args, tokenizer) -> list:
 
 
 def run_generate(cfg: GenerateConfig, out=None) -> int:
-    from minillm.generation import stream_text  # noqa: PLC0415
-
     args, out = cfg.generate, out or sys.stdout
     model, tokenizer = _load(args)
     ids = _prompt_ids(tokenizer, args.prompt)
@@ -143,8 +142,6 @@ def run_generate(cfg: GenerateConfig, out=None) -> int:
 
 
 def run_sample(cfg: SampleConfig, out=None) -> int:
-    from minillm.generation import IncrementalDetokenizer, split_stop  # noqa: PLC0415
-
     args, out = cfg.sample, out or sys.stdout
     model, tokenizer = _load(args)
     ids = _prompt_ids(tokenizer, args.prompt)
@@ -174,8 +171,6 @@ def _terminal_lines(out):
 
 
 def run_chat(cfg: ChatConfig, lines=None, out=None) -> int:
-    from minillm.generation.chat import ChatSession, chat_loop  # noqa: PLC0415
-
     args, out = cfg.chat, out or sys.stdout
     if args.max_new_tokens < 1:
         raise ValueError(f"chat.max_new_tokens={args.max_new_tokens}; expected an int >= 1 (a reply needs a token)")

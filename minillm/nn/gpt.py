@@ -24,11 +24,7 @@ from minillm.backend import device_of, get_array_module, random_normal, to_devic
 from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
 from minillm.nn.module import Module, ModuleList
-from minillm.nn.positions import (
-    LearnedPositionalEmbedding,
-    RotaryEmbedding,
-    SinusoidalPositionalEmbedding,
-)
+from minillm.nn.positions import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding
 from minillm.tensor import Tensor
 
 CHOICES = {        # the allowed values of GPTConfig's string fields (the [model] config section uses them too)

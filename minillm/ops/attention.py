@@ -38,18 +38,12 @@ import numpy as np
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import (
-    cupy_module,
-    device_of,
-    dropout_keep_mask,
-    fusable,
-    get_array_module,
-    module_for_device,
-)
+from minillm.backend import cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device
 from minillm.ops import _cuda, linalg
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import shape as sh
+from minillm.ops.dropout import dropout
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
@@ -587,8 +581,6 @@ def scaled_dot_product_attention_composed(q: Tensor, k: Tensor, v: Tensor, attn_
                                           dropout_p: float = 0.0, is_causal: bool = False,
                                           scale: float | None = None) -> Tensor:
     """The reference twin from primitives: repeat_kv, matmul, softmax_composed, dropout."""
-    from minillm.ops.dropout import dropout  # noqa: PLC0415
-
     _check_attention(q, k, v, dropout_p, "scaled_dot_product_attention_composed")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     n_rep = q.shape[1] // k.shape[1]

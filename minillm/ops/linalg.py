@@ -7,6 +7,7 @@ from minillm.autograd import Function
 from minillm.backend import get_array_module
 from minillm.ops._util import binary_operands, sum_to
 from minillm.ops.lowp.matmul import MatMulLowPrecision
+from minillm.ops.shape import reshape
 from minillm.tensor import Tensor
 
 
@@ -40,8 +41,6 @@ def matmul(a, b) -> Tensor:
     a, b = binary_operands(a, b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: operands must have at least 1 dim, got shapes {a.shape} and {b.shape}")
-    from minillm.ops.shape import reshape  # noqa: PLC0415
-
     if a.ndim == 1:
         out = matmul(reshape(a, (1, a.shape[0])), b)
         return reshape(out, out.shape[:-2] + out.shape[-1:])

@@ -11,6 +11,8 @@ and writes ``model.safetensors`` (what ``load_model`` and ``--checkpoint`` read)
 from __future__ import annotations
 
 from minillm import commandline
+from minillm.posttrain.dpo import run_dpo
+from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import DPOConfig, SFTConfig
 
 
@@ -22,15 +24,11 @@ def register(subparsers) -> None:
 
 
 def run_sft_command(cfg: SFTConfig) -> int:
-    from minillm.posttrain.sft import run_sft  # noqa: PLC0415  (heavy imports on demand)
-
     print(report_lines(run_sft(cfg)))
     return 0
 
 
 def run_dpo_command(cfg: DPOConfig) -> int:
-    from minillm.posttrain.dpo import run_dpo  # noqa: PLC0415
-
     print(report_lines(run_dpo(cfg)))
     return 0
 

@@ -104,7 +104,7 @@ def register(subparsers):
 
 def main(argv: list[str] | None = None) -> int:
     """``minillm tokenizer ...`` on its own (``argv`` starts with ``"tokenizer"``)."""
-    from minillm.cli import main as minillm_main  # noqa: PLC0415  (the one router of commands)
+    from minillm.cli import main as minillm_main  # noqa: PLC0415  (minillm.cli imports this module)
 
     return minillm_main(sys.argv[1:] if argv is None else argv)
 

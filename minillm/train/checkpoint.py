@@ -21,7 +21,9 @@ import os
 from dataclasses import dataclass, field
 
 from minillm.backend import get_rng_state, to_numpy
+from minillm.nn import GPT, GPTConfig
 from minillm.serialization import load_safetensors, save_safetensors
+from minillm.tokenizer import tokenizer_from_dict
 
 FORMAT = "minillm-checkpoint"
 VERSION = 1
@@ -102,8 +104,6 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """(model, tokenizer or None, checkpoint) from a checkpoint file, the model in eval mode."""
-    from minillm.nn import GPT, GPTConfig  # noqa: PLC0415  (train sits above nn)
-
     checkpoint = load_checkpoint(path)
     model = GPT(GPTConfig.from_dict(checkpoint.model_config))
     model.load_state_dict(checkpoint.model_state)
@@ -111,7 +111,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     model.eval()
     tokenizer = None
     if checkpoint.tokenizer is not None:
-        from minillm.tokenizer import tokenizer_from_dict  # noqa: PLC0415
-
         tokenizer = tokenizer_from_dict(checkpoint.tokenizer)
     return model, tokenizer, checkpoint

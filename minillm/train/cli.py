@@ -5,11 +5,17 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from minillm import commandline
-from minillm.amp import PRECISIONS
+from minillm.amp import PRECISIONS, autocast
 from minillm.backend import DEVICES
 from minillm.config import Config, Section, option
+from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val
+from minillm.train.checkpoint import load_model
 from minillm.train.config import TrainConfig
+from minillm.train.evaluate import evaluate_language_model
+from minillm.train.pretrain import run_pretraining
 
 
 @dataclass
@@ -40,8 +46,6 @@ def register(subparsers) -> None:
 
 
 def run_train(cfg: TrainConfig) -> int:
-    from minillm.train.pretrain import run_pretraining  # noqa: PLC0415  (heavy imports on demand)
-
     summary = run_pretraining(cfg)
     final = summary["final"]
     print(f"\nfinal validation: loss {final['val_loss']:.4f} nats/token, perplexity {final['val_ppl']:.2f}, "
@@ -56,18 +60,6 @@ def run_train(cfg: TrainConfig) -> int:
 
 
 def run_eval(cfg: EvalConfig) -> int:
-    import numpy as np  # noqa: PLC0415
-
-    from minillm.amp import autocast  # noqa: PLC0415
-    from minillm.data import (  # noqa: PLC0415
-        clean_documents,
-        default_corpus_path,
-        read_corpus,
-        split_train_val,
-    )
-    from minillm.train.checkpoint import load_model  # noqa: PLC0415
-    from minillm.train.evaluate import evaluate_language_model  # noqa: PLC0415
-
     args = cfg.eval
     model, tokenizer, checkpoint = load_model(args.checkpoint, device=args.device)
     if tokenizer is None:

@@ -20,6 +20,7 @@ from minillm.backend import DEVICES
 from minillm.config import Config, Section, option
 from minillm.nn.gpt import CHOICES as MODEL_CHOICES
 from minillm.nn.gpt import GPTConfig
+from minillm.optim import AdamW, CosineSchedule
 
 
 @dataclass
@@ -112,14 +113,10 @@ class OptimSection(Section):
 
     def schedule(self, total_steps: int):
         """The run's :class:`~minillm.optim.CosineSchedule`."""
-        from minillm.optim import CosineSchedule  # noqa: PLC0415  (optim imports nothing from here)
-
         return CosineSchedule(self.lr, self.min_lr, self.warmup_steps, total_steps)
 
     def optimizer(self, param_groups, schedule):
         """AdamW over ``param_groups`` (or parameters), starting at the schedule's first rate."""
-        from minillm.optim import AdamW  # noqa: PLC0415
-
         return AdamW(param_groups, lr=schedule(0), betas=(self.beta1, self.beta2), eps=self.eps,
                      weight_decay=self.weight_decay)
 

@@ -8,6 +8,9 @@ import time
 
 import numpy as np
 
+from minillm.backend import module_for_device, synchronize
+from minillm.fileio import atomic_write_text
+
 
 class MetricsLog:
     """Appends one JSON object per line to ``path`` (``{"step": 10, "loss": 3.2, ...}``).
@@ -39,8 +42,6 @@ class MetricsLog:
         """Drop records past ``step`` (all of them for step 0)."""
         self.records = [r for r in self.records if r.get("step", 0) <= step]
         if self.path is not None:
-            from minillm.fileio import atomic_write_text  # noqa: PLC0415
-
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
 
@@ -50,7 +51,7 @@ def plot_loss_curve(records: list[dict], path: str) -> bool:
     Returns False (and writes nothing) without matplotlib: it is optional by design.
     """
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib  # noqa: PLC0415  (optional: plotting only)
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -76,8 +77,6 @@ def plot_loss_curve(records: list[dict], path: str) -> bool:
 def measure_matmul_peak(device: str = "cpu", size: int = 1024, repeats: int = 5) -> float:
     """The machine's achievable float32 matmul rate in FLOP/s (best of ``repeats``), the
     denominator of MFU (model FLOPs utilisation)."""
-    from minillm.backend import module_for_device, synchronize  # noqa: PLC0415
-
     xp = module_for_device(device)
     a = xp.ones((size, size), dtype=np.float32)
     b = xp.ones((size, size), dtype=np.float32)
