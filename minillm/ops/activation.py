@@ -188,7 +188,7 @@ def _gelu_tanh_backward(x, gy):
     xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
     # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew)
     # and only the returned gradient is a full-size allocation.
-    size = min(xf.size, _ELEMENTWISE_BLOCK)
+    size = max(1, min(xf.size, _ELEMENTWISE_BLOCK))        # an empty x loops zero times
     u_buf = xp.empty(size, dtype=gy.dtype)
     w_buf = xp.empty(size, dtype=gy.dtype)
     for start in range(0, xf.size, size):

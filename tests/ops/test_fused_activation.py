@@ -69,3 +69,16 @@ def test_gelu_backward_in_blocks_matches_composed(rng, device, monkeypatch):
         return F.gelu_composed(F.transpose(x, (1, 0, 2)))
 
     assert_twins_agree(fused, composed, [rng.standard_normal((3, 4, 5)) * 3], device)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["gelu", "gelu_erf", "silu", "swiglu", "logsigmoid"])
+def test_activations_of_an_empty_tensor(name, dtype, device):
+    """A (0, 4) input gives a (0, 4) output and a (0, 4) gradient (the blocked backward loops
+    zero times instead of failing on a zero block size)."""
+    x = mm.tensor(np.zeros((0, 4), dtype=dtype), requires_grad=True, device=device)
+    y = {"gelu": lambda: F.gelu(x), "gelu_erf": lambda: F.gelu(x, approximate="none"),
+         "silu": lambda: F.silu(x), "swiglu": lambda: F.swiglu(x, x), "logsigmoid": lambda: F.logsigmoid(x)}[name]()
+    y.sum().backward()
+    assert y.shape == (0, 4) and y.dtype == dtype
+    assert x.grad.shape == (0, 4) and x.grad.dtype == dtype
