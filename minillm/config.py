@@ -21,6 +21,7 @@ expected (the commands turn it into one line and exit status 2).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from typing import Any, ClassVar
@@ -108,6 +109,12 @@ def convert_value(where: str, annotation, value):
         return _convert_scalar(base, value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}={value!r} is not a valid {_type_name(annotation)}") from None
+
+
+def _did_you_mean(key: str, names) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or '' when none is close."""
+    close = difflib.get_close_matches(key, [n.rsplit(".", 1)[-1] for n in names], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,19 +248,31 @@ class Config:
                 raise ValueError(f"{source}: unknown section {name!r} in key {key!r}; the sections are "
                                  f"{list(sections)}")
             if inner not in sections[name].option_names():
-                raise ValueError(f"{source}: unknown key(s) [{inner!r}] in [{name}]; valid keys are: "
-                                 f"{', '.join(sections[name].option_names())}")
+                names = sections[name].option_names()
+                raise ValueError(f"{source}: unknown key {inner!r} in [{name}]{_did_you_mean(inner, names)}; valid "
+                                 f"keys are: {', '.join(names)}")
             return name, inner
         owners = [name for name, section in sections.items() if key in section.option_names()]
         if not owners:
-            raise ValueError(f"{source}: unknown key(s) [{key!r}]; valid keys are: "
-                             f"{', '.join(k for s in sections.values() for k in s.option_names())}")
+            raise ValueError(f"{source}: unknown key {key!r}{_did_you_mean(key, cls._plain_keys())}; valid keys "
+                             f"are: {', '.join(cls._plain_keys())}")
         if len(owners) > 1 and key in cls.prefer:
             return cls.prefer[key], key
         if len(owners) > 1:
             raise ValueError(f"{source}: key {key!r} is in several sections {owners}; write "
                              + " or ".join(f"{owner}.{key}" for owner in owners))
         return owners[0], key
+
+    @classmethod
+    def _plain_keys(cls) -> list:
+        """Every key as a command line may write it: plain, or section.key where two sections share it."""
+        sections = cls.sections()
+        counts = {}
+        for section in sections.values():
+            for key in section.option_names():
+                counts[key] = counts.get(key, 0) + 1
+        return [key if counts[key] == 1 or cls.prefer.get(key) == name else f"{name}.{key}"
+                for name, section in sections.items() for key in section.option_names()]
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod

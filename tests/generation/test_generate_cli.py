@@ -72,7 +72,7 @@ def test_sample_prints_independent_samples(plain, capsys):
     (["--max-new-tokens", "-3"], "generate.max_new_tokens=-3 is out of range; expected a value >= 0"),
     (["--top-k", "many"], "generate.top_k='many' is not a valid int or none"),
     (["--prompt", "xyz"], "'x'"),                                # not in the character vocabulary
-    (["--temprature", "0"], "unknown key(s) ['temprature']"),
+    (["--temprature", "0"], "unknown key 'temprature' (did you mean 'temperature'?)"),
 ])
 def test_generate_bad_arguments(plain, capsys, argv, message):
     path, _, _ = plain

@@ -42,7 +42,7 @@ def test_resume_continues_from_the_checkpoint(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--n_layers", "2"], "unknown key(s) ['n_layers']"),
+    (["train", "--n_layers", "2"], "unknown key 'n_layers' (did you mean 'n_layer'?)"),
     (["train", "--lr", "fast"], "lr='fast' is not a valid float"),
     (["train", "--config", "/nonexistent.toml"], "does not exist"),
     (["eval", "--checkpoint", "/nonexistent.safetensors"], "does not exist"),

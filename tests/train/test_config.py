@@ -44,7 +44,7 @@ def test_a_key_alone_or_with_its_section():
 
 
 def test_unknown_key_lists_the_valid_keys():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['n_layers'\]; valid keys are: .*n_layer"):
+    with pytest.raises(ValueError, match=r"unknown key 'n_layers' \(did you mean 'n_layer'\?\); valid keys are: .*n_layer"):
         TrainConfig.create({"n_layers": 3})
 
 
