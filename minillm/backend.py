@@ -95,6 +95,11 @@ def is_cupy_array(array) -> bool:
     return cp is not None and isinstance(array, cp.ndarray)
 
 
+def is_host_array(array) -> bool:
+    """True for a plain NumPy array (the host path; never for CuPy or strict-emulated arrays)."""
+    return type(array) is np.ndarray
+
+
 def fusable(*arrays) -> bool:
     """Whether a fused CUDA kernel may run on ``arrays``: fused kernels are on and every array is
     a float32 or float16 CuPy array (float64 and other dtypes take the composed path)."""

@@ -1,7 +1,8 @@
 """Small helpers shared by the op families."""
 from __future__ import annotations
 
-from minillm.backend import get_array_module
+from minillm.backend import get_array_module, is_host_array
+from minillm.host import parallel_for
 from minillm.tensor import Tensor
 
 
@@ -61,3 +62,13 @@ def check_same_shape(a: Tensor, b: Tensor, op: str) -> None:
     if a.data.shape != b.data.shape:
         raise ValueError(f"{op}: shapes {tuple(a.data.shape)} and {tuple(b.data.shape)} differ; "
                          "expected equal shapes")
+
+
+def for_rows(fn, n_rows: int, row_size: int, array) -> None:
+    """``fn(start, stop)`` over ``range(n_rows)``: split across the host threads when ``array`` is a
+    host array (:func:`minillm.host.parallel_for`; each row's arithmetic is unchanged, so results
+    do not depend on the split), else one call (the GPU runs whole arrays)."""
+    if is_host_array(array):
+        parallel_for(fn, n_rows, cost_per_item=max(row_size, 1))
+    else:
+        fn(0, n_rows)

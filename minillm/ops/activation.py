@@ -20,7 +20,8 @@ import math
 
 from minillm import amp
 from minillm.autograd import Function
-from minillm.backend import erf, fusable, get_array_module
+from minillm.backend import erf, fusable, get_array_module, is_host_array
+from minillm.host import parallel_for
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
@@ -144,9 +145,7 @@ class GELU(Function):
             return y
         self.x = x
         if self.approximate == "tanh":
-            y = _gelu_gate(x)                            # u
-            y *= x
-            return y
+            return _gelu_tanh_forward(x)
         self.t = erf(x * (1 / math.sqrt(2.0)))           # erf(x/√2) = 2Φ(x) - 1
         y = self.t + 1
         y *= x
@@ -179,6 +178,28 @@ def _kernel_runs(arrays, out_dtype, round_bf16) -> bool:
     return fusable(*arrays) and not round_bf16 and (out_dtype is None or out_dtype == arrays[0].dtype)
 
 
+def _gelu_tanh_forward(x):
+    """y = x · u(x) (a new array): on the host in one contiguous range per thread (see
+    :func:`minillm.host.parallel_for`; elementwise, so bit-identical for any thread count)."""
+    xp = get_array_module(x)
+    if not is_host_array(x):
+        y = _gelu_gate(x)
+        y *= x
+        return y
+    x = xp.ascontiguousarray(x)
+    y = xp.empty_like(x)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+
+    def part(start, stop):
+        for lo in range(start, stop, _ELEMENTWISE_BLOCK):
+            hi = min(stop, lo + _ELEMENTWISE_BLOCK)
+            u = _gelu_gate(xf[lo:hi], out=yf[lo:hi])
+            u *= xf[lo:hi]
+
+    parallel_for(part, xf.size)
+    return y
+
+
 def _gelu_tanh_backward(x, gy):
     """dL/dx of the tanh GELU for saved x and upstream gy (a new array in gy's dtype)."""
     # With t = tanh(a), a = √(2/π)(x + 0.044715 x³), u = (1 + t)/2, 1 - t² = 4u(1 - u):
@@ -186,24 +207,31 @@ def _gelu_tanh_backward(x, gy):
     xp = get_array_module(gy)
     g = xp.empty(x.shape, dtype=gy.dtype)
     xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
-    # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew)
-    # and only the returned gradient is a full-size allocation.
-    size = max(1, min(xf.size, _ELEMENTWISE_BLOCK))        # an empty x loops zero times
-    u_buf = xp.empty(size, dtype=gy.dtype)
-    w_buf = xp.empty(size, dtype=gy.dtype)
-    for start in range(0, xf.size, size):
-        xs, gs = xf[start:start + size], gf[start:start + size]
-        u, w = u_buf[:xs.size], w_buf[:xs.size]
-        _gelu_gate(xs, out=u)
-        xp.multiply(xs, xs, out=gs)
-        gs *= 6 * _SQRT_2_OVER_PI * _GELU_CUBIC
-        gs += 2 * _SQRT_2_OVER_PI
-        gs *= xs                                 # 2 x da/dx
-        xp.subtract(1, u, out=w)
-        w *= u                                   # u (1 - u)
-        gs *= w
-        gs += u
-        gs *= gyf[start:start + size]
+
+    # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew) and only
+    # the returned gradient is a full-size allocation. On the host each thread takes a range.
+    def part(start, stop):
+        size = max(1, min(stop - start, _ELEMENTWISE_BLOCK))     # an empty x loops zero times
+        u_buf = xp.empty(size, dtype=gy.dtype)
+        w_buf = xp.empty(size, dtype=gy.dtype)
+        for lo in range(start, stop, size):
+            xs, gs = xf[lo:lo + size], gf[lo:lo + size]
+            u, w = u_buf[:xs.size], w_buf[:xs.size]
+            _gelu_gate(xs, out=u)
+            xp.multiply(xs, xs, out=gs)
+            gs *= 6 * _SQRT_2_OVER_PI * _GELU_CUBIC
+            gs += 2 * _SQRT_2_OVER_PI
+            gs *= xs                                 # 2 x da/dx
+            xp.subtract(1, u, out=w)
+            w *= u                                   # u (1 - u)
+            gs *= w
+            gs += u
+            gs *= gyf[lo:lo + size]
+
+    if is_host_array(g):
+        parallel_for(part, xf.size)
+    else:
+        part(0, xf.size)
     return g
 
 

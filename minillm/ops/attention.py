@@ -43,6 +43,7 @@ from minillm.ops import _cuda, linalg
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import shape as sh
+from minillm.ops._util import for_rows
 from minillm.ops.dropout import dropout
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
@@ -50,6 +51,8 @@ from minillm.tensor import Tensor
 _mask_cache: dict = {}       # (T, S, dtype, device) -> additive causal mask (T, S); a few entries
 _MASK_CACHE_SIZE = 8
 _BLOCK_ELEMENTS = 1 << 19    # scores per batch block (2 MiB in float32): cache-sized softmax passes
+_HOST_CAUSAL_CHUNK = 64      # causal attention on the host: query chunks of at least this many rows
+_HOST_CAUSAL_CHUNKS = 4      # ... and at most this many chunks (more: smaller, less efficient products)
 _CUDA_BLOCK_ELEMENTS = 1 << 26   # GPU: scores per batch block (256 MiB in float32) -- few, large products
 
 
@@ -86,32 +89,97 @@ def _gradient_views(gq, gk, gv, q_shape):
     return gq, gk, gv
 
 
+def _masked_softmax_inplace(a, mask) -> None:
+    """a <- softmax(a + mask) over the last axis, in place; a is (..., T, S) and mask None or
+    broadcastable to it. On the host the (T, S) matrices are split across the threads (a mask of
+    more than two dims is applied first, whole); each row's arithmetic does not change."""
+    xp = get_array_module(a)
+    if mask is not None and mask.ndim > 2:
+        a += mask
+        mask = None
+    t, s = a.shape[-2:]
+    # (M, T, S): a view for the C-contiguous blocks the op passes (else one part, a itself)
+    matrices = a.reshape(-1, t, s) if a.flags.c_contiguous else a[None]
+
+    def part(start, stop):
+        m = matrices[start:stop]
+        if mask is not None:
+            m += mask
+        m -= m.max(axis=-1, keepdims=True)                       # stable: the row max is 0
+        xp.exp(m, out=m)
+        norm = m.sum(axis=-1, keepdims=True)                     # (m, T, 1)
+        m *= xp.reciprocal(norm, out=norm)
+
+    for_rows(part, matrices.shape[0], t * s, a)
+
+
+def _score_gradient_inplace(gs, att, delta, keep) -> None:
+    """gs <- A ⊙ (gs ⊙ keep - δ): dL/dS from gs = dL/dA_d = G V^T (all (..., T, S), δ (..., T, 1),
+    keep the dropout mask or None), split across the host threads by (T, S) matrix."""
+    t, s = gs.shape[-2:]
+    if gs.flags.c_contiguous:                                    # (M, T, S) views; else one part
+        g3, a3, d3 = gs.reshape(-1, t, s), att.reshape(-1, t, s), delta.reshape(-1, t, 1)
+        k3 = None if keep is None else keep.reshape(-1, t, s)
+    else:
+        g3, a3, d3, k3 = gs[None], att[None], delta[None], None if keep is None else keep[None]
+
+    def part(start, stop):
+        g = g3[start:stop]
+        if k3 is not None:
+            g *= k3[start:stop]
+        g -= d3[start:stop]
+        g *= a3[start:stop]
+
+    for_rows(part, g3.shape[0], t * s, gs)
+
+
 class ScaledDotProductAttention(Function):
     """softmax(scale · Q K^T + M) V with GQA, optional causal/additive mask and dropout.
 
     Shapes: q (B, H, T, D), k (B, H_kv, S, D), v (B, H_kv, S, D) -> o (B, H, T, D) (a view of a
     (B, T, H, D) buffer). ``mask``: None or an additive float array broadcastable to
-    (B, H_kv, g, T, S) (the wrapper prepares it).
-    Saves: q, k, v, o, the weights A (B, H_kv, g, T, S) and the dropout mask (p > 0).
+    (B, H_kv, g, T, S) (the wrapper prepares it). ``causal``: the mask is exactly the causal mask
+    (no user mask), so work above the diagonal may be skipped (below).
+    Saves: q, k, v, o, the weights A and the dropout mask (p > 0).
 
     Both passes run over blocks of the batch axis (about ``_BLOCK_ELEMENTS`` scores each): the
     several in-place softmax passes then touch a slab that is still in cache, and backward
     needs only a block-sized scratch for dL/dS instead of a second (B, H, T, S) array.
+
+    Causal chunks: with the causal mask, queries i0..i1-1 see only the keys before
+    kend = i1 + S - T, so the queries are split into chunks of at least ``_HOST_CAUSAL_CHUNK``
+    rows and each chunk's products, softmax and gradients stop at its last visible key. A is
+    kept per chunk, (B, H_kv, g, i1 - i0, kend) each, so it also takes that much less memory:
+    for T = S = 256 and 4 chunks, 10/16 of the full square's work and memory. Without the causal
+    mask (or for short sequences) there is one chunk, the whole square. dL/dK and dL/dV sum the
+    chunks' contributions (in float32, an order of additions that differs from one product).
     """
 
-    def __init__(self, scale: float, mask, dropout_p: float):
-        self.scale, self.mask, self.dropout_p = scale, mask, dropout_p
+    def __init__(self, scale: float, mask, dropout_p: float, causal: bool = False):
+        self.scale, self.mask, self.dropout_p, self.causal = scale, mask, dropout_p, causal
 
     def _blocks(self, b: int, per_item: int):
         """Slices of the batch axis holding about _BLOCK_ELEMENTS scores each."""
         size = max(1, min(b, _BLOCK_ELEMENTS // max(per_item, 1)))
         return [slice(i, min(i + size, b)) for i in range(0, b, size)], size
 
+    def _chunks(self, t: int, s: int) -> list:
+        """(i0, i1, kend): query chunks and the keys each sees (all of them without the mask)."""
+        if not self.causal or t < 2 * _HOST_CAUSAL_CHUNK:
+            return [(0, t, s)]
+        size = max(_HOST_CAUSAL_CHUNK, -(-t // _HOST_CAUSAL_CHUNKS))
+        return [(i0, min(t, i0 + size), min(t, i0 + size) + s - t) for i0 in range(0, t, size)]
+
     def _mask_block(self, rows: slice):
         mask = self.mask
         if mask is None or mask.ndim < 5 or mask.shape[0] == 1:
             return mask                                          # (T, S) or shared by the batch
         return mask[rows]                                        # a per-batch-element mask
+
+    @staticmethod
+    def _mask_chunk(mask, i0: int, i1: int, kend: int):
+        """The mask's rows i0..i1-1 and columns ..kend-1 (None stays None)."""
+        return None if mask is None else mask[..., i0:i1, :kend]
 
     def forward(self, q, k, v):
         xp = get_array_module(q)
@@ -121,26 +189,23 @@ class ScaledDotProductAttention(Function):
         q5 = q.reshape(b, h_kv, g, t, d)                         # (B, Hkv, g, T, D)
         k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
         v5 = v.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
-        att = xp.empty((b, h_kv, g, t, s), dtype=q.dtype)        # (B, Hkv, g, T, S)
+        chunks = self._chunks(t, s)
+        att = [xp.empty((b, h_kv, g, i1 - i0, kend), dtype=q.dtype) for i0, i1, kend in chunks]   # A per chunk
         out = xp.empty((b, t, h_kv, g, d), dtype=q.dtype)        # (B, T, Hkv, g, D) memory order
         out5 = out.transpose(0, 2, 3, 1, 4)                      # (B, Hkv, g, T, D) view
         dropped = self.dropout_p > 0.0
-        if dropped:
-            self.keep = dropout_keep_mask(att.shape, 1.0 - self.dropout_p, att.dtype, device_of(att))
+        if dropped:   # one (B, Hkv, g, T, S) draw, whatever the chunks: the same mask as ever
+            self.keep = dropout_keep_mask((b, h_kv, g, t, s), 1.0 - self.dropout_p, q.dtype, device_of(q))
         blocks, _ = self._blocks(b, h * t * s)
         for rows in blocks:
-            a = att[rows]                                        # (b', Hkv, g, T, S)
             qs = q5[rows] * self.scale                           # (b', Hkv, g, T, D) scaled queries
-            xp.matmul(qs, k5[rows].swapaxes(-1, -2), out=a)      # (.., T, D) @ (.., D, S) -> (.., T, S)
             mask = self._mask_block(rows)
-            if mask is not None:
-                a += mask
-            a -= a.max(axis=-1, keepdims=True)                   # softmax in place, stable
-            xp.exp(a, out=a)
-            norm = a.sum(axis=-1, keepdims=True)                 # (b', Hkv, g, T, 1)
-            a *= xp.reciprocal(norm, out=norm)
-            weights = a * self.keep[rows] if dropped else a
-            xp.matmul(weights, v5[rows], out=out5[rows])         # (.., T, S) @ (.., S, D) -> (.., T, D)
+            for (i0, i1, kend), a_chunk in zip(chunks, att):
+                a = a_chunk[rows]                                # (b', Hkv, g, c, kend)
+                xp.matmul(qs[..., i0:i1, :], k5[rows, ..., :kend, :].swapaxes(-1, -2), out=a)   # (c, D) @ (D, kend)
+                _masked_softmax_inplace(a, self._mask_chunk(mask, i0, i1, kend))   # softmax(scale·QK^T + M)
+                weights = a * self.keep[rows, ..., i0:i1, :kend] if dropped else a
+                xp.matmul(weights, v5[rows, ..., :kend, :], out=out5[rows, ..., i0:i1, :])   # (c, kend) @ (kend, D)
         out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
         self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
         return out
@@ -155,8 +220,7 @@ class ScaledDotProductAttention(Function):
         needs = self.needs_input_grad
         dropped = self.dropout_p > 0.0
         gy5 = gy.reshape(b, h_kv, g, t, d)                       # (B, Hkv, g, T, D)
-        gy_flat = gy.reshape(b, h_kv, g * t, d)                  # (B, Hkv, g·T, D)
-        q_flat = q.reshape(b, h_kv, g * t, d)                    # (B, Hkv, g·T, D)
+        q5 = q.reshape(b, h_kv, g, t, d)                         # (B, Hkv, g, T, D)
         k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
         v5 = v.reshape(b, h_kv, 1, s, d)
         delta = xp.einsum("bhtd,bhtd->bht", gy, self.out)        # (B, H, T) rowsum(G ⊙ O)
@@ -167,30 +231,47 @@ class ScaledDotProductAttention(Function):
         gk = xp.empty((b, s, h_kv, d), dtype=gy.dtype) if needs[1] else None      # (B, S, Hkv, D)
         gv = xp.empty((b, s, h_kv, d), dtype=gy.dtype) if needs[2] else None      # (B, S, Hkv, D)
         blocks, size = self._blocks(b, h * t * s)
-        scratch = xp.empty((size, h_kv, g, t, s), dtype=gy.dtype)   # dL/dS, one block at a time
+        chunks = self._chunks(t, s)
+        # The last chunk sees every key, so it writes dK and dV whole; the others add to a prefix.
+        order = list(reversed(range(len(chunks))))
+        scratch = xp.empty(size * h_kv * g * max((i1 - i0) * kend for i0, i1, kend in chunks), dtype=gy.dtype)
         for rows in blocks:
             n = rows.stop - rows.start
-            gs = scratch[:n]                                     # (b', Hkv, g, T, S)
-            xp.matmul(gy5[rows], v5[rows].swapaxes(-1, -2), out=gs)   # (.., T, D) @ (.., D, S)
-            if dropped:
-                gs *= self.keep[rows]
-            gs -= delta5[rows]
-            gs *= att[rows]                                      # dL/dS
-            if needs[0]:
-                xp.matmul(gs, k5[rows], out=gq[rows].transpose(0, 2, 3, 1, 4))   # (.., T, S) @ (.., S, D)
-            gs_flat = gs.reshape(n, h_kv, g * t, s)              # (b', Hkv, g·T, S)
-            if needs[1]:
-                xp.matmul(gs_flat.swapaxes(-1, -2), q_flat[rows],
-                          out=gk[rows].transpose(0, 2, 1, 3))    # (.., S, g·T) @ (.., g·T, D) -> (.., S, D)
-            if needs[2]:
-                weights = att[rows] * self.keep[rows] if dropped else att[rows]
-                xp.matmul(weights.reshape(n, h_kv, g * t, s).swapaxes(-1, -2), gy_flat[rows],
-                          out=gv[rows].transpose(0, 2, 1, 3))    # (.., S, g·T) @ (.., g·T, D) -> (.., S, D)
+            gq5 = gq[rows].transpose(0, 2, 3, 1, 4) if needs[0] else None   # (b', Hkv, g, T, D) view
+            gk4 = gk[rows].transpose(0, 2, 1, 3) if needs[1] else None      # (b', Hkv, S, D) view
+            gv4 = gv[rows].transpose(0, 2, 1, 3) if needs[2] else None      # (b', Hkv, S, D) view
+            for position, index in enumerate(order):
+                i0, i1, kend = chunks[index]
+                c = i1 - i0
+                a = att[index][rows]                             # (b', Hkv, g, c, kend)
+                gs = scratch[:n * h_kv * g * c * kend].reshape(n, h_kv, g, c, kend)   # dL/dS of the chunk
+                xp.matmul(gy5[rows, ..., i0:i1, :], v5[rows, ..., :kend, :].swapaxes(-1, -2), out=gs)   # G V^T
+                _score_gradient_inplace(gs, a, delta5[rows, ..., i0:i1, :],
+                                        self.keep[rows, ..., i0:i1, :kend] if dropped else None)   # dL/dS
+                if needs[0]:
+                    xp.matmul(gs, k5[rows, ..., :kend, :], out=gq5[..., i0:i1, :])   # (c, kend) @ (kend, D)
+                gs_flat = gs.reshape(n, h_kv, g * c, kend)       # (b', Hkv, g·c, kend)
+                if needs[1]:
+                    q_flat = q5[rows, ..., i0:i1, :].reshape(n, h_kv, g * c, d)   # (b', Hkv, g·c, D)
+                    _write_or_add(xp, gs_flat.swapaxes(-1, -2), q_flat, gk4[..., :kend, :], position == 0)
+                if needs[2]:
+                    weights = a * self.keep[rows, ..., i0:i1, :kend] if dropped else a
+                    gy_flat = gy5[rows, ..., i0:i1, :].reshape(n, h_kv, g * c, d)   # (b', Hkv, g·c, D)
+                    _write_or_add(xp, weights.reshape(n, h_kv, g * c, kend).swapaxes(-1, -2), gy_flat,
+                                  gv4[..., :kend, :], position == 0)
         if needs[0]:
             gq *= self.scale
         if needs[1]:
             gk *= self.scale
         return _gradient_views(gq, gk, gv, (b, t, h, d))
+
+
+def _write_or_add(xp, a, b, out, write: bool) -> None:
+    """out = a @ b (write) or out += a @ b: a chunk's share of dL/dK or dL/dV."""
+    if write:
+        xp.matmul(a, b, out=out)
+    else:
+        out += xp.matmul(a, b)
 
 
 class ScaledDotProductAttentionCuda(Function):
@@ -562,7 +643,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         mask = _prepare_mask(attn_mask, is_causal, q, k, dtype=np.float32)
         return ScaledDotProductAttentionLowPrecision(scale, mask, float(dropout_p), fmt).apply(q, k, v)
     mask = _prepare_mask(attn_mask, is_causal, q, k)
-    return ScaledDotProductAttention(scale, mask, float(dropout_p)).apply(q, k, v)
+    causal = bool(is_causal) and attn_mask is None and q.shape[2] <= k.shape[2]
+    return ScaledDotProductAttention(scale, mask, float(dropout_p), causal).apply(q, k, v)
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:

@@ -27,6 +27,7 @@ from minillm.backend import cupy_module, fusable, get_array_module
 from minillm.ops import _cuda
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
+from minillm.ops._util import for_rows
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
@@ -69,17 +70,28 @@ class LayerNorm(Function):
             return y
         xp = get_array_module(x)
         c = x.shape[-1]
-        mu = x.mean(axis=-1, keepdims=True)                      # (..., 1)
-        y = x - mu                                               # (..., C), x - μ
-        var = _row_dot(y, y)                                     # (..., 1) Σ (x - μ)²
-        var *= 1.0 / c
-        var += self.eps
-        rstd = xp.sqrt(var, out=var)
-        xp.reciprocal(rstd, out=rstd)                            # r = 1/sqrt(σ² + eps)
-        y *= rstd                                                # x̂
-        y *= weight
-        if bias is not None:
-            y += bias
+        x2 = x.reshape(-1, c)                                    # (N, C)
+        y = xp.empty(x.shape, dtype=x.dtype)
+        y2 = y.reshape(-1, c)
+        mu = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)        # (..., 1)
+        rstd = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)      # (..., 1)
+        mu2, rstd2 = mu.reshape(-1, 1), rstd.reshape(-1, 1)
+
+        def rows(start, stop):
+            xs, ys, r = x2[start:stop], y2[start:stop], rstd2[start:stop]
+            m = xp.mean(xs, axis=-1, keepdims=True, out=mu2[start:stop])   # μ
+            xp.subtract(xs, m, out=ys)                           # x - μ
+            r[...] = _row_dot(ys, ys)                            # Σ (x - μ)²
+            r *= 1.0 / c
+            r += self.eps
+            xp.sqrt(r, out=r)
+            xp.reciprocal(r, out=r)                              # r = 1/sqrt(σ² + eps)
+            ys *= r                                              # x̂
+            ys *= weight
+            if bias is not None:
+                ys += bias
+
+        for_rows(rows, x2.shape[0], c, x)
         self.x, self.weight, self.mu, self.rstd = x, weight, mu, rstd
         return y
 
@@ -89,23 +101,35 @@ class LayerNorm(Function):
         needs = self.needs_input_grad
         if self.fused:                                           # the fused forward ran (flat μ, r)
             return _norm_backward_cuda(self.x, gy, self.weight, self.mu, self.rstd, True, needs)
+        xp = get_array_module(gy)
         c = self.x.shape[-1]
-        xhat = self.x - self.mu
-        xhat *= self.rstd                                        # (..., C)
-        gw = gb = gx = None
-        if needs[1]:
-            gw = _column_dot(gy, xhat)                           # (C,)
-        if len(needs) > 2 and needs[2]:
-            gb = _sum_rows(gy, c)                                # (C,)
-        if needs[0]:
-            g = gy * self.weight                                 # ĝ (..., C)
-            proj = _row_dot(g, xhat)                             # (..., 1)
+        x2, gy2 = self.x.reshape(-1, c), gy.reshape(-1, c)       # (N, C)
+        mu2, rstd2 = self.mu.reshape(-1, 1), self.rstd.reshape(-1, 1)
+        xhat = xp.empty(x2.shape, dtype=gy.dtype)                # (N, C) x̂, then x̂ · mean(ĝ · x̂)
+        gx = xp.empty(x2.shape, dtype=gy.dtype) if needs[0] else None
+
+        def rebuild_xhat(start, stop):
+            xs = xhat[start:stop]
+            xp.subtract(x2[start:stop], mu2[start:stop], out=xs)
+            xs *= rstd2[start:stop]
+
+        def input_gradient(start, stop):
+            xs, g = xhat[start:stop], gx[start:stop]
+            xp.multiply(gy2[start:stop], self.weight, out=g)     # ĝ
+            proj = _row_dot(g, xs)                               # (rows, 1)
             proj *= 1.0 / c
-            xhat *= proj
-            gx = g
-            gx -= g.mean(axis=-1, keepdims=True)
-            gx -= xhat
-            gx *= self.rstd
+            xs *= proj
+            g -= g.mean(axis=-1, keepdims=True)
+            g -= xs
+            g *= rstd2[start:stop]
+
+        n = x2.shape[0]
+        for_rows(rebuild_xhat, n, c, gy)
+        gw = _column_dot(gy2, xhat) if needs[1] else None        # (C,)
+        gb = _sum_rows(gy2, c) if len(needs) > 2 and needs[2] else None   # (C,)
+        if needs[0]:
+            for_rows(input_gradient, n, c, gy)
+            gx = gx.reshape(self.x.shape)
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
     def kernel_forward(self, x, weight, bias=None, out_dtype=None, round_bf16=False):
@@ -176,13 +200,24 @@ class RMSNorm(Function):
         if y is not None:                                        # CuPy arrays: the fused kernel ran
             return y
         xp = get_array_module(x)
-        ms = _row_dot(x, x)                                      # (..., 1) Σ x²
-        ms *= 1.0 / x.shape[-1]
-        ms += self.eps
-        rstd = xp.sqrt(ms, out=ms)
-        xp.reciprocal(rstd, out=rstd)                            # r
-        y = x * rstd                                             # x̂ (..., C)
-        y *= weight
+        c = x.shape[-1]
+        x2 = x.reshape(-1, c)                                    # (N, C)
+        y = xp.empty(x.shape, dtype=x.dtype)
+        y2 = y.reshape(-1, c)
+        rstd = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)      # (..., 1)
+        rstd2 = rstd.reshape(-1, 1)
+
+        def rows(start, stop):
+            xs, r = x2[start:stop], rstd2[start:stop]
+            r[...] = _row_dot(xs, xs)                            # Σ x²
+            r *= 1.0 / c
+            r += self.eps
+            xp.sqrt(r, out=r)
+            xp.reciprocal(r, out=r)                              # r
+            ys = xp.multiply(xs, r, out=y2[start:stop])          # x̂
+            ys *= weight
+
+        for_rows(rows, x2.shape[0], c, x)
         self.x, self.weight, self.rstd = x, weight, rstd
         return y
 
@@ -190,19 +225,31 @@ class RMSNorm(Function):
         # With ĝ = gy · w:  dL/dx = r · (ĝ - x̂ · mean(ĝ · x̂)),  dL/dw = Σ_rows gy · x̂
         if self.fused:                                           # the fused forward ran
             return _norm_backward_cuda(self.x, gy, self.weight, None, self.rstd, False, self.needs_input_grad)
+        xp = get_array_module(gy)
+        needs = self.needs_input_grad
         c = self.x.shape[-1]
-        xhat = self.x * self.rstd                                # (..., C)
-        gx = gw = None
-        if self.needs_input_grad[1]:
-            gw = _column_dot(gy, xhat)                           # (C,)
-        if self.needs_input_grad[0]:
-            g = gy * self.weight                                 # ĝ
-            proj = _row_dot(g, xhat)                             # (..., 1)
+        x2, gy2, rstd2 = self.x.reshape(-1, c), gy.reshape(-1, c), self.rstd.reshape(-1, 1)
+        xhat = xp.empty(x2.shape, dtype=gy.dtype)                # (N, C) x̂, then x̂ · mean(ĝ · x̂)
+        gx = xp.empty(x2.shape, dtype=gy.dtype) if needs[0] else None
+
+        def rebuild_xhat(start, stop):
+            xp.multiply(x2[start:stop], rstd2[start:stop], out=xhat[start:stop])
+
+        def input_gradient(start, stop):
+            xs, g = xhat[start:stop], gx[start:stop]
+            xp.multiply(gy2[start:stop], self.weight, out=g)     # ĝ
+            proj = _row_dot(g, xs)                               # (rows, 1)
             proj *= 1.0 / c
-            xhat *= proj
-            gx = g
-            gx -= xhat
-            gx *= self.rstd
+            xs *= proj
+            g -= xs
+            g *= rstd2[start:stop]
+
+        n = x2.shape[0]
+        for_rows(rebuild_xhat, n, c, gy)
+        gw = _column_dot(gy2, xhat) if needs[1] else None        # (C,)
+        if needs[0]:
+            for_rows(input_gradient, n, c, gy)
+            gx = gx.reshape(self.x.shape)
         return gx, gw
 
     def kernel_forward(self, x, weight, out_dtype=None, round_bf16=False):

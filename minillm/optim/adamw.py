@@ -1,9 +1,13 @@
 """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's formulas exactly."""
 from __future__ import annotations
 
-from minillm.backend import fusable, get_array_module
+from minillm.backend import fusable, get_array_module, is_host_array
+from minillm.host import parallel_for
 from minillm.ops import _cuda
 from minillm.optim.optimizer import Optimizer, check_number
+
+_HOST_BLOCK = 1 << 18     # elements per block of a host update: the five slices stay in L2/L3, and each
+                          # block is long enough that its array passes, not the Python between them, dominate
 
 
 class AdamW(Optimizer):
@@ -48,22 +52,69 @@ class AdamW(Optimizer):
     def _buffer_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, param, grad, state: dict, group: dict, scratch) -> None:
-        xp = get_array_module(param)
-        lr, (beta1, beta2), eps, weight_decay = (group["lr"], group["betas"], group["eps"],
-                                                 group["weight_decay"])
+    def _apply_updates(self, updates: list) -> None:
+        # Host parameters: the whole step as one list of blocks of about _HOST_BLOCK elements,
+        # split across the host threads (minillm.host.parallel_for). Each block runs the array
+        # code of _update on cache-sized slices, so every element gets the same arithmetic as
+        # one whole-array pass: the result does not depend on the blocks or the threads.
+        flat, blocks = [], []
+        for param, grad, state, group in updates:
+            m, v = self._moments(param, state)
+            if (fusable(param, grad, m, v) or not (is_host_array(param) and is_host_array(grad))
+                    or not all(a.flags.c_contiguous for a in (param, m, v))):   # GPU, or no flat view
+                self._update(param, grad, state, group, self._scratch_for(param))
+                continue
+            index = len(flat)
+            flat.append((param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), group, state["step"]))
+            blocks.extend((index, lo, min(lo + _HOST_BLOCK, param.size)) for lo in range(0, param.size, _HOST_BLOCK))
+
+        largest = max((entry[0].size for entry in flat), default=0)
+
+        def part(start, stop):
+            scratch = {}
+            for index, lo, hi in blocks[start:stop]:
+                param, grad, m, v, group, _ = flat[index]
+                buffer = scratch.get(param.dtype)
+                if buffer is None:                               # one per thread and dtype
+                    xp = get_array_module(param)
+                    buffer = scratch[param.dtype] = xp.empty(min(_HOST_BLOCK, largest), dtype=param.dtype)
+                self._update_arrays(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], group, flat[index][5],
+                                    buffer[:hi - lo])
+
+        parallel_for(part, len(blocks), cost_per_item=_HOST_BLOCK)
+
+    def _moments(self, param, state: dict):
+        """The state's (exp_avg, exp_avg_sq), created as zeros at the first update."""
         if "exp_avg" not in state:
+            xp = get_array_module(param)
             state["exp_avg"] = xp.zeros_like(param)
             state["exp_avg_sq"] = xp.zeros_like(param)
-        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-        bias_correction1 = 1.0 - beta1 ** t
-        sqrt_bias_correction2 = (1.0 - beta2 ** t) ** 0.5
+        return state["exp_avg"], state["exp_avg_sq"]
+
+    def _update(self, param, grad, state: dict, group: dict, scratch) -> None:
+        m, v = self._moments(param, state)
+        t = state["step"]
         if fusable(param, grad, m, v) and param.dtype.char == grad.dtype.char == m.dtype.char == v.dtype.char == "f":
+            lr, (beta1, beta2), eps, weight_decay = (group["lr"], group["betas"], group["eps"],
+                                                     group["weight_decay"])
+            bias_correction1 = 1.0 - beta1 ** t
+            sqrt_bias_correction2 = (1.0 - beta2 ** t) ** 0.5
             scalar = param.dtype.type                            # the scalars in the parameter's dtype
             _ADAMW_UPDATE(grad, scalar(1.0 - lr * weight_decay), scalar(beta1), scalar(beta2), scalar(1.0 - beta1),
                           scalar(1.0 - beta2), scalar(eps * sqrt_bias_correction2),
                           scalar(-lr * sqrt_bias_correction2 / bias_correction1), param, m, v)
             return
+        self._update_arrays(param, grad, m, v, group, t, scratch)
+
+    @staticmethod
+    def _update_arrays(param, grad, m, v, group: dict, t: int, scratch) -> None:
+        """The update of ``param`` (and m, v) from ``grad`` at step t, as array operations: the
+        whole of a parameter, or any slice of it (the host's blocks)."""
+        xp = get_array_module(param)
+        lr, (beta1, beta2), eps, weight_decay = (group["lr"], group["betas"], group["eps"],
+                                                 group["weight_decay"])
+        bias_correction1 = 1.0 - beta1 ** t
+        sqrt_bias_correction2 = (1.0 - beta2 ** t) ** 0.5
         # Every operation below writes into param, m, v or the scratch array: no temporaries.
         # The scalars are Python floats, so float32 arrays are computed in float32.
         if weight_decay != 0.0:

@@ -145,6 +145,7 @@ class Optimizer:
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient (in place on ``.data``)."""
         position = -1
+        updates = []
         for group in self.param_groups:
             for p in group["params"]:
                 position += 1
@@ -165,7 +166,14 @@ class Optimizer:
                         f"{device_of(param)!r} but its optimizer state is not; move the model before "
                         "creating the optimizer, or reload the state with load_state_dict")
                 state["step"] += 1
-                self._update(param, grad, state, group, self._scratch_for(param))
+                updates.append((param, grad, state, group))
+        self._apply_updates(updates)
+
+    def _apply_updates(self, updates: list) -> None:
+        """Run ``_update`` for each (param, grad, state, group) of this step, in order. An optimizer
+        may override this to treat the whole step at once (AdamW splits it across host threads)."""
+        for param, grad, state, group in updates:
+            self._update(param, grad, state, group, self._scratch_for(param))
 
     def _scratch_for(self, param):
         """A temporary shaped like ``param`` (a view into a shared, grow-only buffer)."""

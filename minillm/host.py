@@ -1,0 +1,200 @@
+"""The host (CPU) side of execution: how big arrays are allocated, and elementwise work on threads.
+
+**Allocation.** A training step allocates and frees the same large arrays every step (the
+activations, their gradients). glibc's ``malloc`` serves arrays above its mmap threshold (128 KiB
+at first, rising by itself up to 32 MiB) with a fresh ``mmap`` and gives them back to the system
+with ``munmap`` when they are freed, so every step touches its activations' pages for the first
+time again: on the project's 2-core machine that was some 58,000 page faults (230 MB of zeroed
+pages) per step of config C, about a fifth of the step. :func:`tune_allocator` raises glibc's mmap
+threshold to 256 MiB and its trim threshold to 1 GiB (``mallopt``), so freed activations stay in
+the heap and the next step reuses them. The peak resident memory is unchanged (the same arrays are
+alive at the peak); what changes is that the process keeps up to its peak after the step instead
+of returning it. It is applied once when minillm is imported, on glibc only; set
+``MINILLM_HOST_ALLOCATOR=system`` in the environment to leave malloc as it is.
+
+**Threads.** NumPy runs every ufunc and reduction on one core, while OpenBLAS runs matrix
+products on all of its threads; on a 2-thread budget the non-product half of a training step
+(GELU, softmax, layer norm, the optimizer) would run at half speed. :func:`parallel_for` splits
+such work into contiguous ranges, one per thread of a small persistent pool (NumPy releases the
+GIL inside its loops). The split is by whole rows or whole elements, never inside a reduction,
+so every element is computed by the same arithmetic as on one thread: the results are
+bit-identical for any thread count. Small work (below ``min_size`` elements) stays on the calling
+thread. Only host (NumPy) arrays take this path: the GPU has its own kernels.
+
+This pays only if OpenBLAS's own threads are not in the way. After each product they busy-wait
+(``sched_yield`` in a loop) for 2^28 cycles by default before they sleep, so a pool thread that
+starts right after a product shares its core with a spinning BLAS thread, and measured on the
+project's 2-core machine the split then gained nothing. OpenBLAS reads its wait from
+``OPENBLAS_THREAD_TIMEOUT`` (2^value cycles, 4 to 30) once, when NumPy loads it; so when minillm
+is imported *before* NumPy, this module sets ``OPENBLAS_THREAD_TIMEOUT=4`` (unless it is set
+already) and the pool gets as many threads as BLAS (``OPENBLAS_NUM_THREADS``,
+``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, else the CPUs this process may use). When NumPy was
+loaded first with the default wait, the pool keeps one thread (everything on the calling thread).
+``MINILLM_NUM_THREADS`` or :func:`set_num_threads` override either choice.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+BLAS_THREAD_TIMEOUT = "4"              # OpenBLAS's idle wait: 2^4 cycles, then its threads sleep
+_NUMPY_LOADED_FIRST = "numpy" in sys.modules
+if not _NUMPY_LOADED_FIRST:            # before NumPy loads OpenBLAS, or it would not be read
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT)
+
+# ---------------------------------------------------------------------------------------------
+# Allocation
+# ---------------------------------------------------------------------------------------------
+_M_TRIM_THRESHOLD = -1                 # mallopt parameter numbers (glibc's malloc.h)
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 << 20       # arrays below this come from the heap and are reused
+TRIM_THRESHOLD_BYTES = 1 << 30         # the heap keeps up to this much free memory at its top
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Set glibc's mmap and trim thresholds (see the module docstring); True when applied.
+
+    Does nothing (False) off glibc, or with ``MINILLM_HOST_ALLOCATOR=system`` in the environment.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if os.environ.get("MINILLM_HOST_ALLOCATOR", "").strip().lower() == "system":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
+    except (OSError, AttributeError):   # no libc.so.6, or no mallopt in it
+        return False
+    _allocator_tuned = ok
+    return ok
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator` took effect in this process."""
+    return _allocator_tuned
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------------------------
+MIN_PARALLEL_SIZE = 1 << 17            # elements: below this a split costs more than it saves
+_ENV_THREADS = ("MINILLM_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_threads_sleep_soon() -> bool:
+    """Whether OpenBLAS's idle threads give their cores back within a short wait (see above)."""
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()
+    if not value:
+        return not _NUMPY_LOADED_FIRST
+    try:
+        return int(value) <= 16
+    except ValueError:
+        return False
+
+
+def _default_threads() -> int:
+    explicit = os.environ.get("MINILLM_NUM_THREADS", "").strip()
+    if not explicit and not _blas_threads_sleep_soon():
+        return 1
+    for name in _ENV_THREADS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return max(1, int(value.split(",")[0]))
+            except ValueError:
+                continue
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:             # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_threads = _default_threads()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_inside = threading.local()            # set while a thread runs a parallel_for part
+
+
+def num_threads() -> int:
+    """How many threads :func:`parallel_for` uses (the calling thread included)."""
+    return _threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (1: everything on the calling thread). Results do not depend on it."""
+    global _threads, _pool
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: n={n!r}; expected an int >= 1")
+    with _pool_lock:
+        if _pool is not None and n != _threads:
+            _pool.shutdown(wait=True)
+            _pool = None
+        _threads = n
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="minillm-host")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child has no pool threads: make a new pool on first use instead of waiting forever.
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _run_part(fn, start: int, stop: int) -> None:
+    _inside.active = True
+    try:
+        fn(start, stop)
+    finally:
+        _inside.active = False
+
+
+def parallel_for(fn, n: int, cost_per_item: int = 1, min_size: int | None = None) -> None:
+    """Call ``fn(start, stop)`` on contiguous ranges covering ``range(n)``, in parallel.
+
+    ``n`` items (rows, or elements) each cost about ``cost_per_item`` elements of work; below
+    ``min_size`` elements in all (default :data:`MIN_PARALLEL_SIZE`, read at each call), or with
+    one thread, or when called from inside another
+    ``parallel_for``, it is one call ``fn(0, n)`` on this thread. Otherwise the items are split
+    into :func:`num_threads` nearly equal ranges, the last run by the calling thread; ``fn`` must
+    write only the outputs of its own range. An exception in any part is raised here after all
+    parts have finished.
+    """
+    parts = min(_threads, n)
+    min_size = MIN_PARALLEL_SIZE if min_size is None else min_size
+    if parts <= 1 or n * cost_per_item < min_size or getattr(_inside, "active", False):
+        fn(0, n)
+        return
+    bounds = [n * i // parts for i in range(parts + 1)]
+    pool = _get_pool()
+    futures = [pool.submit(_run_part, fn, bounds[i], bounds[i + 1]) for i in range(parts - 1)]
+    error = None
+    try:
+        _run_part(fn, bounds[-2], bounds[-1])
+    except BaseException as exc:       # wait for the other parts first, then raise
+        error = exc
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error

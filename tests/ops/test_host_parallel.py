@@ -1,0 +1,197 @@
+"""Host execution (minillm.host): the thread split gives the same bits as one thread, every
+range is covered once, errors surface; causal attention's query chunks agree with the whole
+square and with the composed twin, and pass gradcheck."""
+import threading
+
+import numpy as np
+import pytest
+
+import minillm as mm
+from minillm import functional as F
+from minillm import host
+from minillm.ops import attention as attention_ops
+from minillm.optim import AdamW
+from tests.ops.twins import assert_twins_agree, run_with_grads
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Split any work at all (MIN_PARALLEL_SIZE 1); the thread count is restored afterwards."""
+    monkeypatch.setattr(host, "MIN_PARALLEL_SIZE", 1)
+    before = host.num_threads()
+    yield
+    host.set_num_threads(before)
+
+
+def test_parallel_for_covers_every_item_once_on_several_threads(split_everything):
+    host.set_num_threads(3)
+    seen, ranges, threads = [], [], set()
+    lock = threading.Lock()
+
+    def part(start, stop):
+        with lock:
+            seen.extend(range(start, stop))
+            ranges.append((start, stop))
+            threads.add(threading.get_ident())
+
+    host.parallel_for(part, 10)
+    assert sorted(seen) == list(range(10))
+    assert sorted(ranges) == [(0, 3), (3, 6), (6, 10)]
+    assert threading.get_ident() in threads and len(threads) >= 2   # the caller runs the last part
+
+
+def test_parallel_for_runs_small_work_and_nested_calls_inline(monkeypatch):
+    host.set_num_threads(2)
+    calls = []
+    host.parallel_for(lambda a, b: calls.append((a, b)), 10, min_size=1000)    # too small to split
+    assert calls == [(0, 10)]
+    monkeypatch.setattr(host, "MIN_PARALLEL_SIZE", 1)
+    inner = []
+
+    def outer(start, stop):
+        host.parallel_for(lambda a, b: inner.append((a, b)), 4)             # inside a part: inline
+
+    host.parallel_for(outer, 2)
+    assert sorted(inner) == [(0, 4), (0, 4)]
+
+
+def test_parallel_for_raises_a_part_s_error_after_all_parts_finish(split_everything):
+    host.set_num_threads(2)
+    done = []
+
+    def part(start, stop):
+        if start == 0:
+            raise ValueError("first half failed")
+        done.append(start)
+
+    with pytest.raises(ValueError, match="first half failed"):
+        host.parallel_for(part, 10)
+    assert done == [5]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match=r"set_num_threads: n=.*expected an int >= 1"):
+        host.set_num_threads(bad)
+
+
+def _run(fn, arrays, threads):
+    host.set_num_threads(threads)
+    return run_with_grads(fn, arrays, "cpu")[:2]
+
+
+OPS = {
+    "gelu": (lambda x: F.gelu(x), lambda rng: [rng.standard_normal((7, 33)).astype(np.float32)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b),
+                   lambda rng: [rng.standard_normal((2, 9, 16)).astype(np.float32),
+                                rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
+    "rms_norm": (lambda x, w: F.rms_norm(x, w),
+                 lambda rng: [rng.standard_normal((9, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
+    "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  lambda rng: [rng.standard_normal((2, 4, 12, 8)).astype(np.float32),
+                               rng.standard_normal((2, 2, 12, 8)).astype(np.float32),
+                               rng.standard_normal((2, 2, 12, 8)).astype(np.float32)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_an_op_gives_the_same_bits_on_one_and_on_several_threads(name, split_everything, monkeypatch, rng):
+    # Exact equality: the split is by whole rows or elements, so each value is computed by the
+    # very same arithmetic whatever the thread count (see minillm.host).
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 3)
+    fn, make = OPS[name]
+    arrays = make(rng)
+    y1, g1 = _run(fn, arrays, 1)
+    y3, g3 = _run(fn, arrays, 3)
+    assert np.array_equal(y1, y3)
+    for a, b in zip(g1, g3):
+        assert np.array_equal(a, b)
+
+
+def test_adamw_gives_the_same_bits_on_one_and_on_several_threads(split_everything, monkeypatch, rng):
+    from minillm.optim import adamw
+
+    monkeypatch.setattr(adamw, "_HOST_BLOCK", 5)          # several blocks per parameter
+    shapes = [(7, 3), (11,), (2, 2, 5)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    results = []
+    for threads in (1, 3):
+        host.set_num_threads(threads)
+        params = [mm.tensor(a.copy(), requires_grad=True) for a in start]
+        opt = AdamW([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}], lr=1e-2,
+                    weight_decay=0.1)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g
+            opt.step()
+        results.append([p.data.copy() for p in params])
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
+def test_adamw_blocks_match_whole_parameter_updates(monkeypatch, rng):
+    # The blocked host update and the per-parameter array code are the same arithmetic.
+    from minillm.optim import adamw
+
+    start = rng.standard_normal((13, 4)).astype(np.float32)
+    grads = [rng.standard_normal((13, 4)).astype(np.float32) for _ in range(3)]
+    results = []
+    for block in (7, 1 << 20):
+        monkeypatch.setattr(adamw, "_HOST_BLOCK", block)
+        p = mm.tensor(start.copy(), requires_grad=True)
+        opt = AdamW([p], lr=1e-2, weight_decay=0.1)
+        for g in grads:
+            p.grad = g
+            opt.step()
+        results.append(p.data.copy())
+    assert np.array_equal(results[0], results[1])
+
+
+# -- causal attention's query chunks ------------------------------------------------------------
+SHAPES = [dict(t=12, s=12), dict(t=7, s=12), dict(t=9, s=9)]   # square, a KV-cache-like T < S, a ragged last chunk
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["square", "t<s", "ragged"])
+@pytest.mark.parametrize("h, h_kv", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
+def test_causal_chunks_agree_with_the_composed_twin(shape, h, h_kv, monkeypatch, rng, device):
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 2)
+    d = 4
+    arrays = [rng.standard_normal((2, h, shape["t"], d)), rng.standard_normal((2, h_kv, shape["s"], d)),
+              rng.standard_normal((2, h_kv, shape["s"], d))]
+    op = attention_ops.ScaledDotProductAttention(1.0, None, 0.0, causal=True)
+    assert len(op._chunks(shape["t"], shape["s"])) > 1
+    assert_twins_agree(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                       lambda q, k, v: F.scaled_dot_product_attention_composed(q, k, v, is_causal=True),
+                       arrays, device)
+
+
+def test_causal_chunks_pass_gradcheck(monkeypatch, rng, device):
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 2)
+    tensors = [mm.tensor(rng.standard_normal(s), device=device) for s in ((1, 2, 8, 3), (1, 1, 8, 3), (1, 1, 8, 3))]
+    assert mm.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), tensors)
+
+
+def test_causal_chunks_with_dropout_match_one_chunk(monkeypatch, rng):
+    # The dropout mask is drawn whole, whatever the chunks: same seed, same mask, same result up
+    # to the order of the float64 additions in dL/dK and dL/dV.
+    arrays = [rng.standard_normal((2, 2, 10, 4)) for _ in range(3)]
+    results = []
+    for chunk in (2, 1000):
+        monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", chunk)
+        mm.manual_seed(3)
+        results.append(run_with_grads(
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True), arrays, "cpu")[:2])
+    (y1, g1), (y2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_chunks_cover_the_queries_and_stop_at_the_last_visible_key(monkeypatch):
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 64)
+    op = attention_ops.ScaledDotProductAttention(1.0, None, 0.0, causal=True)
+    assert op._chunks(256, 256) == [(0, 64, 64), (64, 128, 128), (128, 192, 192), (192, 256, 256)]
+    assert op._chunks(100, 100) == [(0, 100, 100)]                   # short: one chunk
+    assert op._chunks(128, 160) == [(0, 64, 96), (64, 128, 160)]     # T < S: keys shifted by S - T
+    assert attention_ops.ScaledDotProductAttention(1.0, None, 0.0)._chunks(256, 256) == [(0, 256, 256)]
