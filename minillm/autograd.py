@@ -94,7 +94,9 @@ class Function:
     backward are stored as attributes in ``forward``; the engine drops them after backward.
 
     Attributes set by :meth:`apply` when a graph is recorded:
-        inputs: the input Tensors.
+        inputs: per input, the Tensor itself for a leaf (its gradient is stored on it), else a
+            :class:`GraphInput` (the producing op, shape, dtype): the graph does not keep an
+            intermediate's array alive -- only what an op saves for its backward stays.
         needs_input_grad: per input, whether its gradient is wanted.
         generation: topological depth used to order backward.
         name: optional label (``block3.attn.softmax``) shown in errors, repr and graphs.
@@ -141,7 +143,7 @@ class Function:
             profiler.stop(self, "forward", started, output)
         if not record:
             return Tensor._from_op(output, None)
-        self.inputs = inputs
+        self.inputs = tuple(t if t.grad_fn is None else GraphInput(t) for t in inputs)
         self.generation = max([t.grad_fn.generation for t in inputs if t.grad_fn is not None],
                               default=0) + 1
         if _anomaly_mode:
@@ -153,6 +155,20 @@ class Function:
         """Drop the links and saved arrays once backward has used them (frees memory)."""
         self.__dict__.clear()
         self.inputs = None
+
+
+class GraphInput:
+    """What the graph keeps of a non-leaf input: its producing op (``grad_fn``), its ``shape``
+    and ``dtype`` (to check the gradient backward returns) and its ``name`` -- not its array,
+    which lives only as long as the user or an op's saved values hold it."""
+
+    __slots__ = ("grad_fn", "shape", "dtype", "name")
+
+    def __init__(self, tensor: "Tensor"):
+        self.grad_fn, self.name = tensor.grad_fn, tensor.name
+        self.shape, self.dtype = tensor.data.shape, tensor.data.dtype
+
+    requires_grad = True                # a non-leaf input is part of a recorded graph
 
 
 def _check_same_device(fn: Function, arrays) -> None:
@@ -236,12 +252,11 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
         for index, (tensor, gx, needed) in enumerate(zip(inputs, grads, fn.needs_input_grad)):
             if not needed or gx is None:
                 continue
-            data = tensor.data
-            if gx.shape != data.shape or gx.dtype != data.dtype:
+            if gx.shape != tensor.shape or gx.dtype != tensor.dtype:
                 raise RuntimeError(
                     f"{fn.label()}.backward returned a gradient of shape {tuple(gx.shape)} and dtype "
-                    f"{gx.dtype} for input {index}, which has shape {tuple(data.shape)} and dtype "
-                    f"{data.dtype}")
+                    f"{gx.dtype} for input {index}, which has shape {tuple(tensor.shape)} and dtype "
+                    f"{tensor.dtype}")
             if _anomaly_mode:
                 _check_finite(fn, gx, f"gradient for input {index}")
             producer = tensor.grad_fn

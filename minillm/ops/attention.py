@@ -52,7 +52,8 @@ _mask_cache: dict = {}       # (T, S, dtype, device) -> additive causal mask (T,
 _MASK_CACHE_SIZE = 8
 _BLOCK_ELEMENTS = 1 << 19    # scores per batch block (2 MiB in float32): cache-sized softmax passes
 _HOST_CAUSAL_CHUNK = 64      # causal attention on the host: query chunks of at least this many rows
-_HOST_CAUSAL_CHUNKS = 4      # ... and at most this many chunks (more: smaller, less efficient products)
+_HOST_CAUSAL_CHUNKS = 2      # ... and this many at most. Measured on 2 cores: two chunks gained at T = 128
+                             # and 256 (3/4 of the square), four lost at T = 256 (products too small)
 _CUDA_BLOCK_ELEMENTS = 1 << 26   # GPU: scores per batch block (256 MiB in float32) -- few, large products
 
 
@@ -150,7 +151,7 @@ class ScaledDotProductAttention(Function):
     kend = i1 + S - T, so the queries are split into chunks of at least ``_HOST_CAUSAL_CHUNK``
     rows and each chunk's products, softmax and gradients stop at its last visible key. A is
     kept per chunk, (B, H_kv, g, i1 - i0, kend) each, so it also takes that much less memory:
-    for T = S = 256 and 4 chunks, 10/16 of the full square's work and memory. Without the causal
+    for two chunks, 3/4 of the full square's work and memory. Without the causal
     mask (or for short sequences) there is one chunk, the whole square. dL/dK and dL/dV sum the
     chunks' contributions (in float32, an order of additions that differs from one product).
     """

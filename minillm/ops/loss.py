@@ -31,6 +31,7 @@ from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
 from minillm.ops import reduce as rd
 from minillm.ops import shape as sh
+from minillm.ops._util import for_rows
 from minillm.ops.lowp.adapter import adapt
 from minillm.tensor import Tensor
 
@@ -64,19 +65,22 @@ class CrossEntropy(Function):
         n = z.shape[0]
         eps = self.label_smoothing
         lse = xp.empty((n, 1), dtype=logits.dtype)               # (N, 1)
-        rows = max(1, min(n, _BLOCK_ELEMENTS // v))
-        scratch = xp.empty((rows, v), dtype=logits.dtype)        # (rows, V), reused per block
-        for start in range(0, n, rows):
-            zb = z[start:start + rows]                           # (r, V)
-            sb = scratch[:zb.shape[0]]
-            m = zb.max(axis=1, keepdims=True)                    # (r, 1)
-            xp.subtract(zb, m, out=sb)
-            xp.exp(sb, out=sb)
-            out = lse[start:start + rows]
-            sb.sum(axis=1, keepdims=True, out=out)
-            xp.log(out, out=out)
-            out += m                                             # lse = m + ln Σ e^{z - m}
-        del scratch
+
+        def log_sum_exp(first, last):                            # rows first..last-1, block by block
+            rows = max(1, min(last - first, _BLOCK_ELEMENTS // v))
+            scratch = xp.empty((rows, v), dtype=logits.dtype)    # (rows, V), reused per block
+            for start in range(first, last, rows):
+                zb = z[start:min(start + rows, last)]            # (r, V)
+                sb = scratch[:zb.shape[0]]
+                m = zb.max(axis=1, keepdims=True)                # (r, 1)
+                xp.subtract(zb, m, out=sb)
+                xp.exp(sb, out=sb)
+                out = lse[start:start + zb.shape[0]]
+                sb.sum(axis=1, keepdims=True, out=out)
+                xp.log(out, out=out)
+                out += m                                         # lse = m + ln Σ e^{z - m}
+
+        for_rows(log_sum_exp, n, v, z)
         self.rows = xp.arange(n)
         self.safe_targets = xp.where(self.valid, self.targets.reshape(-1), 0)   # (N,)
         loss = lse[:, 0] - z[self.rows, self.safe_targets] * (1.0 - eps)        # (N,)
@@ -108,14 +112,19 @@ class CrossEntropy(Function):
         z = self.logits.reshape(-1, v)                           # (N, V)
         n = z.shape[0]
         g = xp.empty((n, v), dtype=gy.dtype)                     # (N, V): the gradient buffer
-        rows = max(1, min(n, _BLOCK_ELEMENTS // v))
-        for start in range(0, n, rows):                          # block by block: stays in cache
-            gb = g[start:start + rows]                           # (r, V)
-            xp.subtract(z[start:start + rows], self.lse[start:start + rows], out=gb)
-            xp.exp(gb, out=gb)                                   # softmax
-            if eps:
-                gb -= eps / v
-            gb *= scale[start:start + rows, None]
+
+        def softmax_rows(first, last):                           # block by block: stays in cache
+            rows = max(1, min(last - first, _BLOCK_ELEMENTS // v))
+            for start in range(first, last, rows):
+                stop = min(start + rows, last)
+                gb = g[start:stop]                               # (r, V)
+                xp.subtract(z[start:stop], self.lse[start:stop], out=gb)
+                xp.exp(gb, out=gb)                               # softmax
+                if eps:
+                    gb -= eps / v
+                gb *= scale[start:stop, None]
+
+        for_rows(softmax_rows, n, v, g)
         g[self.rows, self.safe_targets] -= scale * (1.0 - eps)
         return g.reshape(self.logits_shape)
 

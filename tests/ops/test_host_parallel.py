@@ -87,6 +87,8 @@ OPS = {
                                 rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
     "rms_norm": (lambda x, w: F.rms_norm(x, w),
                  lambda rng: [rng.standard_normal((9, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
+    "cross_entropy": (lambda z, t: F.cross_entropy(z, t),
+                      lambda rng: [rng.standard_normal((2, 9, 33)).astype(np.float32), rng.integers(0, 33, size=(2, 9))]),
     "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                   lambda rng: [rng.standard_normal((2, 4, 12, 8)).astype(np.float32),
                                rng.standard_normal((2, 2, 12, 8)).astype(np.float32),
@@ -156,6 +158,7 @@ SHAPES = [dict(t=12, s=12), dict(t=7, s=12), dict(t=9, s=9)]   # square, a KV-ca
 @pytest.mark.parametrize("h, h_kv", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
 def test_causal_chunks_agree_with_the_composed_twin(shape, h, h_kv, monkeypatch, rng, device):
     monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 2)
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNKS", 4)
     d = 4
     arrays = [rng.standard_normal((2, h, shape["t"], d)), rng.standard_normal((2, h_kv, shape["s"], d)),
               rng.standard_normal((2, h_kv, shape["s"], d))]
@@ -190,6 +193,7 @@ def test_causal_chunks_with_dropout_match_one_chunk(monkeypatch, rng):
 
 def test_chunks_cover_the_queries_and_stop_at_the_last_visible_key(monkeypatch):
     monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 64)
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNKS", 4)
     op = attention_ops.ScaledDotProductAttention(1.0, None, 0.0, causal=True)
     assert op._chunks(256, 256) == [(0, 64, 64), (64, 128, 128), (128, 192, 192), (192, 256, 256)]
     assert op._chunks(100, 100) == [(0, 100, 100)]                   # short: one chunk
