@@ -37,7 +37,8 @@ Method
 - Throughput: tokens/s = B·T / step time; TFLOP/s from ``GPT.flops_per_token`` (6N + 12·L·T·C).
 - Peak memory. CPU: the process's resident high-water mark (VmHWM) minus its resident set once
   the library was imported (so the model, optimizer state, activations and allocator slack count
-  alike). GPU, over 2 more steps after the timed ones: the peak of the bytes held by live arrays -- minillm: CuPy's pool allocations tracked by a
+  alike, and neither library's own code does), and beside it the whole process's high-water mark
+  (library included: what the machine must have). GPU, over 2 more steps after the timed ones: the peak of the bytes held by live arrays -- minillm: CuPy's pool allocations tracked by a
   ``cupy.cuda.MemoryHook`` (512-byte rounded sizes) on top of what was live when it started;
   PyTorch: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` -- both count
   parameters, gradients, optimizer state and activations; the pools' reserved bytes are recorded too.
@@ -349,7 +350,9 @@ def measure_memory(step, contender: str, device: str, baseline_kib: int) -> dict
                 step()
             step.sync()
         return {"peak_mib": peak.peak / 2 ** 20, "reserved_mib": cupy.get_default_memory_pool().total_bytes() / 2 ** 20}
-    return {"peak_mib": (_status_kib("VmHWM") - baseline_kib) / 1024, "baseline_rss_mib": baseline_kib / 1024}
+    hwm = _status_kib("VmHWM")
+    return {"peak_mib": (hwm - baseline_kib) / 1024, "process_peak_mib": hwm / 1024,
+            "baseline_rss_mib": baseline_kib / 1024}
 
 
 def child(args) -> None:
@@ -357,9 +360,13 @@ def child(args) -> None:
     from common import OtherCpu
 
     name = args.configs[0]
+    # Each library is imported before the baseline, so "peak" counts the model's memory (weights,
+    # optimizer state, activations, allocator slack), not the library's own code and tables.
     if args.child == "torch":
-        import torch  # noqa: F401  (imported before the baseline: the library is not the model's memory)
-    elif args.device == "cuda":
+        import torch  # noqa: F401
+    else:
+        import minillm  # noqa: F401  (it imports NumPy after minillm.host: see there)
+    if args.child != "torch" and args.device == "cuda":
         from minillm.backend import cupy_module
 
         cupy_module()
@@ -382,6 +389,11 @@ def child(args) -> None:
         times.append(load.wall)
         others.append(load.other_cores)
     result = {"times": times, "other_cores": others, "first_loss": first_loss}
+    if args.child != "torch":
+        from minillm import host
+
+        result["host"] = {"threads": host.num_threads(), "allocator_tuned": host.allocator_tuned(),
+                          "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
     if not args.no_memory:
         result["memory"] = measure_memory(step, args.child, args.device, baseline_kib)
     print("RESULT " + json.dumps(result), flush=True)
@@ -425,7 +437,7 @@ def main(argv=None) -> int:
             contenders.remove("torch")
     payload = {"args": {k: v for k, v in vars(args).items() if k != "child"}, "machine": platform.processor()
                or platform.machine(), "tf32": False, "configs": {}}
-    rows, warnings = [], []
+    rows, warnings, host_notes = [], [], set()
     for name in args.configs:
         runs = {c: [] for c in contenders}
         for round_index in range(args.rounds):
@@ -443,7 +455,7 @@ def main(argv=None) -> int:
         flops = GPT(cfg, device="cpu").flops_per_token() if name != "G" else _gpt2_small_flops(cfg)
         flops *= tokens
         entry = {"config": CONFIGS[name], "tokens_per_step": tokens, "flops_per_step": flops, "runs": runs}
-        medians, memory = {}, {}
+        medians, memory, good_host = {}, {}, {}
         for contender, results in runs.items():
             good = [r for r in results if "error" not in r]
             if not good:
@@ -458,6 +470,11 @@ def main(argv=None) -> int:
                 "first_loss": good[0]["first_loss"], "other_cores": busy}
             if "memory" in good[0]:
                 memory[contender] = good[0]["memory"]
+            if "host" in good[0]:
+                good_host[contender] = good[0]["host"]
+                host_notes.add(f"minillm host threads {good[0]['host']['threads']}, glibc malloc tuned: "
+                               f"{good[0]['host']['allocator_tuned']}, OPENBLAS_THREAD_TIMEOUT="
+                               f"{good[0]['host']['OPENBLAS_THREAD_TIMEOUT']}")
             if busy > 0.1:
                 warnings.append(f"config {name} {contender}: other processes kept {busy:.2f} cores busy: re-run")
         targets = TARGET_TIME_RATIO.get((args.device, args.precision), {})
@@ -478,15 +495,27 @@ def main(argv=None) -> int:
                 row.append(f"{ratio:.2f}x (target <= {TARGET_MEMORY_RATIO[args.device]}x)")
             else:
                 row.append("")
+            if mem is not None and "process_peak_mib" in mem:   # CPU: the whole process, library included
+                whole = f"{mem['process_peak_mib']:.0f}"
+                if contender != "torch" and "process_peak_mib" in memory.get("torch", {}):
+                    whole += f" ({mem['process_peak_mib'] / memory['torch']['process_peak_mib']:.2f}x)"
+                row.append(whole)
+            else:
+                row.append("")
             row.append(f"{entry['summary'][contender]['other_cores']:.2f}")
             rows.append(row)
+            host = good_host.get(contender)
+            if host:
+                entry["summary"][contender]["host"] = host
         payload["configs"][name] = entry
     headers = ["cfg", "who", "ms/step (median)", "round medians", "tokens/s", "TFLOP/s", "first loss",
-               "time ratio", "peak MiB", "memory ratio", "other cores"]
+               "time ratio", "peak MiB", "memory ratio", "process peak MiB", "other cores"]
     table = format_table(headers, rows)
     note = (f"\n{args.device}, {args.precision}, {args.threads} threads; {args.rounds} alternating rounds x "
             f"{args.steps} timed steps per contender (each its own process) after {args.warmup} warm-up; "
-            "no TF32; 'other cores' = median CPU cores that other processes used during a step.")
+            "no TF32; 'other cores' = median CPU cores that other processes used during a step; 'peak MiB' = the "
+            "step's resident high-water mark above the process once its library was imported; 'process peak "
+            "MiB' = the whole process's (library included)." + "".join(f"\n{n}." for n in sorted(host_notes)))
     text = table + note + "".join("\nWARNING: " + w for w in warnings)
     print(text)
     stamp = time.strftime("%Y%m%d-%H%M%S")
