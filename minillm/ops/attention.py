@@ -192,6 +192,14 @@ class ScaledDotProductAttention(Function):
             gk *= self.scale
         return _gradient_views(gq, gk, gv, (b, t, h, d))
 
+    def flops(self):
+        """For the profiler: each product is 2·B·H·T·S·D -- the full square, masked or not (this
+        op computes every score). Forward: Q K^T and A V; backward: G V^T always, then dL/dQ,
+        dL/dK, dL/dV where wanted (softmax and its gradient are not counted)."""
+        b, h, t, d = self.q.shape
+        product = 2 * b * h * t * self.k.shape[2] * d
+        return 2 * product, product * (1 + sum(self.needs_input_grad))
+
 
 class ScaledDotProductAttentionCuda(Function):
     """Attention on a GPU without stored weights: softmax(scale · Q K^T + causal) V with GQA.
@@ -309,6 +317,16 @@ class ScaledDotProductAttentionCuda(Function):
             if needs[2]:
                 gv[rows] = self._storage(gv_t).transpose(0, 3, 1, 2)
         return _gradient_views(gq, gk, gv, (b, t, h, d))
+
+    def flops(self):
+        """For the profiler: what the chunked products compute -- with the causal mask each query
+        chunk stops at its last visible key (about 5/8 of the T·S square for 4 chunks, more than
+        the mask's half), without it the full square; each product over a chunk is 2·B·H·c·kend·D.
+        Forward: Q K^T and A V; backward: Q K^T again and G V^T, then dL/dQ, dL/dK, dL/dV where
+        wanted (the softmax kernels are not counted)."""
+        b, h, t, d = self.q.shape
+        product = 2 * b * h * d * sum((i1 - i0) * kend for i0, i1, kend in self._chunks(t, self.k.shape[2]))
+        return 2 * product, product * (2 + sum(self.needs_input_grad))
 
 
 _CAUSAL_CHUNKS = 4           # query chunks of causal attention on the GPU (see ScaledDotProductAttentionCuda)
