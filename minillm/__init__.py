@@ -6,7 +6,7 @@
     x = mm.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
     F.softmax(x).sum().backward()
 """
-from minillm import amp, debug, functional
+from minillm import amp, debug, functional, profiler
 from minillm.autograd import Function, enable_grad, is_grad_enabled, no_grad
 from minillm.backend import cuda_available, get_array_module, manual_seed
 from minillm.debug import GradcheckError, gradcheck
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Function", "GradcheckError", "Tensor", "amp", "cuda_available", "debug", "enable_grad", "functional",
     "get_array_module", "gradcheck", "is_grad_enabled", "manual_seed", "no_grad", "ones",
-    "randn", "tensor", "zeros",
+    "profiler", "randn", "tensor", "zeros",
 ]

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _grad_enabled = True
 _anomaly_mode = False
 _creation_counter = itertools.count()
-_profiler = None             # a minillm.profiler.Profile while one records (else one check per op)
+_profiler = None             # a minillm.profiler.Profile while one records (else one check per op
+                             # and per Module call)
 
 
 def set_profiler(profiler):
