@@ -9,7 +9,7 @@
 # minillm.host first: it sets OpenBLAS's thread wait before NumPy loads OpenBLAS (see its docstring)
 from minillm import host  # isort: split
 
-from minillm import amp, debug, functional
+from minillm import amp, debug, functional, profiler
 from minillm.autograd import Function, enable_grad, is_grad_enabled, no_grad
 from minillm.backend import cuda_available, get_array_module, manual_seed
 from minillm.debug import GradcheckError, gradcheck
@@ -22,5 +22,5 @@ host.tune_allocator()   # large host arrays stay in the heap between steps (see 
 __all__ = [
     "Function", "GradcheckError", "Tensor", "amp", "cuda_available", "debug", "enable_grad", "functional",
     "get_array_module", "gradcheck", "is_grad_enabled", "manual_seed", "no_grad", "ones",
-    "randn", "tensor", "zeros",
+    "host", "profiler", "randn", "tensor", "zeros",
 ]

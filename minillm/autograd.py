@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _grad_enabled = True
 _anomaly_mode = False
 _creation_counter = itertools.count()
-_profiler = None             # a minillm.profiler.Profile while one records (else one check per op)
+_profiler = None             # a minillm.profiler.Profile while one records (else one check per op
+                             # and per Module call)
 
 
 def set_profiler(profiler):
@@ -116,6 +117,13 @@ class Function:
 
     def backward(self, gy):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
+
+    def flops(self) -> tuple[int, int] | None:
+        """(forward, backward) floating-point operations of the op's matrix products, from the
+        shapes forward saved, for :mod:`minillm.profiler`; None (the default) where the op defines
+        none. A multiply-add counts 2; backward counts only the gradients it computes
+        (``needs_input_grad``), and both count what the algorithm computes, not a minimum."""
+        return None
 
     def op_type(self) -> str:
         """The op's name in labels and profiles: its class name (an adapter names the op it runs)."""

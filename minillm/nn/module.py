@@ -18,6 +18,7 @@ import contextlib
 
 import numpy as np
 
+from minillm import autograd
 from minillm.backend import check_device, device_of, to_device
 from minillm.tensor import Tensor
 
@@ -92,7 +93,14 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        profiler = autograd._profiler
+        if profiler is None:                      # not profiling: this one check is the whole cost
+            return self.forward(*args, **kwargs)
+        profiler.enter_module(self)               # the ops inside learn their module path
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            profiler.exit_module()
 
     # -- traversal ------------------------------------------------------------------------------
     def children(self):

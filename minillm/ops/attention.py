@@ -266,6 +266,15 @@ class ScaledDotProductAttention(Function):
             gk *= self.scale
         return _gradient_views(gq, gk, gv, (b, t, h, d))
 
+    def flops(self):
+        """For the profiler: what the products compute -- each query chunk's stops at its last
+        visible key (the full square without the causal mask, or with one chunk), 2·B·H·c·kend·D
+        per product over a chunk. Forward: Q K^T and A V; backward: G V^T always, then dL/dQ,
+        dL/dK, dL/dV where wanted (softmax and its gradient are not counted)."""
+        b, h, t, d = self.q.shape
+        product = 2 * b * h * d * sum((i1 - i0) * kend for i0, i1, kend in self._chunks(t, self.k.shape[2]))
+        return 2 * product, product * (1 + sum(self.needs_input_grad))
+
 
 def _write_or_add(xp, a, b, out, write: bool) -> None:
     """out = a @ b (write) or out += a @ b: a chunk's share of dL/dK or dL/dV."""
@@ -391,6 +400,16 @@ class ScaledDotProductAttentionCuda(Function):
             if needs[2]:
                 gv[rows] = self._storage(gv_t).transpose(0, 3, 1, 2)
         return _gradient_views(gq, gk, gv, (b, t, h, d))
+
+    def flops(self):
+        """For the profiler: what the chunked products compute -- with the causal mask each query
+        chunk stops at its last visible key (about 5/8 of the T·S square for 4 chunks, more than
+        the mask's half), without it the full square; each product over a chunk is 2·B·H·c·kend·D.
+        Forward: Q K^T and A V; backward: Q K^T again and G V^T, then dL/dQ, dL/dK, dL/dV where
+        wanted (the softmax kernels are not counted)."""
+        b, h, t, d = self.q.shape
+        product = 2 * b * h * d * sum((i1 - i0) * kend for i0, i1, kend in self._chunks(t, self.k.shape[2]))
+        return 2 * product, product * (2 + sum(self.needs_input_grad))
 
 
 _CAUSAL_CHUNKS = 4           # query chunks of causal attention on the GPU (see ScaledDotProductAttentionCuda)

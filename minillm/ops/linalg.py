@@ -35,6 +35,17 @@ class MatMul(Function):
                 gb = sum_to(xp.swapaxes(a, -1, -2) @ gy, b.shape)
         return ga, gb
 
+    def flops(self):
+        """For the profiler: 2·batch·N·K·M per product -- y, then dL/da and dL/db where wanted
+        (the sums over broadcast batch axes are not counted)."""
+        a, b = self.a, self.b
+        batch = 1
+        for axis in range(3, max(a.ndim, b.ndim) + 1):          # the batch axes, broadcast, from the right
+            size_a, size_b = (x.shape[-axis] if axis <= x.ndim else 1 for x in (a, b))
+            batch *= size_a if size_b == 1 else size_b
+        product = 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        return product, product * sum(self.needs_input_grad[:2])
+
 
 def matmul(a, b) -> Tensor:
     """Matrix product with NumPy's rules; a 1-D operand is treated as a row/column vector."""

@@ -47,6 +47,12 @@ class Linear(Function):
             gb = gy2.sum(axis=0)                                # (C_out,)
         return (gx, gw) if len(self.needs_input_grad) == 2 else (gx, gw, gb)
 
+    def flops(self):
+        """For the profiler: 2·N·C_in·C_out per product -- y, then dL/dx and dL/dW where wanted
+        (the bias and its gradient's sum are not counted)."""
+        product = 2 * self.x.size * self.weight.shape[0]        # x.size = N·C_in
+        return product, product * sum(self.needs_input_grad[:2])
+
 
 def _check_linear(x: Tensor, weight: Tensor, bias: Tensor | None, mixed: bool = False) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):

@@ -149,6 +149,8 @@ class LoopSection(Section):
     sample_tokens: int = option(200, "(pretraining) tokens to sample at the end; 0 = none", minimum=0)
     resume: str = option("", "checkpoint to resume from (exactly where it stopped)")
     progress: bool = option(True, "show a progress bar")
+    profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
+                          "0 = off", minimum=0)
 
 
 @dataclass

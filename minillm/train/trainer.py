@@ -26,6 +26,12 @@ The learning rate belongs to the schedule alone (a :class:`~minillm.optim.Cosine
 then cosine decay); the gradient is that of the mean loss over the micro-batches (equal-sized
 micro-batches assumed, as the loaders produce).
 
+With ``profile`` N > 0 (``minillm train --profile N``), the N steps after the first one of a
+:meth:`Trainer.fit` (the first warms up: allocations, caches) run inside one
+:class:`minillm.profiler.Profile`; its tables, by op and by module, are printed once and it is
+written to ``out_dir/profile.json``. Profiling only times and reads the arrays, so the results
+are the same as without it (the profiled steps run slower, which their tokens/s shows).
+
 Every ``eval_interval`` steps (and at the end) ``evaluate(model)`` runs; the lowest validation
 loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest state and is what
 ``resume`` continues from, exactly: weights, optimizer moments, step, RNG state and the batch
@@ -44,6 +50,7 @@ from tqdm import tqdm
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_rng_state, set_rng_state, to_device
 from minillm.optim import clip_grad_norm_, set_lr
+from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
 from minillm.train.config import LoopSection
 from minillm.train.metrics import MetricsLog, plot_loss_curve
@@ -214,6 +221,18 @@ class Trainer:
             return to_device(batch, self.device)
         return batch
 
+    def _profile_report(self, profile: Profile, first_step: int) -> str:
+        """Write ``out_dir/profile.json``; return the tables to print (by op; by module, each
+        block's parts with the layers added up)."""
+        where = ""
+        if self.loop.out_dir:
+            path = os.path.join(self.loop.out_dir, "profile.json")
+            profile.save_json(path)
+            where = f", saved to {path}"
+        steps = f"step {first_step}" if profile.steps == 1 else f"steps {first_step}-{first_step + profile.steps - 1}"
+        return (f"profile of {steps}{where}\n\n{profile.table()}\n\n"
+                f"{profile.table(group_by='module', depth=3, merge_indices=True)}\n")
+
     # -- the loop ---------------------------------------------------------------------------------
     def run_evaluation(self) -> dict:
         with autocast(self.loop.precision):
@@ -237,9 +256,20 @@ class Trainer:
         bar = tqdm(total=s.max_steps, initial=self.step, disable=not s.progress, dynamic_ncols=True,
                    desc="train", leave=True)
         window_start, window_tokens = time.perf_counter(), 0
+        profile = Profile(self.model) if s.profile else None
+        steps_run, profiled_from = 0, None       # steps of this call: the first warms up, unprofiled
         try:
             while self.step < stop_at:
-                record = self.train_step()
+                if profile is not None and steps_run >= 1:
+                    profiled_from = profiled_from or self.step + 1
+                    with profile:
+                        record = self.train_step()
+                    if profile.steps == s.profile:
+                        bar.write(self._profile_report(profile, profiled_from))
+                        profile = None
+                else:
+                    record = self.train_step()
+                steps_run += 1
                 window_tokens += self.tokens_per_batch * s.grad_accum_steps
                 if record.get("skipped"):
                     self.metrics.write(**record)
@@ -268,6 +298,10 @@ class Trainer:
                     (not s.save_interval and at_eval) or self.step in (stop_at, s.max_steps)
                 if save_now and s.out_dir:
                     self.save(self.checkpoint_path("last"))
+            if profile is not None:              # the run ended before N steps were profiled
+                bar.write(self._profile_report(profile, profiled_from) if profile.steps else
+                          f"profile: nothing profiled (--profile {s.profile}): this run had no step after its first, "
+                          "which warms up")
         finally:
             bar.close()
             if s.out_dir and self.metrics.records:

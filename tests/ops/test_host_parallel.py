@@ -199,3 +199,15 @@ def test_chunks_cover_the_queries_and_stop_at_the_last_visible_key(monkeypatch):
     assert op._chunks(100, 100) == [(0, 100, 100)]                   # short: one chunk
     assert op._chunks(128, 160) == [(0, 64, 96), (64, 128, 160)]     # T < S: keys shifted by S - T
     assert attention_ops.ScaledDotProductAttention(1.0, None, 0.0)._chunks(256, 256) == [(0, 256, 256)]
+
+
+def test_profiled_flops_count_only_the_chunks_computed(monkeypatch):
+    from minillm import profiler
+
+    monkeypatch.setattr(attention_ops, "_HOST_CAUSAL_CHUNK", 4)
+    q, k, v = (mm.randn(1, 2, 8, 3, requires_grad=True) for _ in range(3))
+    with profiler.profile() as prof:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+    entry = prof.to_dict()["ops"]["ScaledDotProductAttention"]
+    product = 2 * 1 * 2 * 3 * (4 * 4 + 4 * 8)            # chunks (0, 4) to key 4 and (4, 8) to key 8
+    assert (entry["forward_flops"], entry["backward_flops"]) == (2 * product, 4 * product)

@@ -13,7 +13,7 @@ TINY = ["--max_steps", "6", "--warmup_steps", "2", "--eval_interval", "3", "--ev
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", *TINY, "--out_dir", str(out)]) == 0
+    assert main(["train", *TINY, "--profile", "2", "--out_dir", str(out)]) == 0   # profiling changes no result
     return out
 
 
@@ -23,6 +23,12 @@ def test_train_writes_checkpoints_metrics_and_summary(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["vocab_size"] == 280
     assert [point["step"] for point in summary["curve"]] == [3, 6]
+
+
+def test_train_profile_writes_the_profile_of_the_steps_after_the_first(tiny_run):
+    profile = json.loads((tiny_run / "profile.json").read_text())
+    assert profile["steps"] == 2 and profile["ops"]["ScaledDotProductAttention"]["calls"] == 2
+    assert "blocks.0.attn" in profile["modules"] and profile["ops_s"] <= profile["wall_s"]
 
 
 def test_eval_reports_loss_perplexity_and_bits_per_byte(tiny_run, tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""The shared training loop: exact resume, crash-safe checkpoints, non-finite losses, evaluation."""
+"""The shared training loop: exact resume, crash-safe checkpoints, non-finite losses, evaluation,
+profiling."""
+import json
 import math
 import os
 import subprocess
@@ -18,14 +20,14 @@ from minillm.train.pretrain import language_model_loss
 TOKENS = np.random.default_rng(0).integers(0, 50, size=3000).astype(np.uint16)
 
 
-def make_trainer(out_dir, max_steps=20, seed=0, dropout=0.1, lr=3e-3, on_nonfinite="stop", n_embd=32):
+def make_trainer(out_dir, max_steps=20, seed=0, dropout=0.1, lr=3e-3, on_nonfinite="stop", n_embd=32, profile=0):
     mm.manual_seed(seed)
     config = GPTConfig.gpt2(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=n_embd, dropout=dropout)
     model = GPT(config)
     optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=lr)
     loader = RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=seed)
     loop = LoopSection(max_steps=max_steps, eval_interval=10, log_interval=1, on_nonfinite=on_nonfinite,
-                       progress=False, out_dir=str(out_dir))
+                       progress=False, out_dir=str(out_dir), profile=profile)
     schedule = CosineSchedule(lr, lr / 10, warmup_steps=3, total_steps=max_steps)
 
     def evaluate(m):
@@ -52,6 +54,22 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert len(straight) == 20
     assert train_losses(records) == straight       # bit for bit, dropout included (the log keeps steps 1-10)
     assert [r["step"] for r in records if r.get("kind") == "train"] == list(range(1, 21))
+
+
+def test_profiling_steps_changes_no_result_and_writes_the_profile(tmp_path, capsys):
+    plain = make_trainer(tmp_path / "plain", max_steps=5).fit()
+    capsys.readouterr()
+    profiled = make_trainer(tmp_path / "profiled", max_steps=5, profile=2).fit()
+    assert train_losses(profiled) == train_losses(plain)       # bit for bit, dropout included
+    out = capsys.readouterr().out
+    assert out.count("profile of steps 2-3") == 1 and "| op | calls |" in out and "| blocks.*.attn |" in out
+    saved = json.loads((tmp_path / "profiled" / "profile.json").read_text())
+    assert saved["steps"] == 2 and saved["ops"]["Linear"]["calls"] == 2 * (2 * 6 + 1)
+    assert 0 < saved["ops_s"] <= saved["wall_s"]
+    short = make_trainer(tmp_path / "short", max_steps=2, profile=3)
+    short.fit()                                                # one step to profile, not three
+    assert json.loads((tmp_path / "short" / "profile.json").read_text())["steps"] == 1
+    assert "profile of step 2" in capsys.readouterr().out
 
 
 def test_best_and_last_checkpoints_hold_everything(tmp_path):

@@ -78,3 +78,9 @@ class LinearLowPrecision(Function):
         if len(needs) > 2 and needs[2]:
             gb = gy2.sum(axis=0, dtype=np.float32).astype(weight.dtype, copy=False)   # (C_out,), float32 sums
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+
+    def flops(self):
+        """For the profiler, as Linear's: 2·N·C_in·C_out per product -- y, then dL/dx and dL/dW
+        where wanted (the bias and its gradient's sum are not counted)."""
+        product = 2 * self.x.size * self.weight.shape[0]        # x.size = N·C_in
+        return product, product * sum(self.needs_input_grad[:2])
