@@ -21,7 +21,8 @@ What is recorded, per op type (the Function's class name) and per module path:
   unprofiled one (no overlap of Python and GPU).
 - **bytes allocated**: the bytes (``nbytes``) of the arrays an op *returns* -- its output in
   forward, its input gradients in backward -- that do not share memory with what it was given:
-  the forward's input arrays; in backward the incoming gradient and the forward's inputs. Sharing
+  the forward's input arrays; in backward the incoming gradient and the leaf inputs (the graph
+  keeps no other input arrays: :class:`minillm.autograd.GraphInput`). Sharing
   is judged by ``may_share_memory`` (a bounds check, NumPy's and CuPy's alike), so a view or
   reshape of an input counts 0 and a view of a fresh buffer counts its own size; an array
   returned twice counts once. It is *not* a malloc tracer: temporaries freed inside the op,
@@ -234,7 +235,7 @@ class Profile:
             fn._profile_module = path                # its backward is attributed to the same module
         else:
             path = fn.__dict__.get("_profile_module")   # None when its forward ran unprofiled
-            given = tuple(given) + tuple(t.data for t in fn.inputs or ())
+            given = tuple(given) + tuple(t.data for t in fn.inputs or () if t.grad_fn is None)   # leaves
         key = (fn.op_type(), path)
         entry = self._entries.get(key)
         if entry is None:
