@@ -7,7 +7,9 @@
     F.softmax(x).sum().backward()
 """
 # minillm.host first: it sets OpenBLAS's thread wait before NumPy loads OpenBLAS (see its docstring)
-from minillm import host  # isort: split
+from minillm import host
+
+# isort: split
 
 from minillm import amp, debug, functional, profiler
 from minillm.autograd import Function, enable_grad, is_grad_enabled, no_grad

@@ -19,6 +19,7 @@ import itertools
 import traceback
 from typing import TYPE_CHECKING
 
+from minillm import host
 from minillm.backend import device_of, get_array_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -271,7 +272,7 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
             if producer is None:
                 _accumulate_leaf(tensor, gx)
             elif producer in pending:
-                pending[producer] = pending[producer] + gx
+                pending[producer] = host.add(pending[producer], gx)   # out of place (large host arrays: threaded)
             else:
                 pending[producer] = gx
                 heapq.heappush(heap, (-producer.generation, next(tie), producer))

@@ -34,17 +34,18 @@ loaded first with the default wait, the pool keeps one thread (everything on the
 """
 from __future__ import annotations
 
+# first: it sets OpenBLAS's wait before NumPy loads OpenBLAS
+from minillm._blas_env import NUMPY_LOADED_FIRST
+
+# isort: split
+
 import ctypes
 import os
 import platform
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-BLAS_THREAD_TIMEOUT = "4"              # OpenBLAS's idle wait: 2^4 cycles, then its threads sleep
-_NUMPY_LOADED_FIRST = "numpy" in sys.modules
-if not _NUMPY_LOADED_FIRST:            # before NumPy loads OpenBLAS, or it would not be read
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT)
+import numpy as np
 
 # ---------------------------------------------------------------------------------------------
 # Allocation
@@ -94,7 +95,7 @@ def _blas_threads_sleep_soon() -> bool:
     """Whether OpenBLAS's idle threads give their cores back within a short wait (see above)."""
     value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()
     if not value:
-        return not _NUMPY_LOADED_FIRST
+        return not NUMPY_LOADED_FIRST
     try:
         return int(value) <= 16
     except ValueError:
@@ -198,3 +199,22 @@ def parallel_for(fn, n: int, cost_per_item: int = 1, min_size: int | None = None
             error = error or exc
     if error is not None:
         raise error
+
+
+
+def add(a, b):
+    """a + b. Two host arrays of the same shape, dtype and C order, of at least
+    ``MIN_PARALLEL_SIZE`` elements, are added in one range per thread (the same elementwise sums);
+    anything else is ``a + b`` as it stands (broadcasting, other dtypes, device arrays)."""
+    if (_threads == 1 or type(a) is not np.ndarray or type(b) is not np.ndarray or a.shape != b.shape
+            or a.dtype != b.dtype or a.size < MIN_PARALLEL_SIZE
+            or not (a.flags.c_contiguous and b.flags.c_contiguous)):
+        return a + b
+    out = np.empty_like(a)
+    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+
+    def part(start, stop):
+        np.add(flat_a[start:stop], flat_b[start:stop], out=flat_out[start:stop])
+
+    parallel_for(part, a.size)
+    return out
