@@ -19,7 +19,6 @@ import itertools
 import traceback
 from typing import TYPE_CHECKING
 
-from minillm import host
 from minillm.backend import device_of, get_array_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -272,7 +271,7 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
             if producer is None:
                 _accumulate_leaf(tensor, gx)
             elif producer in pending:
-                pending[producer] = host.add(pending[producer], gx)   # out of place (large host arrays: threaded)
+                pending[producer] = pending[producer] + gx
             else:
                 pending[producer] = gx
                 heapq.heappush(heap, (-producer.generation, next(tie), producer))

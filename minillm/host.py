@@ -43,9 +43,6 @@ import ctypes
 import os
 import platform
 import threading
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
 
 # ---------------------------------------------------------------------------------------------
 # Allocation
@@ -87,7 +84,8 @@ def allocator_tuned() -> bool:
 # ---------------------------------------------------------------------------------------------
 # Threads
 # ---------------------------------------------------------------------------------------------
-MIN_PARALLEL_SIZE = 1 << 17            # elements: below this a split costs more than it saves
+MIN_PARALLEL_SIZE = 1 << 18            # elements: below this a split costs more than it saves (measured: a
+                                       # part handed to a pool thread costs ~70-100 us on the 2-core machine)
 _ENV_THREADS = ("MINILLM_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -120,9 +118,44 @@ def _default_threads() -> int:
 
 
 _threads = _default_threads()
-_pool: ThreadPoolExecutor | None = None
+_workers: list = []                    # the pool: _threads - 1 _Worker threads, made on first use
 _pool_lock = threading.Lock()
+_in_use = threading.Lock()             # held by the one parallel_for running on the pool
 _inside = threading.local()            # set while a thread runs a parallel_for part
+
+
+class _Worker:
+    """One pool thread, handed a part through two locks: ``go`` (released when a part is
+    ready) and ``done`` (released when it has run). A lock handoff wakes a sleeping thread in a
+    few tens of microseconds, a third of what a ThreadPoolExecutor future costs; idle, the
+    thread sleeps in ``go.acquire()`` and uses no CPU."""
+
+    def __init__(self, index: int):
+        self.go, self.done = threading.Lock(), threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
+        self.part, self.error = None, None
+        threading.Thread(target=self._loop, name=f"minillm-host-{index}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self.go.acquire()
+            fn, start, stop = self.part
+            try:
+                _run_part(fn, start, stop)
+            except BaseException as exc:   # handed to the caller by parallel_for
+                self.error = exc
+            self.part = None
+            self.done.release()
+
+    def start(self, fn, start: int, stop: int) -> None:
+        self.part, self.error = (fn, start, stop), None
+        self.go.release()
+
+    def wait(self):
+        """Block until the part has run; its exception, or None."""
+        self.done.acquire()
+        return self.error
 
 
 def num_threads() -> int:
@@ -132,28 +165,24 @@ def num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads (1: everything on the calling thread). Results do not depend on it."""
-    global _threads, _pool
+    global _threads
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: n={n!r}; expected an int >= 1")
     with _pool_lock:
-        if _pool is not None and n != _threads:
-            _pool.shutdown(wait=True)
-            _pool = None
-        _threads = n
+        _threads = n                   # surplus workers stay asleep; missing ones are made on use
 
 
-def _get_pool() -> ThreadPoolExecutor:
-    global _pool
+def _get_workers(count: int) -> list:
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="minillm-host")
-        return _pool
+        while len(_workers) < count:
+            _workers.append(_Worker(len(_workers)))
+        return _workers[:count]
 
 
 def _forget_pool_after_fork() -> None:
-    # A forked child has no pool threads: make a new pool on first use instead of waiting forever.
-    global _pool
-    _pool = None
+    # A forked child has none of the pool's threads: make new ones on first use.
+    global _workers
+    _workers = []
 
 
 if hasattr(os, "register_at_fork"):
@@ -173,7 +202,7 @@ def parallel_for(fn, n: int, cost_per_item: int = 1, min_size: int | None = None
 
     ``n`` items (rows, or elements) each cost about ``cost_per_item`` elements of work; below
     ``min_size`` elements in all (default :data:`MIN_PARALLEL_SIZE`, read at each call), or with
-    one thread, or when called from inside another
+    one thread, or while another thread of the program uses the pool, or when called from inside another
     ``parallel_for``, it is one call ``fn(0, n)`` on this thread. Otherwise the items are split
     into :func:`num_threads` nearly equal ranges, the last run by the calling thread; ``fn`` must
     write only the outputs of its own range. An exception in any part is raised here after all
@@ -184,37 +213,25 @@ def parallel_for(fn, n: int, cost_per_item: int = 1, min_size: int | None = None
     if parts <= 1 or n * cost_per_item < min_size or getattr(_inside, "active", False):
         fn(0, n)
         return
-    bounds = [n * i // parts for i in range(parts + 1)]
-    pool = _get_pool()
-    futures = [pool.submit(_run_part, fn, bounds[i], bounds[i + 1]) for i in range(parts - 1)]
-    error = None
+    if not _in_use.acquire(blocking=False):   # another thread of the program is using the pool
+        fn(0, n)
+        return
     try:
-        _run_part(fn, bounds[-2], bounds[-1])
-    except BaseException as exc:       # wait for the other parts first, then raise
-        error = exc
-    for future in futures:
+        bounds = [n * i // parts for i in range(parts + 1)]
+        workers = _get_workers(parts - 1)
+        for i, worker in enumerate(workers):
+            worker.start(fn, bounds[i], bounds[i + 1])
+        error = None
         try:
-            future.result()
-        except BaseException as exc:
-            error = error or exc
+            _run_part(fn, bounds[-2], bounds[-1])
+        except BaseException as exc:   # wait for the other parts first, then raise
+            error = exc
+        for worker in workers:
+            worker_error = worker.wait()
+            error = worker_error if error is None else error
+    finally:
+        _in_use.release()
     if error is not None:
         raise error
 
 
-
-def add(a, b):
-    """a + b. Two host arrays of the same shape, dtype and C order, of at least
-    ``MIN_PARALLEL_SIZE`` elements, are added in one range per thread (the same elementwise sums);
-    anything else is ``a + b`` as it stands (broadcasting, other dtypes, device arrays)."""
-    if (_threads == 1 or type(a) is not np.ndarray or type(b) is not np.ndarray or a.shape != b.shape
-            or a.dtype != b.dtype or a.size < MIN_PARALLEL_SIZE
-            or not (a.flags.c_contiguous and b.flags.c_contiguous)):
-        return a + b
-    out = np.empty_like(a)
-    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
-
-    def part(start, stop):
-        np.add(flat_a[start:stop], flat_b[start:stop], out=flat_out[start:stop])
-
-    parallel_for(part, a.size)
-    return out

@@ -73,17 +73,3 @@ def for_rows(fn, n_rows: int, row_size: int, array) -> None:
     else:
         fn(0, n_rows)
 
-
-def column_sums(a):
-    """a.sum(axis=0) of a 2-D array (N, C) -> (C,). On the host the columns are split across the
-    threads; each column is still summed over its N rows in the same order, so the bits match."""
-    xp = get_array_module(a)
-    if not is_host_array(a):
-        return a.sum(axis=0)
-    out = xp.empty(a.shape[1], dtype=a.dtype)
-
-    def part(start, stop):
-        a[:, start:stop].sum(axis=0, out=out[start:stop])
-
-    parallel_for(part, a.shape[1], cost_per_item=max(a.shape[0], 1))
-    return out

@@ -12,7 +12,6 @@ from minillm.autograd import Function
 from minillm.ops import elementwise as ew
 from minillm.ops import linalg
 from minillm.ops import shape as sh
-from minillm.ops._util import column_sums, for_rows
 from minillm.ops.lowp.linear import LinearLowPrecision
 from minillm.tensor import Tensor
 
@@ -31,11 +30,7 @@ class Linear(Function):
         x2 = x.reshape(-1, c_in)                                # (N, C_in), N = prod(leading)
         y = x2 @ weight.T                                       # (N, C_in) @ (C_in, C_out) -> (N, C_out)
         if bias is not None:
-
-            def add_bias(start, stop):                          # fresh output: add in place
-                y[start:stop] += bias
-
-            for_rows(add_bias, y.shape[0], c_out, y)
+            y += bias                                           # fresh output: add in place
         return y.reshape(x.shape[:-1] + (c_out,))               # (..., C_out)
 
     def backward(self, gy):
@@ -49,7 +44,7 @@ class Linear(Function):
         if self.needs_input_grad[1]:
             gw = gy2.T @ x.reshape(-1, c_in)                    # (C_out, N) @ (N, C_in) -> (C_out, C_in)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            gb = column_sums(gy2)                               # (C_out,)
+            gb = gy2.sum(axis=0)                                # (C_out,)
         return (gx, gw) if len(self.needs_input_grad) == 2 else (gx, gw, gb)
 
     def flops(self):

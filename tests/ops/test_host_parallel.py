@@ -87,12 +87,6 @@ OPS = {
                                 rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
     "rms_norm": (lambda x, w: F.rms_norm(x, w),
                  lambda rng: [rng.standard_normal((9, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
-    "linear": (lambda x, w, b: F.linear(x, w, b),
-               lambda rng: [rng.standard_normal((3, 11, 8)).astype(np.float32), rng.standard_normal((6, 8)).astype(np.float32),
-                            rng.standard_normal(6).astype(np.float32)]),
-    "add_and_accumulate": (lambda a, b: (a + b) * 2.0 + (a + b),          # Add forward, and the engine's sums
-                           lambda rng: [rng.standard_normal((9, 13)).astype(np.float32),
-                                        rng.standard_normal((9, 13)).astype(np.float32)]),
     "cross_entropy": (lambda z, t: F.cross_entropy(z, t),
                       lambda rng: [rng.standard_normal((2, 9, 33)).astype(np.float32), rng.integers(0, 33, size=(2, 9))]),
     "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
