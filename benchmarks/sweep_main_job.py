@@ -1,0 +1,112 @@
+"""The sweep that chose the main job's recipe: whole ``minillm train`` runs, end to end.
+
+    python benchmarks/sweep_main_job.py                       # every recipe below, once each
+    python benchmarks/sweep_main_job.py --only llama-4x192,llama-4x256 --out /tmp/sweep
+
+Each recipe is one fresh ``python -m minillm train`` process on the embedded Shakespeare corpus
+(the tokenizer trained, the data cleaned and tokenized, the model trained and evaluated on the
+whole validation split, samples printed), timed from start to exit, with the machine's other
+load recorded; the final validation bits per byte and the run's wall time go in the table. The
+runs share nothing (each its own out_dir), and run one after another, never two at once.
+
+A recipe is a list of ``minillm train`` overrides on top of the defaults; the chosen one becomes
+``minillm train``'s defaults (minillm/train/config.py) and examples/configs/shakespeare_bpe.toml.
+Results: benchmarks/results/sweep_main_job_<time>.json and .md (git-ignored), or ``--out DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import OtherCpu, format_table, save_results  # noqa: E402
+
+# name -> overrides (on top of minillm train's defaults). Sizes: 4 layers x 192 wide, context 128,
+# batch 32 (4,096 tokens a step) unless the name says otherwise.
+RECIPES = {
+    "gpt2-4x192 (old default)": ["--preset", "gpt2", "--n_layer", "4", "--n_head", "4", "--n_embd", "192",
+                                 "--dropout", "0.1", "--max_steps", "400", "--lr", "2e-3"],
+    "llama-4x192": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "192",
+                    "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3"],
+    "llama-4x192 dropout 0.1": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                                "--n_embd", "192", "--dropout", "0.1", "--max_steps", "400", "--lr", "2e-3"],
+    "llama-4x192 lr 4e-3": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                            "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "4e-3",
+                            "--min_lr", "4e-4"],
+    "llama-4x256": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "256",
+                    "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3"],
+    "llama-6x192": ["--preset", "llama", "--n_layer", "6", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "192",
+                    "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3"],
+    "llama-4x192 600 steps": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                              "--n_embd", "192", "--dropout", "0.1", "--max_steps", "600", "--lr", "2e-3"],
+    "llama-4x192 vocab 2048": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                               "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
+                               "--data.vocab_size", "2048"],
+}
+FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
+                   r"after (\d+) steps")
+CURVE = re.compile(r"step (\d+): val_loss ([0-9.]+), val_ppl [0-9.]+, val_bpb ([0-9.]+)")
+
+
+def run_recipe(name: str, overrides: list[str], out_root: str, timeout: float) -> dict:
+    out_dir = os.path.join(out_root, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))
+    command = [sys.executable, "-m", "minillm", "train", "--out_dir", out_dir, "--no-progress", *overrides]
+    with OtherCpu() as load:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    text = done.stdout + done.stderr
+    final = FINAL.search(text)
+    result = {"name": name, "overrides": overrides, "wall_s": load.wall, "other_cores": load.other_cores,
+              "returncode": done.returncode,
+              "curve": [{"step": int(s), "val_loss": float(v), "val_bpb": float(b)} for s, v, b in CURVE.findall(text)]}
+    if final:
+        result.update(val_loss=float(final.group(1)), val_bpb=float(final.group(3)), steps=int(final.group(4)))
+    else:
+        result["error"] = text[-2000:]
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated recipe names (default: all)")
+    parser.add_argument("--out", default=None, help="write the JSON and Markdown results here")
+    parser.add_argument("--runs-dir", default=None, help="where the runs' out_dirs go (default: a temp dir)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        parser.error(f"--only: unknown recipe(s) {unknown}; expected some of {list(RECIPES)}")
+    runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="minillm-sweep-")
+    results = []
+    for name in names:
+        result = run_recipe(name, RECIPES[name], runs_dir, args.timeout)
+        results.append(result)
+        status = f"{result['val_bpb']:.4f} bpb" if "val_bpb" in result else "FAILED"
+        print(f"{name}: {status} in {result['wall_s'] / 60:.2f} min (other cores {result['other_cores']:.2f})",
+              flush=True)
+    rows = [[r["name"], f"{r['val_bpb']:.4f}" if "val_bpb" in r else "failed", f"{r['wall_s'] / 60:.2f}",
+             f"{r['other_cores']:.2f}", " ".join(r["overrides"])] for r in results]
+    table = format_table(["recipe", "val bits/byte", "minutes (end to end)", "other cores", "overrides"], rows)
+    print(table)
+    payload = {"recipes": results, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "sweep_main_job.json"), "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1)
+        with open(os.path.join(args.out, "sweep_main_job.md"), "w", encoding="utf-8") as handle:
+            handle.write(table + "\n")
+    else:
+        save_results("sweep_main_job", payload, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
