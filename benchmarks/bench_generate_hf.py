@@ -147,15 +147,12 @@ def child(args) -> None:
 
 
 def run_child(contender: str, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--child", contender,
-               "--batches", ",".join(map(str, args.batches)), "--prompt", str(args.prompt),
-               "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    env = os.environ.copy()
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
-    from common import run_json_child
+    argv = ["--device", args.device, "--child", contender, "--batches", ",".join(map(str, args.batches)),
+            "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+            "--threads", str(args.threads)]
+    from common import run_script_child
 
-    return run_json_child(command, env, args.timeout)
+    return run_script_child(__file__, argv, args.threads, args.timeout)
 
 
 def main(argv=None) -> int:
@@ -163,15 +160,10 @@ def main(argv=None) -> int:
     if args.child:
         child(args)
         return 0
-    from common import format_table, save_results
+    from common import alternate_rounds, format_table, save_results
 
     contenders = ["minillm", "hf"]
-    runs = {c: [] for c in contenders}
-    for round_index in range(args.rounds):
-        for contender in (contenders if round_index % 2 == 0 else contenders[::-1]):
-            result = run_child(contender, args)
-            runs[contender].append(result)
-            print(f"round {round_index + 1} {contender}: {result.get('error', 'done')}", flush=True)
+    runs = alternate_rounds(contenders, args.rounds, lambda c: run_child(c, args))
     rows, payload = [], {"args": {k: v for k, v in vars(args).items() if k != "child"}, "model": MODEL, "runs": runs}
     for batch in args.batches:
         speed, tokens = {}, {}
@@ -196,14 +188,7 @@ def main(argv=None) -> int:
                 text += f"\nERROR {contender}: {r['error'][-600:]}"
     print(text)
     label = f"generate_hf_{args.device}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, label + ".json"), "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        with open(os.path.join(args.out, label + ".md"), "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    else:
-        print(f"results: {save_results(label, payload, text)}")
+    print(f"results: {save_results(label, payload, text, args.out)}")
     return 0
 
 

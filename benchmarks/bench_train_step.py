@@ -58,6 +58,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
+import common  # noqa: E402  (imports neither NumPy nor torch: the children set threads first)
+
 CONFIGS = {
     "A": dict(vocab_size=65, block_size=64, batch=12, n_layer=4, n_head=4, n_embd=128),
     "B": dict(vocab_size=4096, block_size=128, batch=16, n_layer=6, n_head=6, n_embd=192),
@@ -105,12 +107,6 @@ def parse_args(argv=None):
     if "minillm-composed" in args.contenders and args.device != "cuda":
         parser.error("--contenders minillm-composed: the fused kernels exist only on a GPU (--device cuda)")
     return args
-
-
-def set_threads(threads: int) -> None:
-    """Must run before NumPy (or torch) is imported: BLAS reads these once."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,8 +353,6 @@ def measure_memory(step, contender: str, device: str, baseline_kib: int) -> dict
 
 def child(args) -> None:
     """One contender in this process: warm-up, timed steps, memory; prints one JSON line."""
-    from common import OtherCpu
-
     name = args.configs[0]
     # Each library is imported before the baseline, so "peak" counts the model's memory (weights,
     # optimizer state, activations, allocator slack), not the library's own code and tables.
@@ -383,33 +377,26 @@ def child(args) -> None:
     step.sync()
     times, others = [], []
     for _ in range(args.steps):
-        with OtherCpu() as load:
+        with common.OtherCpu() as load:
             step()
             step.sync()
         times.append(load.wall)
         others.append(load.other_cores)
     result = {"times": times, "other_cores": others, "first_loss": first_loss}
     if args.child != "torch":
-        from minillm import host
-
-        result["host"] = {"threads": host.num_threads(), "allocator_tuned": host.allocator_tuned(),
-                          "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
+        result["host"] = common.minillm_host()
     if not args.no_memory:
         result["memory"] = measure_memory(step, args.child, args.device, baseline_kib)
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def run_child(name: str, contender: str, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--configs", name, "--threads", str(args.threads),
-               "--device", args.device, "--precision", args.precision, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--child", contender]
+    argv = ["--configs", name, "--threads", str(args.threads), "--device", args.device, "--precision",
+            args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup), "--child", contender]
     if args.no_memory:
-        command.append("--no-memory")
-    env = os.environ.copy()
-    env["MINILLM_FUSED"] = "0" if contender == "minillm-composed" else "1"
-    from common import run_json_child
-
-    return run_json_child(command, env, args.timeout)
+        argv.append("--no-memory")
+    return common.run_script_child(__file__, argv, args.threads, args.timeout,
+                                   {"MINILLM_FUSED": "0" if contender == "minillm-composed" else "1"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,13 +404,11 @@ def run_child(name: str, contender: str, args) -> dict:
 # ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
-    set_threads(args.threads)
+    common.set_threads(args.threads)
     if args.child:
         child(args)
         return 0
     import platform
-
-    from common import format_table, save_results
 
     contenders = list(args.contenders)
     if "torch" in contenders:
@@ -439,15 +424,9 @@ def main(argv=None) -> int:
                or platform.machine(), "tf32": False, "configs": {}}
     rows, warnings, host_notes = [], [], set()
     for name in args.configs:
-        runs = {c: [] for c in contenders}
-        for round_index in range(args.rounds):
-            order = contenders if round_index % 2 == 0 else contenders[::-1]
-            for contender in order:
-                result = run_child(name, contender, args)
-                runs[contender].append(result)
-                status = result["error"] if "error" in result else \
-                    f"median {1e3 * statistics.median(result['times']):.1f} ms"
-                print(f"config {name} round {round_index + 1} {contender}: {status}", flush=True)
+        runs = common.alternate_rounds(contenders, args.rounds, lambda c: run_child(name, c, args),
+                                       label=f"config {name} ",
+                                       describe=lambda r: f"median {1e3 * statistics.median(r['times']):.1f} ms")
         from minillm.nn import GPT
 
         cfg = gpt_config(name)
@@ -458,15 +437,13 @@ def main(argv=None) -> int:
         medians, memory, good_host = {}, {}, {}
         for contender, results in runs.items():
             good = [r for r in results if "error" not in r]
+            pooled = common.summarise(results)
             if not good:
-                entry.setdefault("errors", {})[contender] = [r["error"] for r in results]
+                entry.setdefault("errors", {})[contender] = pooled["errors"]
                 continue
-            all_times = [t for r in good for t in r["times"]]
-            round_medians = [statistics.median(r["times"]) for r in good]
-            medians[contender] = statistics.median(all_times)
-            busy = statistics.median([c for r in good for c in r["other_cores"]])
+            medians[contender], busy = pooled["median"], pooled["other_cores"]
             entry.setdefault("summary", {})[contender] = {
-                "median_ms": medians[contender] * 1e3, "round_medians_ms": [m * 1e3 for m in round_medians],
+                "median_ms": medians[contender] * 1e3, "round_medians_ms": [m * 1e3 for m in pooled["round_medians"]],
                 "first_loss": good[0]["first_loss"], "other_cores": busy}
             if "memory" in good[0]:
                 memory[contender] = good[0]["memory"]
@@ -475,7 +452,7 @@ def main(argv=None) -> int:
                 host_notes.add(f"minillm host threads {good[0]['host']['threads']}, glibc malloc tuned: "
                                f"{good[0]['host']['allocator_tuned']}, OPENBLAS_THREAD_TIMEOUT="
                                f"{good[0]['host']['OPENBLAS_THREAD_TIMEOUT']}")
-            if busy > 0.1:
+            if busy > common.BUSY_CORES:
                 warnings.append(f"config {name} {contender}: other processes kept {busy:.2f} cores busy: re-run")
         targets = TARGET_TIME_RATIO.get((args.device, args.precision), {})
         for contender, seconds in medians.items():
@@ -510,7 +487,7 @@ def main(argv=None) -> int:
         payload["configs"][name] = entry
     headers = ["cfg", "who", "ms/step (median)", "round medians", "tokens/s", "TFLOP/s", "first loss",
                "time ratio", "peak MiB", "memory ratio", "process peak MiB", "other cores"]
-    table = format_table(headers, rows)
+    table = common.format_table(headers, rows)
     note = (f"\n{args.device}, {args.precision}, {args.threads} threads; {args.rounds} alternating rounds x "
             f"{args.steps} timed steps per contender (each its own process) after {args.warmup} warm-up; "
             "no TF32; 'other cores' = median CPU cores that other processes used during a step; 'peak MiB' = the "
@@ -520,14 +497,7 @@ def main(argv=None) -> int:
     print(text)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     label = f"train_step_{args.device}_{args.precision}_{stamp}"
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, label + ".json"), "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, default=str)
-        with open(os.path.join(args.out, label + ".md"), "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    else:
-        print(f"results: {save_results(label, payload, text)}")
+    print(f"results: {common.save_results(label, payload, text, args.out)}")
     return 0
 
 
