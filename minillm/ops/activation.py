@@ -326,15 +326,42 @@ class SwiGLU(Function):
         if y is not None:                                # CuPy arrays: the fused kernel ran
             return y
         self.a, self.b = a, b
-        y = _sigmoid_via_tanh(a)
-        y *= a
-        y *= b
+        if not (is_host_array(a) and a.flags.c_contiguous and b.flags.c_contiguous):
+            y = _sigmoid_via_tanh(a)
+            y *= a
+            y *= b
+            return y
+        y = get_array_module(a).empty_like(a)
+        af, bf, yf = a.reshape(-1), b.reshape(-1), y.reshape(-1)
+
+        def part(start, stop):                           # one range per host thread, same arithmetic
+            ys = _sigmoid_via_tanh(af[start:stop])
+            ys *= af[start:stop]
+            ys *= bf[start:stop]
+            yf[start:stop] = ys
+
+        parallel_for(part, af.size, cost_per_item=4)     # tanh and three passes an element
         return y
 
     def backward(self, gy):
-        if fusable(self.a, self.b, gy):
-            return _swiglu_backward_cuda(self.a, self.b, gy, self.needs_input_grad)
-        return _swiglu_backward(self.a, self.b, gy, self.needs_input_grad)
+        a, b, needs = self.a, self.b, self.needs_input_grad
+        if fusable(a, b, gy):
+            return _swiglu_backward_cuda(a, b, gy, needs)
+        if not (is_host_array(gy) and all(x.flags.c_contiguous for x in (a, b, gy))):
+            return _swiglu_backward(a, b, gy, needs)
+        xp = get_array_module(gy)
+        ga = xp.empty_like(a) if needs[0] else None
+        gb = xp.empty_like(b) if needs[1] else None
+        flat = [x.reshape(-1) for x in (a, b, gy)]
+
+        def part(start, stop):                           # one range per host thread, same arithmetic
+            parts = _swiglu_backward(*(x[start:stop] for x in flat), needs)
+            for out, value in zip((ga, gb), parts):
+                if out is not None:
+                    out.reshape(-1)[start:stop] = value
+
+        parallel_for(part, a.size, cost_per_item=6)
+        return ga, gb
 
     def kernel_forward(self, a, b, out_dtype=None, round_bf16=False):
         """The fused CUDA kernel, or None where it does not run (see :func:`_kernel_runs`)."""

@@ -87,6 +87,8 @@ OPS = {
                                 rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
     "rms_norm": (lambda x, w: F.rms_norm(x, w),
                  lambda rng: [rng.standard_normal((9, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)]),
+    "swiglu": (lambda a, b: F.swiglu(a, b),
+               lambda rng: [rng.standard_normal((5, 3, 17)).astype(np.float32), rng.standard_normal((5, 3, 17)).astype(np.float32)]),
     "cross_entropy": (lambda z, t: F.cross_entropy(z, t),
                       lambda rng: [rng.standard_normal((2, 9, 33)).astype(np.float32), rng.integers(0, 33, size=(2, 9))]),
     "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
