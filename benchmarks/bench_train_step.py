@@ -7,7 +7,8 @@ eager, each contender in a fresh process of its own, float32 or mixed precision,
     python benchmarks/bench_train_step.py --device cuda --configs G --contenders minillm,minillm-composed,torch
     python benchmarks/bench_train_step.py --no-torch               # minillm alone
 
-Contenders: "minillm"; "minillm-composed" (the GPU without the fused CUDA kernels, MINILLM_FUSED=0:
+Contenders: "minillm"; "gemm-floor" (CPU: the step's matrix products alone in NumPy -- see
+GemmFloorStep -- the floor any NumPy implementation of the step sits above); "minillm-composed" (the GPU without the fused CUDA kernels, MINILLM_FUSED=0:
 the composed array code the kernels replace); "torch" (PyTorch eager, the same architecture and
 weights, torch.optim.AdamW with its default implementation for the device).
 
@@ -69,9 +70,10 @@ CONFIGS = {
 TARGET_TIME_RATIO = {("cpu", "fp32"): {"A": 1.15, "B": 1.0, "C": 1.0},
                      ("cuda", "fp32"): {"C": 1.2, "G": 1.2},
                      ("cuda", "fp16"): {"C": 1.3, "G": 1.3}, ("cuda", "bf16"): {"C": 1.3, "G": 1.3}}
+TARGET_FLOOR_RATIO = {"C": 1.15}     # minillm's step over the GEMM-only floor (CPU, fp32)
 TARGET_MEMORY_RATIO = {"cpu": 0.8, "cuda": 1.2}
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-CONTENDERS = ("minillm", "minillm-composed", "torch")
+CONTENDERS = ("minillm", "minillm-composed", "torch", "gemm-floor")
 
 
 def parse_args(argv=None):
@@ -84,7 +86,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="fp32, or mixed precision fp16 / bf16 (minillm.amp, torch.autocast)")
-    parser.add_argument("--contenders", default="minillm,torch",
+    parser.add_argument("--contenders", default="minillm,torch,gemm-floor",
                         help=f"comma-separated subset of {','.join(CONTENDERS)}")
     parser.add_argument("--no-torch", action="store_true", help="time minillm alone")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory steps")
@@ -104,6 +106,8 @@ def parse_args(argv=None):
         args.contenders = [c for c in args.contenders if c != "torch"]
     if args.steps < 1 or args.threads < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--steps, --threads and --rounds must be positive, --warmup >= 0")
+    if args.device == "cuda":
+        args.contenders = [c for c in args.contenders if c != "gemm-floor"]   # a host (NumPy) measure
     if "minillm-composed" in args.contenders and args.device != "cuda":
         parser.error("--contenders minillm-composed: the fused kernels exist only on a GPU (--device cuda)")
     return args
@@ -322,6 +326,62 @@ class CupyPeak:
         self.hook = Hook()
 
 
+class GemmFloorStep:
+    """The GEMM-only floor: the matrix products of one forward + backward of the same model, and
+    nothing else, timed alone with NumPy (float32, outputs preallocated, no autograd, no
+    elementwise work). Per block, with M = B·T rows, D = C / H and G = B·H attention matrices:
+
+        q, k, v, out projections (C -> C) and the MLP (C -> 4C -> C), each a Linear y = x Wᵀ:
+            forward  y = x Wᵀ (M×in · in×out);  backward dx = dy W,  dW = dyᵀ x
+        attention: S = Q Kᵀ and O = A V (G × T×D·D×T, G × T×T·T×D); backward dA = dO Vᵀ,
+            dV = Aᵀ dO, dQ = dS K, dK = dSᵀ Q (full T×T products: the floor of an uncausal step)
+
+    and the tied head once (M×C · C×V forward, dx and dW backward). A training step can only be
+    slower than this; how much slower is the cost of everything that is not a matrix product."""
+
+    def __init__(self, name: str):
+        import numpy as np
+
+        cfg = CONFIGS[name]
+        batch, seq, width, heads = cfg["batch"], cfg["block_size"], cfg["n_embd"], cfg["n_head"]
+        rows, head_size, groups = batch * seq, width // heads, batch * heads
+        rng = np.random.default_rng(0)
+
+        def rand(*shape):
+            return rng.standard_normal(shape, dtype=np.float32)
+
+        # (a, b, out): each product a @ b written into out; transposed views are what BLAS is handed
+        # in the real step too (x Wᵀ, dyᵀ x), so no copies are timed.
+        self.products = []
+
+        def linear(n_in, n_out):
+            x, w, dy = rand(rows, n_in), rand(n_out, n_in), rand(rows, n_out)
+            self.products += [(x, w.T, np.empty((rows, n_out), np.float32)),
+                              (dy, w, np.empty((rows, n_in), np.float32)),
+                              (dy.T, x, np.empty((n_out, n_in), np.float32))]
+
+        for _ in range(cfg["n_layer"]):
+            for n_in, n_out in ((width, width),) * 4 + ((width, 4 * width), (4 * width, width)):
+                linear(n_in, n_out)
+            q, k, v, grad_out = (rand(groups, seq, head_size) for _ in range(4))
+            weights, grad_scores = rand(groups, seq, seq), rand(groups, seq, seq)
+            square, tall = (lambda: np.empty((groups, seq, seq), np.float32),
+                            lambda: np.empty((groups, seq, head_size), np.float32))
+            self.products += [(q, k.transpose(0, 2, 1), square()), (weights, v, tall()),
+                              (grad_out, v.transpose(0, 2, 1), square()),
+                              (weights.transpose(0, 2, 1), grad_out, tall()),
+                              (grad_scores, k, tall()), (grad_scores.transpose(0, 2, 1), q, tall())]
+        linear(width, cfg["vocab_size"])
+        self.matmul = np.matmul
+
+    def __call__(self):
+        for a, b, out in self.products:
+            self.matmul(a, b, out=out)
+
+    def sync(self):
+        pass
+
+
 def measure_memory(step, contender: str, device: str, baseline_kib: int) -> dict:
     """Peak memory (see the module docstring): on the GPU over 2 more steps; on the CPU the
     process's resident high-water mark above its size once the library was imported."""
@@ -358,6 +418,8 @@ def child(args) -> None:
     # optimizer state, activations, allocator slack), not the library's own code and tables.
     if args.child == "torch":
         import torch  # noqa: F401
+    elif args.child == "gemm-floor":
+        import numpy  # noqa: F401
     else:
         import minillm  # noqa: F401  (it imports NumPy after minillm.host: see there)
     if args.child != "torch" and args.device == "cuda":
@@ -367,12 +429,14 @@ def child(args) -> None:
     baseline_kib = _status_kib("VmRSS")
     if args.child == "torch":
         step = TorchStep(name, args.device, args.threads, args.precision)
+    elif args.child == "gemm-floor":
+        step = GemmFloorStep(name)
     else:
         step = MinillmStep(name, args.device, args.precision)
     first_loss = None
     for i in range(args.warmup):
         loss = step()
-        if i == 0:
+        if i == 0 and loss is not None:
             first_loss = float(loss.item())
     step.sync()
     times, others = [], []
@@ -383,9 +447,9 @@ def child(args) -> None:
         times.append(load.wall)
         others.append(load.other_cores)
     result = {"times": times, "other_cores": others, "first_loss": first_loss}
-    if args.child != "torch":
+    if args.child not in ("torch", "gemm-floor"):
         result["host"] = common.minillm_host()
-    if not args.no_memory:
+    if not args.no_memory and args.child != "gemm-floor":
         result["memory"] = measure_memory(step, args.child, args.device, baseline_kib)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -457,11 +521,20 @@ def main(argv=None) -> int:
         targets = TARGET_TIME_RATIO.get((args.device, args.precision), {})
         for contender, seconds in medians.items():
             spread = entry["summary"][contender]["round_medians_ms"]
+            first_loss = entry["summary"][contender]["first_loss"]
             row = [name, contender, seconds * 1e3, f"{min(spread):.1f}-{max(spread):.1f}", tokens / seconds,
-                   flops / seconds / 1e12, entry["summary"][contender]["first_loss"]]
-            if contender != "torch" and "torch" in medians:
+                   flops / seconds / 1e12, "" if first_loss is None else first_loss]
+            if contender.startswith("minillm") and "torch" in medians:
                 ratio = seconds / medians["torch"]
                 target = targets.get(name)
+                row.append(f"{ratio:.2f}x" + (f" (target <= {target}x)" if target else ""))
+            else:
+                row.append("")
+            floor = medians.get("gemm-floor")
+            if floor and contender != "gemm-floor":
+                ratio = seconds / floor
+                entry["summary"][contender]["vs_gemm_floor"] = ratio
+                target = TARGET_FLOOR_RATIO.get(name) if contender.startswith("minillm") else None
                 row.append(f"{ratio:.2f}x" + (f" (target <= {target}x)" if target else ""))
             else:
                 row.append("")
@@ -486,11 +559,12 @@ def main(argv=None) -> int:
                 entry["summary"][contender]["host"] = host
         payload["configs"][name] = entry
     headers = ["cfg", "who", "ms/step (median)", "round medians", "tokens/s", "TFLOP/s", "first loss",
-               "time ratio", "peak MiB", "memory ratio", "process peak MiB", "other cores"]
+               "time ratio", "vs GEMM floor", "peak MiB", "memory ratio", "process peak MiB", "other cores"]
     table = common.format_table(headers, rows)
     note = (f"\n{args.device}, {args.precision}, {args.threads} threads; {args.rounds} alternating rounds x "
             f"{args.steps} timed steps per contender (each its own process) after {args.warmup} warm-up; "
-            "no TF32; 'other cores' = median CPU cores that other processes used during a step; 'peak MiB' = the "
+            "no TF32; 'vs GEMM floor' = the step over the gemm-floor contender (the step's matrix products "
+            "alone, NumPy); 'other cores' = median CPU cores that other processes used during a step; 'peak MiB' = the "
             "step's resident high-water mark above the process once its library was imported; 'process peak "
             "MiB' = the whole process's (library included)." + "".join(f"\n{n}." for n in sorted(host_notes)))
     text = table + note + "".join("\nWARNING: " + w for w in warnings)

@@ -21,7 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from bench_train_step import CONFIGS, set_threads  # after the path set-up above; imports no NumPy
+from bench_train_step import CONFIGS  # after the path set-up above; imports no NumPy
+from common import set_threads
 
 
 def parse_args(argv=None):

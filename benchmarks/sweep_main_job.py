@@ -50,6 +50,15 @@ RECIPES = {
     "llama-4x192 vocab 2048": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
                                "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
                                "--data.vocab_size", "2048"],
+    "llama-4x192 lr 4e-3 vocab 2048": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                                       "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "4e-3",
+                                       "--min_lr", "4e-4", "--data.vocab_size", "2048"],
+    "llama-4x192 vocab 4096": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                               "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
+                               "--data.vocab_size", "4096"],
+    "llama-4x192 vocab 2048 block 256": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
+                                         "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
+                                         "--data.vocab_size", "2048", "--block_size", "256", "--batch_size", "16"],
 }
 FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
                    r"after (\d+) steps")
