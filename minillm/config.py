@@ -311,7 +311,7 @@ class Config:
     def help_text(cls, command: str) -> str:
         """Every option with its type, default and meaning, grouped by section."""
         defaults = {cls.resolve(k): v for k, v in cls.defaults.items()}
-        lines = [f"usage: minillm {command} [--config FILE.toml] [--key VALUE | --section.key VALUE ...]"]
+        lines = [f"usage: minillm {command} [--config FILE.toml] [--key VALUE | --section.key VALUE ...] [--debug]"]
         if cls.description:
             lines += ["", cls.description]
         lines += ["", "Options (a key alone where it is unambiguous; true/false for on/off, --no-KEY for false):"]

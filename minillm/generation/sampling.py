@@ -34,6 +34,7 @@ import numpy as np
 
 from minillm.backend import generator as global_generator
 from minillm.backend import get_array_module
+from minillm.errors import NumericalError
 
 
 def _is_int(value) -> bool:
@@ -138,8 +139,8 @@ class Sampler:
         logits = logits.astype(np.float64)                       # (R, V) exact filtering and softmax
         if xp.isnan(logits).any():
             bad = [rows[i] for i in range(len(rows)) if bool(xp.isnan(logits[i]).any())]
-            raise FloatingPointError(f"generate: the model produced NaN logits for prompt rows {bad}; "
-                                     "check the checkpoint (minillm.debug.detect_anomaly finds where)")
+            raise NumericalError(f"generate: the model produced NaN logits for prompt rows {bad}; its weights "
+                                 "are broken: check the checkpoint (minillm.debug.detect_anomaly finds where)")
         if self.penalty is not None:
             logits = apply_repetition_penalty(logits, self.seen[rows], self.penalty)
         if self.temperature == 0.0:
