@@ -16,7 +16,9 @@ command-line string, the checks, and the line in ``--help``. A command's values 
 the section's default, the command's own default (``Config.defaults``), the TOML file, and the
 command line (``--key value`` when the key names one option of the command, ``--section.key
 value`` always). Every bad value is a ``ValueError`` naming the key, the value and what was
-expected (the commands turn it into one line and exit status 2).
+expected (the commands turn it into one line and exit status 2). Besides an option's own bounds,
+every number must be finite and every int must fit in 64 bits (``INT_LIMIT``): a larger one could
+only reach NumPy as a size or a seed it cannot hold.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+
+
+INT_LIMIT = 2**63 - 1   # the largest int an option takes: NumPy's sizes and indices are int64
 
 
 def option(default, help: str, *, choices: tuple | None = None, minimum: float | None = None,  # noqa: A002
@@ -188,6 +193,10 @@ def _check_bounds(where: str, f: dataclasses.Field, value) -> None:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if isinstance(v, float) and math.isnan(v):
                 raise ValueError(f"{where}={v!r} is not a number")
+            if isinstance(v, float) and math.isinf(v):
+                raise ValueError(f"{where}={v!r} is not finite; expected a finite number")
+            if isinstance(v, int) and abs(v) > INT_LIMIT:
+                raise ValueError(f"{where}={v} is too large; expected an int of at most {INT_LIMIT} (2**63 - 1)")
             bounds = [("minimum", lambda b: v >= b, ">="), ("above", lambda b: v > b, ">"),      # lower first
                       ("maximum", lambda b: v <= b, "<="), ("below", lambda b: v < b, "<")]
             present = [(key, ok, sign) for key, ok, sign in bounds if meta.get(key) is not None]
