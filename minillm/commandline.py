@@ -78,7 +78,8 @@ def parse_command_line(config_class: type[Config], tokens: list[str]) -> tuple[s
                 negated = True
             else:
                 raise
-        base, _, is_list = _kind(config_class.sections()[name].option(inner).type)
+        field = config_class.sections()[name].option(inner)
+        base, _, is_list = _kind(field.type)
         dotted = f"{name}.{inner}"
         if negated:
             if base != "bool" or is_list:
@@ -97,11 +98,27 @@ def parse_command_line(config_class: type[Config], tokens: list[str]) -> tuple[s
                 value, index = following, index + 2
         else:
             index += 1
+        if field.metadata.get("text"):
+            check_utf8_argument(f"--{key}", value)
         if is_list:
             values.setdefault(dotted, []).append(value)
         else:
             values[dotted] = value
     return config_path, values
+
+
+def check_utf8_argument(flag: str, value: str) -> None:
+    """Raise UsageError when a command-line value is not valid UTF-8.
+
+    Python decodes the command line as UTF-8 and keeps each byte it cannot decode as a lone
+    surrogate U+DC80..U+DCFF (the ``surrogateescape`` handler): a Latin-1 'é' typed in another
+    terminal encoding arrives as U+DCE9. The message gives that byte and its offset in the value."""
+    for index, char in enumerate(value):
+        if "\udc80" <= char <= "\udcff":
+            offset = len(value[:index].encode("utf-8", "surrogateescape"))
+            raise UsageError(f"{flag}: the value is not valid UTF-8: byte 0x{ord(char) - 0xDC00:02X} at byte "
+                             f"offset {offset} is not part of a valid UTF-8 character; expected UTF-8 text (is "
+                             "the terminal set to another encoding, such as Latin-1?)")
 
 
 def _positional_option(config_class) -> str | None:

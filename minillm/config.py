@@ -39,13 +39,15 @@ INT_LIMIT = 2**63 - 1   # the largest int an option takes: NumPy's sizes and ind
 
 def option(default, help: str, *, choices: tuple | None = None, minimum: float | None = None,  # noqa: A002
            maximum: float | None = None, above: float | None = None, below: float | None = None,
-           required: bool = False, positional: bool = False, metavar: str | None = None):
+           required: bool = False, positional: bool = False, metavar: str | None = None, text: bool = False):
     """A dataclass field that is a config option: ``help`` is its one line of meaning; ``choices``
     the allowed values; ``minimum``/``maximum`` inclusive bounds, ``above``/``below`` exclusive
     ones; ``required`` options have no usable default (a value must be given); a ``positional``
-    list option also takes the bare words of the command line."""
+    list option also takes the bare words of the command line; a ``text`` option holds text to
+    work on (a prompt, a stop string), not a path, so its command-line value must be valid UTF-8
+    (a path may hold any bytes the file system does)."""
     metadata = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, above=above, below=below,
-                    required=required, positional=positional, metavar=metavar)
+                    required=required, positional=positional, metavar=metavar, text=text)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -40,7 +40,8 @@ class GenerationSection(Section):
     repetition_penalty: float | None = option(None, "CTRL repetition penalty (> 1 discourages repeats; 1 = off)",
                                               above=0.0)
     seed: int | None = option(None, "seed for reproducible sampling", minimum=0)
-    stop: list[str] = option([], r"stop at this text (repeatable; the escapes \n \t \\ work)", metavar="TEXT")
+    stop: list[str] = option([], r"stop at this text (repeatable; the escapes \n \t \\ work)", metavar="TEXT",
+                             text=True)
     stop_id: list[int] = option([], "stop at this token id (repeatable)", metavar="ID")
     device: str = option("cpu", "where to run the model", choices=DEVICES)
     cache: bool = option(True, "decode with the key/value cache (--no-cache recomputes every step: slow)")
@@ -49,20 +50,20 @@ class GenerationSection(Section):
 @dataclass
 class GenerateSection(GenerationSection):
     name: ClassVar[str] = "generate"
-    prompt: str = option("", "the text to continue; empty = start a new document")
+    prompt: str = option("", "the text to continue; empty = start a new document", text=True)
 
 
 @dataclass
 class SampleSection(GenerationSection):
     name: ClassVar[str] = "sample"
-    prompt: str = option("", "the text to continue; empty = start a new document")
+    prompt: str = option("", "the text to continue; empty = start a new document", text=True)
     num_samples: int = option(3, "how many samples", minimum=1)
 
 
 @dataclass
 class ChatSection(GenerationSection):
     name: ClassVar[str] = "chat"
-    system: str | None = option(None, "a system message (chat-tuned checkpoints with <|system|>)")
+    system: str | None = option(None, "a system message (chat-tuned checkpoints with <|system|>)", text=True)
 
 
 @dataclass
