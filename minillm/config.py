@@ -377,6 +377,9 @@ def read_toml(config_class, path) -> dict:
         raise ValueError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
     except UnicodeDecodeError:
         raise ValueError(f"config file {os.fspath(path)!r} is not UTF-8 text; expected a TOML file") from None
+    except RecursionError:
+        raise ValueError(f"config file {os.fspath(path)!r} nests arrays or tables too deeply to read; expected a "
+                         "config's few tables of keys") from None
     source = os.fspath(path)
     sections = config_class.sections()
     values: dict[str, Any] = {}
