@@ -21,6 +21,7 @@ from minillm.commandline import unescape
 from minillm.config import Config, Section, option
 from minillm.generation import IncrementalDetokenizer, split_stop, stream_text
 from minillm.generation.chat import ChatSession, chat_loop
+from minillm.generation.sampling import MIN_TEMPERATURE, temperature_too_small
 from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT
 from minillm.train.checkpoint import load_model
@@ -33,7 +34,7 @@ class GenerationSection(Section):
     checkpoint: str = option("", "a checkpoint (.safetensors) written by training", required=True)
     tokenizer: str = option("", "a tokenizer file; empty = the tokenizer stored in the checkpoint")
     max_new_tokens: int = option(200, "tokens to generate at most", minimum=0)
-    temperature: float = option(0.8, "softmax temperature; 0 = greedy", minimum=0.0)
+    temperature: float = option(0.8, f"softmax temperature; 0 = greedy, else >= {MIN_TEMPERATURE:g}", minimum=0.0)
     top_k: int | None = option(None, "sample among the k most likely tokens only", minimum=1)
     top_p: float | None = option(None, "nucleus sampling: the smallest set of tokens with this much probability",
                                  above=0.0, maximum=1.0)
@@ -45,6 +46,10 @@ class GenerationSection(Section):
     stop_id: list[int] = option([], "stop at this token id (repeatable)", metavar="ID")
     device: str = option("cpu", "where to run the model", choices=DEVICES)
     cache: bool = option(True, "decode with the key/value cache (--no-cache recomputes every step: slow)")
+
+    def check(self) -> None:
+        if 0 < self.temperature < MIN_TEMPERATURE:     # the option's bounds cannot say "0, or >= 1e-3"
+            raise ValueError(temperature_too_small(f"{self.name}.temperature", self.temperature))
 
 
 @dataclass
