@@ -84,7 +84,8 @@ def run_prepare(cfg: PrepareConfig, tokenizer=None) -> int:
     docs, cleaning = clean_documents(docs, min_chars=args.min_chars)
     print(cleaning)
     if not docs:
-        raise ValueError(f"every document was dropped by cleaning (min_chars={args.min_chars})")
+        raise ValueError(f"--input {input_path!r}: every document was dropped by cleaning (min_chars="
+                         f"{args.min_chars}); expected documents of at least min_chars characters")
     if not args.dedup:
         print("dedup skipped (--no-dedup)")
     else:

@@ -76,6 +76,14 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: str,
     return prompt + tokenizer.decode(new_ids)
 
 
+def check_enough_text(docs: list[str], corpus_path: str, min_chars: int) -> None:
+    """A train/validation split needs at least 2 characters left after cleaning."""
+    total = sum(len(doc) for doc in docs)
+    if total < 2:
+        raise ValueError(f"--corpus {corpus_path!r} has {total} characters left after cleaning (data.min_chars="
+                         f"{min_chars}); expected at least 2 to split into training and validation text")
+
+
 def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     """Run the whole pipeline for ``cfg``; returns the summary (also saved as summary.json)."""
     started = time.perf_counter()
@@ -90,6 +98,7 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     if data.dedup_threshold > 0:
         docs, dedup = deduplicate(docs, threshold=data.dedup_threshold, seed=loop.seed)
         log(str(dedup))
+    check_enough_text(docs, corpus_path, data.min_chars)
     train_docs, _ = split_train_val(docs, data.val_fraction)
 
     if resume_from is not None and resume_from.tokenizer is not None:
