@@ -130,6 +130,13 @@ def input_files(path: str) -> list[str]:
 def run_train(cfg: TrainTokenizerConfig) -> int:
     args = cfg.train
     files = input_files(args.input)
+    # Both checked before training, which can take minutes, rather than after it.
+    if all(os.path.getsize(path) == 0 for path in files):
+        what = "is an empty file" if files == [args.input] else f"holds only empty *.txt files ({len(files)})"
+        raise ValueError(f"--input {args.input!r} {what}; expected UTF-8 text to train the tokenizer on")
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a directory; expected a file path such as "
+                         f"{os.path.join(args.output, 'tokenizer.json')!r}")
     pattern = None if args.pattern == "none" else args.pattern
     started = time.perf_counter()
     if args.type == "char":
