@@ -117,9 +117,16 @@ def _sampling(args: GenerationSection) -> dict:
                 repetition_penalty=args.repetition_penalty, use_cache=args.cache)
 
 
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+def _prompt_ids(tokenizer, prompt: str, block_size: int) -> list[int]:
+    """The prompt's token ids; checked here, before the prompt is echoed, so a prompt that cannot
+    run is not printed first (and the message shows its length, not its text)."""
     if prompt:
-        return tokenizer.encode(prompt, allowed_special="all")
+        ids = tokenizer.encode(prompt, allowed_special="all")
+        if len(ids) > block_size:
+            raise ValueError(f"--prompt ({len(prompt)} characters) encodes to {len(ids)} tokens, more than the "
+                             f"model's context block_size={block_size}; expected a prompt of at most {block_size} "
+                             "tokens: shorten it (or keep its end)")
+        return ids
     if END_OF_TEXT not in tokenizer.special_tokens:
         raise ValueError(f"--prompt is empty and the tokenizer has no {END_OF_TEXT!r} to start a document "
                          "from; expected a non-empty --prompt")
@@ -136,21 +143,24 @@ def _stops(args, tokenizer) -> list:
 def run_generate(cfg: GenerateConfig, out=None) -> int:
     args, out = cfg.generate, out or sys.stdout
     model, tokenizer = _load(args)
-    ids = _prompt_ids(tokenizer, args.prompt)
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.block_size)
     out.write(args.prompt)
     out.flush()
-    for chunk in stream_text(model, tokenizer, ids, args.max_new_tokens, stop=_stops(args, tokenizer),
-                             seed=args.seed, **_sampling(args)):
-        out.write(chunk)
+    try:
+        for chunk in stream_text(model, tokenizer, ids, args.max_new_tokens, stop=_stops(args, tokenizer),
+                                 seed=args.seed, **_sampling(args)):
+            out.write(chunk)
+            out.flush()
+    finally:                    # also after a failure: its message then starts a line of its own
+        out.write("\n")
         out.flush()
-    out.write("\n")
     return 0
 
 
 def run_sample(cfg: SampleConfig, out=None) -> int:
     args, out = cfg.sample, out or sys.stdout
     model, tokenizer = _load(args)
-    ids = _prompt_ids(tokenizer, args.prompt)
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.block_size)
     stops = _stops(args, tokenizer)
     stop_ids, stop_strings = split_stop(stops)
     rows = model.generate([ids] * args.num_samples, args.max_new_tokens, stop=stops, seed=args.seed,
