@@ -137,7 +137,7 @@ def describe(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, MinillmError):
         return str(error), error.exit_code
     if isinstance(error, MemoryError) or _is_numpy_size_error(error):
-        detail = str(error) or "the allocation failed"
+        detail = str(error).rstrip(".") or "the allocation failed"
         return (f"out of memory: {detail}; expected sizes that fit in memory: lower batch_size, block_size, "
                 "the model's n_embd/n_layer/vocab_size, or max_new_tokens/num_samples"), EXIT_USAGE
     if isinstance(error, ValueError):           # UnicodeError, UsageError, ...: their text is the message
