@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from minillm.errors import DeviceUnavailableError
+
 DEVICES = ("cpu", "cuda")    # the device names: the host, and the GPU (CuPy or the strict emulation)
 _cupy: Any = None            # the cupy module once imported; False when import failed
 _strict_device = False       # serve "cuda" with the strict emulation instead of CuPy
@@ -144,8 +146,9 @@ def check_device(device: str) -> str:
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is not a known device; expected 'cpu' or 'cuda'")
     if device == "cuda" and not _strict_device and cupy_module() is None:
-        raise RuntimeError("device='cuda' needs CuPy and an NVIDIA GPU: pip install -e '.[cuda12]' "
-                           "(CUDA 12) or '.[cuda13]' (CUDA 13)")
+        raise DeviceUnavailableError("device='cuda' needs CuPy and an NVIDIA GPU, and this machine has no usable "
+                                     "one; use --device cpu, or install CuPy: pip install -e '.[cuda12]' "
+                                     "(CUDA 12) or '.[cuda13]' (CUDA 13)")
     return device
 
 

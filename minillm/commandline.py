@@ -11,10 +11,15 @@ and is run as ``minillm train [--config FILE.toml] [--key VALUE | --section.key 
   ``--max_steps``); ``--section.key value`` for a key that several sections have;
 - on/off options: ``--key`` alone (on), ``--key false``, ``--no-key`` (off);
 - repeatable options (lists): ``--stop A --stop B``; a command may take bare words too (``decode 1 2``);
-- ``-h`` / ``--help``: every option with its type, default and meaning, from the config's fields.
+- ``-h`` / ``--help``: every option with its type, default and meaning, from the config's fields;
+- ``--debug``: a failure also prints its traceback.
 
-Exit status: 0 success; 2 for anything wrong with the input (a bad option, value or file: one line
-``minillm COMMAND: error: ...`` on stderr, never a traceback); 130 after Ctrl-C.
+:func:`run` is the one error boundary of every command (:mod:`minillm.errors` has the details):
+exit status 0 success; 2 a known failure -- anything wrong with the input (a bad option, value or
+file), a file that cannot be written, a missing device -- as one line ``minillm COMMAND: error:
+...`` on stderr, never a traceback; 3 a training run that diverged; 130 after Ctrl-C; 141 (quietly)
+when the reader of the output went away (``| head``); 1 an unexpected exception (a bug), reported
+in one line naming the log file that holds its traceback.
 """
 from __future__ import annotations
 
@@ -22,12 +27,14 @@ import argparse
 import re
 import sys
 
+from minillm import errors
 from minillm.config import Config, _kind
+from minillm.errors import EXIT_DIVERGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (re-exported)
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+DEBUG_FLAG = "--debug"
 
 
-class UsageError(ValueError):
+class UsageError(errors.MinillmError, ValueError):
     """A command line that cannot be read (unknown option, a missing value)."""
 
 
@@ -43,6 +50,9 @@ def parse_command_line(config_class: type[Config], tokens: list[str]) -> tuple[s
         token = tokens[index]
         if token in ("-h", "--help"):
             raise HelpRequested
+        if token == DEBUG_FLAG:                 # the global flag (run() reads it); not an option
+            index += 1
+            continue
         if not token.startswith("--"):
             if positional is None:
                 raise UsageError(f"unexpected argument {token!r}; options look like --key value")
@@ -68,7 +78,8 @@ def parse_command_line(config_class: type[Config], tokens: list[str]) -> tuple[s
                 negated = True
             else:
                 raise
-        base, _, is_list = _kind(config_class.sections()[name].option(inner).type)
+        field = config_class.sections()[name].option(inner)
+        base, _, is_list = _kind(field.type)
         dotted = f"{name}.{inner}"
         if negated:
             if base != "bool" or is_list:
@@ -87,11 +98,27 @@ def parse_command_line(config_class: type[Config], tokens: list[str]) -> tuple[s
                 value, index = following, index + 2
         else:
             index += 1
+        if field.metadata.get("text"):
+            check_utf8_argument(f"--{key}", value)
         if is_list:
             values.setdefault(dotted, []).append(value)
         else:
             values[dotted] = value
     return config_path, values
+
+
+def check_utf8_argument(flag: str, value: str) -> None:
+    """Raise UsageError when a command-line value is not valid UTF-8.
+
+    Python decodes the command line as UTF-8 and keeps each byte it cannot decode as a lone
+    surrogate U+DC80..U+DCFF (the ``surrogateescape`` handler): a Latin-1 'é' typed in another
+    terminal encoding arrives as U+DCE9. The message gives that byte and its offset in the value."""
+    for index, char in enumerate(value):
+        if "\udc80" <= char <= "\udcff":
+            offset = len(value[:index].encode("utf-8", "surrogateescape"))
+            raise UsageError(f"{flag}: the value is not valid UTF-8: byte 0x{ord(char) - 0xDC00:02X} at byte "
+                             f"offset {offset} is not part of a valid UTF-8 character; expected UTF-8 text (is "
+                             "the terminal set to another encoding, such as Latin-1?)")
 
 
 def _positional_option(config_class) -> str | None:
@@ -117,25 +144,35 @@ def register(subparsers, name: str, config_class: type[Config], handler, help: s
     return parser
 
 
-def run(config_class: type[Config], handler, command: str, tokens: list[str], out=None, err=None) -> int:
-    """Read the config and run the handler under the exit-code convention (module docstring)."""
+def run(config_class: type[Config], handler, command: str, tokens: list[str], out=None, err=None,
+        debug: bool = False) -> int:
+    """Read the config and run the handler inside the one error boundary (module docstring):
+    every exception -- reading the options or running the command -- becomes its exit status
+    and one line on ``err`` (:func:`minillm.errors.handle`). ``debug`` (or ``--debug`` among
+    ``tokens``) also prints the traceback."""
     out, err = out or sys.stdout, err or sys.stderr
+    debug = debug or DEBUG_FLAG in tokens
+    cfg = None
     try:
-        cfg = load_config(config_class, tokens)
-    except HelpRequested:
-        print(config_class.help_text(command), file=out)
-        return EXIT_OK
-    except (ValueError, OSError) as error:
-        print(f"minillm {command}: error: {error}", file=err)
-        return EXIT_USAGE
-    try:
+        try:
+            cfg = load_config(config_class, tokens)
+        except HelpRequested:
+            print(config_class.help_text(command), file=out)     # inside the boundary: `--help | head`
+            return EXIT_OK
         return handler(cfg)
-    except (ValueError, OSError) as error:        # bad input: a value, a file (missing, unreadable, ...)
-        print(f"minillm {command}: error: {error}", file=err)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"\nminillm {command}: interrupted", file=err)
-        return EXIT_INTERRUPTED
+    except (Exception, KeyboardInterrupt) as error:     # the boundary: every kind is reported, none escapes
+        return errors.handle(error, command, err, debug=debug, log_dir=_out_dir(cfg))
+
+
+def _out_dir(cfg) -> str | None:
+    """The command's output folder (``loop.out_dir``), where an internal error's log goes."""
+    if cfg is None:
+        return None
+    for name in cfg.sections():
+        folder = getattr(getattr(cfg, name, None), "out_dir", None)
+        if isinstance(folder, str) and folder:
+            return folder
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

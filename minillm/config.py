@@ -16,7 +16,9 @@ command-line string, the checks, and the line in ``--help``. A command's values 
 the section's default, the command's own default (``Config.defaults``), the TOML file, and the
 command line (``--key value`` when the key names one option of the command, ``--section.key
 value`` always). Every bad value is a ``ValueError`` naming the key, the value and what was
-expected (the commands turn it into one line and exit status 2).
+expected (the commands turn it into one line and exit status 2). Besides an option's own bounds,
+every number must be finite and every int must fit in 64 bits (``INT_LIMIT``): a larger one could
+only reach NumPy as a size or a seed it cannot hold.
 """
 from __future__ import annotations
 
@@ -32,15 +34,20 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
+INT_LIMIT = 2**63 - 1   # the largest int an option takes: NumPy's sizes and indices are int64
+
+
 def option(default, help: str, *, choices: tuple | None = None, minimum: float | None = None,  # noqa: A002
            maximum: float | None = None, above: float | None = None, below: float | None = None,
-           required: bool = False, positional: bool = False, metavar: str | None = None):
+           required: bool = False, positional: bool = False, metavar: str | None = None, text: bool = False):
     """A dataclass field that is a config option: ``help`` is its one line of meaning; ``choices``
     the allowed values; ``minimum``/``maximum`` inclusive bounds, ``above``/``below`` exclusive
     ones; ``required`` options have no usable default (a value must be given); a ``positional``
-    list option also takes the bare words of the command line."""
+    list option also takes the bare words of the command line; a ``text`` option holds text to
+    work on (a prompt, a stop string), not a path, so its command-line value must be valid UTF-8
+    (a path may hold any bytes the file system does)."""
     metadata = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, above=above, below=below,
-                    required=required, positional=positional, metavar=metavar)
+                    required=required, positional=positional, metavar=metavar, text=text)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -188,6 +195,10 @@ def _check_bounds(where: str, f: dataclasses.Field, value) -> None:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if isinstance(v, float) and math.isnan(v):
                 raise ValueError(f"{where}={v!r} is not a number")
+            if isinstance(v, float) and math.isinf(v):
+                raise ValueError(f"{where}={v!r} is not finite; expected a finite number")
+            if isinstance(v, int) and abs(v) > INT_LIMIT:
+                raise ValueError(f"{where}={v} is too large; expected an int of at most {INT_LIMIT} (2**63 - 1)")
             bounds = [("minimum", lambda b: v >= b, ">="), ("above", lambda b: v > b, ">"),      # lower first
                       ("maximum", lambda b: v <= b, "<="), ("below", lambda b: v < b, "<")]
             present = [(key, ok, sign) for key, ok, sign in bounds if meta.get(key) is not None]
@@ -311,7 +322,7 @@ class Config:
     def help_text(cls, command: str) -> str:
         """Every option with its type, default and meaning, grouped by section."""
         defaults = {cls.resolve(k): v for k, v in cls.defaults.items()}
-        lines = [f"usage: minillm {command} [--config FILE.toml] [--key VALUE | --section.key VALUE ...]"]
+        lines = [f"usage: minillm {command} [--config FILE.toml] [--key VALUE | --section.key VALUE ...] [--debug]"]
         if cls.description:
             lines += ["", cls.description]
         lines += ["", "Options (a key alone where it is unambiguous; true/false for on/off, --no-KEY for false):"]
@@ -366,6 +377,9 @@ def read_toml(config_class, path) -> dict:
         raise ValueError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
     except UnicodeDecodeError:
         raise ValueError(f"config file {os.fspath(path)!r} is not UTF-8 text; expected a TOML file") from None
+    except RecursionError:
+        raise ValueError(f"config file {os.fspath(path)!r} nests arrays or tables too deeply to read; expected a "
+                         "config's few tables of keys") from None
     source = os.fspath(path)
     sections = config_class.sections()
     values: dict[str, Any] = {}

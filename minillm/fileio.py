@@ -22,7 +22,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     """Open a temporary file next to ``path``; on clean exit, fsync and rename it onto ``path``.
 
     ``mode`` must be a write mode ("w", "wb", "w+b", ...). If the body raises, the temporary file
-    is removed and ``path`` is left exactly as it was.
+    is removed and ``path`` is left exactly as it was; an ``OSError`` that names no file (a write
+    on a full disk) is raised again naming ``path``.
     """
     if "w" not in mode:
         raise ValueError(f"atomic_open: mode={mode!r} is not a write mode; expected 'w' or 'wb'")
@@ -38,9 +39,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            # write() and fsync() name no file: without this, "No space left on device" says not where.
+            raise OSError(error.errno, error.strerror, path) from error     # the subclass follows errno
         raise
     # fsync the directory so the rename itself survives a power cut (best effort: not on Windows).
     with contextlib.suppress(OSError):

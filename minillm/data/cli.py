@@ -39,9 +39,9 @@ class PrepareSection(Section):
     dedup_threshold: float = option(0.8, "Jaccard similarity of word 5-shingles above which documents are near "
                                     "duplicates", minimum=0.0, maximum=1.0)
     doc_separator: str | None = option(None, r"split each file into documents on this exact string (escapes \n \t "
-                                       r"\f allowed); none = one document per file")
+                                       r"\f allowed); none = one document per file", text=True)
     eot_token: str = option("", f"special token put between documents; empty = {EOT_TOKEN!r} when the tokenizer has "
-                            "it; none = no separator token")
+                            "it; none = no separator token", text=True)
     shard_tokens: int = option(DEFAULT_SHARD_TOKENS, "tokens per shard file", minimum=1)
     seed: int = option(0, "seed of the MinHash functions", minimum=0)
     overwrite: bool = option(False, "replace a dataset already in the output folder")
@@ -84,7 +84,8 @@ def run_prepare(cfg: PrepareConfig, tokenizer=None) -> int:
     docs, cleaning = clean_documents(docs, min_chars=args.min_chars)
     print(cleaning)
     if not docs:
-        raise ValueError(f"every document was dropped by cleaning (min_chars={args.min_chars})")
+        raise ValueError(f"--input {input_path!r}: every document was dropped by cleaning (min_chars="
+                         f"{args.min_chars}); expected documents of at least min_chars characters")
     if not args.dedup:
         print("dedup skipped (--no-dedup)")
     else:

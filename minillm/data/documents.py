@@ -13,8 +13,10 @@ are not separated by a reliable marker (blank-line runs occur inside plays too),
 guess: de-duplication of a single document is a no-op, which is the honest answer for one text.
 
 Files must be UTF-8. A leading byte-order mark (U+FEFF) is dropped. Invalid UTF-8 raises a
-``ValueError`` naming the file and the byte offset of the first bad byte; an empty file or a
-folder without ``*.txt`` files raises ``ValueError``; a missing path raises ``FileNotFoundError``.
+``ValueError`` naming the file and the byte offset of the first bad byte; an empty file, a file of
+only whitespace (nothing to learn from), a folder without ``*.txt`` files, or a path that is
+neither a file nor a folder (a pipe such as ``/dev/stdin``, a device) raises ``ValueError``; a
+missing path raises ``FileNotFoundError``.
 """
 from __future__ import annotations
 
@@ -41,8 +43,12 @@ def default_corpus_path() -> str:
 
 def read_text_file(path: str | os.PathLike) -> str:
     """Read one corpus file: :func:`minillm.fileio.read_text_file` (UTF-8, BOM dropped), which
-    must not be empty."""
-    return fileio.read_text_file(path, what="corpus file", allow_empty=False)
+    must hold more than whitespace."""
+    text = fileio.read_text_file(path, what="corpus file", allow_empty=False)
+    if not text.strip():
+        raise ValueError(f"corpus file {os.fspath(path)!r} holds only whitespace ({len(text)} characters); expected "
+                         "some text")
+    return text
 
 
 def split_documents(text: str, doc_separator: str) -> list[str]:
@@ -63,6 +69,9 @@ def corpus_files(path: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(errno.ENOENT, "corpus path not found", path)
     if os.path.isfile(path):
         return [path]
+    if not os.path.isdir(path):
+        raise ValueError(f"corpus path {path!r} is neither a file nor a folder (a pipe or a device?); expected a "
+                         "UTF-8 text file or a folder of *.txt files: save the text to a file first")
     names = sorted(name for name in os.listdir(path)
                    if name.endswith(".txt") and os.path.isfile(os.path.join(path, name)))
     if not names:

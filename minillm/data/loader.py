@@ -97,8 +97,11 @@ class RandomWindowLoader:
             raise ValueError(f"RandomWindowLoader.load_state_dict: state lacks keys {missing}")
         for key in ("batch_size", "block_size", "num_tokens"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"RandomWindowLoader.load_state_dict: saved {key}={state[key]!r} but this loader has "
-                                 f"{key}={getattr(self, key)!r}; the saved position would mean other windows")
+                what = "the training data changed" if key == "num_tokens" else f"{key} changed"
+                raise ValueError(f"RandomWindowLoader.load_state_dict: {what} since this state was saved (saved "
+                                 f"{key}={state[key]!r}, this loader has {key}={getattr(self, key)!r}), so the saved "
+                                 "position would mean other windows; resume with the same data and sizes, or start "
+                                 "a new run")
         generator = state["bit_generator"]
         if not isinstance(generator, dict) or generator.get("bit_generator") != "PCG64":
             raise ValueError(f"RandomWindowLoader.load_state_dict: expected a PCG64 bit generator state, got "

@@ -21,6 +21,7 @@ from minillm.commandline import unescape
 from minillm.config import Config, Section, option
 from minillm.generation import IncrementalDetokenizer, split_stop, stream_text
 from minillm.generation.chat import ChatSession, chat_loop
+from minillm.generation.sampling import MIN_TEMPERATURE, temperature_too_small
 from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT
 from minillm.train.checkpoint import load_model
@@ -33,36 +34,41 @@ class GenerationSection(Section):
     checkpoint: str = option("", "a checkpoint (.safetensors) written by training", required=True)
     tokenizer: str = option("", "a tokenizer file; empty = the tokenizer stored in the checkpoint")
     max_new_tokens: int = option(200, "tokens to generate at most", minimum=0)
-    temperature: float = option(0.8, "softmax temperature; 0 = greedy", minimum=0.0)
+    temperature: float = option(0.8, f"softmax temperature; 0 = greedy, else >= {MIN_TEMPERATURE:g}", minimum=0.0)
     top_k: int | None = option(None, "sample among the k most likely tokens only", minimum=1)
     top_p: float | None = option(None, "nucleus sampling: the smallest set of tokens with this much probability",
                                  above=0.0, maximum=1.0)
     repetition_penalty: float | None = option(None, "CTRL repetition penalty (> 1 discourages repeats; 1 = off)",
                                               above=0.0)
     seed: int | None = option(None, "seed for reproducible sampling", minimum=0)
-    stop: list[str] = option([], r"stop at this text (repeatable; the escapes \n \t \\ work)", metavar="TEXT")
+    stop: list[str] = option([], r"stop at this text (repeatable; the escapes \n \t \\ work)", metavar="TEXT",
+                             text=True)
     stop_id: list[int] = option([], "stop at this token id (repeatable)", metavar="ID")
     device: str = option("cpu", "where to run the model", choices=DEVICES)
     cache: bool = option(True, "decode with the key/value cache (--no-cache recomputes every step: slow)")
+
+    def check(self) -> None:
+        if 0 < self.temperature < MIN_TEMPERATURE:     # the option's bounds cannot say "0, or >= 1e-3"
+            raise ValueError(temperature_too_small(f"{self.name}.temperature", self.temperature))
 
 
 @dataclass
 class GenerateSection(GenerationSection):
     name: ClassVar[str] = "generate"
-    prompt: str = option("", "the text to continue; empty = start a new document")
+    prompt: str = option("", "the text to continue; empty = start a new document", text=True)
 
 
 @dataclass
 class SampleSection(GenerationSection):
     name: ClassVar[str] = "sample"
-    prompt: str = option("", "the text to continue; empty = start a new document")
+    prompt: str = option("", "the text to continue; empty = start a new document", text=True)
     num_samples: int = option(3, "how many samples", minimum=1)
 
 
 @dataclass
 class ChatSection(GenerationSection):
     name: ClassVar[str] = "chat"
-    system: str | None = option(None, "a system message (chat-tuned checkpoints with <|system|>)")
+    system: str | None = option(None, "a system message (chat-tuned checkpoints with <|system|>)", text=True)
 
 
 @dataclass
@@ -111,9 +117,16 @@ def _sampling(args: GenerationSection) -> dict:
                 repetition_penalty=args.repetition_penalty, use_cache=args.cache)
 
 
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+def _prompt_ids(tokenizer, prompt: str, block_size: int) -> list[int]:
+    """The prompt's token ids; checked here, before the prompt is echoed, so a prompt that cannot
+    run is not printed first (and the message shows its length, not its text)."""
     if prompt:
-        return tokenizer.encode(prompt, allowed_special="all")
+        ids = tokenizer.encode(prompt, allowed_special="all")
+        if len(ids) > block_size:
+            raise ValueError(f"--prompt ({len(prompt)} characters) encodes to {len(ids)} tokens, more than the "
+                             f"model's context block_size={block_size}; expected a prompt of at most {block_size} "
+                             "tokens: shorten it (or keep its end)")
+        return ids
     if END_OF_TEXT not in tokenizer.special_tokens:
         raise ValueError(f"--prompt is empty and the tokenizer has no {END_OF_TEXT!r} to start a document "
                          "from; expected a non-empty --prompt")
@@ -130,21 +143,24 @@ def _stops(args, tokenizer) -> list:
 def run_generate(cfg: GenerateConfig, out=None) -> int:
     args, out = cfg.generate, out or sys.stdout
     model, tokenizer = _load(args)
-    ids = _prompt_ids(tokenizer, args.prompt)
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.block_size)
     out.write(args.prompt)
     out.flush()
-    for chunk in stream_text(model, tokenizer, ids, args.max_new_tokens, stop=_stops(args, tokenizer),
-                             seed=args.seed, **_sampling(args)):
-        out.write(chunk)
+    try:
+        for chunk in stream_text(model, tokenizer, ids, args.max_new_tokens, stop=_stops(args, tokenizer),
+                                 seed=args.seed, **_sampling(args)):
+            out.write(chunk)
+            out.flush()
+    finally:                    # also after a failure: its message then starts a line of its own
+        out.write("\n")
         out.flush()
-    out.write("\n")
     return 0
 
 
 def run_sample(cfg: SampleConfig, out=None) -> int:
     args, out = cfg.sample, out or sys.stdout
     model, tokenizer = _load(args)
-    ids = _prompt_ids(tokenizer, args.prompt)
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.block_size)
     stops = _stops(args, tokenizer)
     stop_ids, stop_strings = split_stop(stops)
     rows = model.generate([ids] * args.num_samples, args.max_new_tokens, stop=stops, seed=args.seed,

@@ -9,7 +9,10 @@ one seeded host generator gives the same tokens on every device. Per row and ste
    and what was generated so far): l_i <- l_i / θ if l_i > 0 else l_i · θ. θ > 1 makes repeats
    less likely, θ < 1 more likely, θ = 1 (or None) changes nothing.
 2. temperature τ = 0: greedy, the argmax (ties go to the lowest id); no random number is drawn,
-   and top-k/top-p cannot change the choice (the argmax is always kept).
+   and top-k/top-p cannot change the choice (the argmax is always kept). Otherwise τ >= 1e-3
+   (``MIN_TEMPERATURE``): below it sampling is greedy to float64 precision anyway (logits 0.04
+   apart already differ in probability by e^40 > 1e17), and a tiny τ such as 1e-320 makes l / τ
+   overflow to inf and the probabilities NaN.
 3. l <- l / τ.
 4. top-k: keep the k largest logits (exactly k ids; ties at the k-th value are broken by
    ``argpartition``'s fixed order). k >= V keeps every id.
@@ -34,6 +37,9 @@ import numpy as np
 
 from minillm.backend import generator as global_generator
 from minillm.backend import get_array_module
+from minillm.errors import NumericalError
+
+MIN_TEMPERATURE = 1e-3    # the smallest temperature above 0 (module docstring, step 2)
 
 
 def _is_int(value) -> bool:
@@ -45,6 +51,8 @@ def check_sampling_args(temperature, top_k, top_p, repetition_penalty) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
             or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature={temperature!r}; expected a finite number >= 0 (0 = greedy)")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(temperature_too_small("temperature", temperature))
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k={top_k!r}; expected None or an int >= 1")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating))
@@ -55,6 +63,12 @@ def check_sampling_args(temperature, top_k, top_p, repetition_penalty) -> None:
             or not math.isfinite(repetition_penalty) or repetition_penalty <= 0):
         raise ValueError(f"repetition_penalty={repetition_penalty!r}; expected None or a finite number > 0 "
                          "(1 = off, > 1 discourages repeats)")
+
+
+def temperature_too_small(where: str, temperature) -> str:
+    """The message for a temperature in (0, MIN_TEMPERATURE)."""
+    return (f"{where}={temperature!r} is too small; expected 0 (greedy) or a temperature >= {MIN_TEMPERATURE:g}: "
+            "below that sampling is greedy to float64 precision anyway, and tiny values overflow the logits")
 
 
 def make_generators(seed, n_rows: int) -> list:
@@ -138,8 +152,8 @@ class Sampler:
         logits = logits.astype(np.float64)                       # (R, V) exact filtering and softmax
         if xp.isnan(logits).any():
             bad = [rows[i] for i in range(len(rows)) if bool(xp.isnan(logits[i]).any())]
-            raise FloatingPointError(f"generate: the model produced NaN logits for prompt rows {bad}; "
-                                     "check the checkpoint (minillm.debug.detect_anomaly finds where)")
+            raise NumericalError(f"generate: the model produced NaN logits for prompt rows {bad}; its weights "
+                                 "are broken: check the checkpoint (minillm.debug.detect_anomaly finds where)")
         if self.penalty is not None:
             logits = apply_repetition_penalty(logits, self.seen[rows], self.penalty)
         if self.temperature == 0.0:

@@ -11,6 +11,7 @@ and writes ``model.safetensors`` (what ``load_model`` and ``--checkpoint`` read)
 from __future__ import annotations
 
 from minillm import commandline
+from minillm.backend import check_device
 from minillm.posttrain.dpo import run_dpo
 from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import DPOConfig, SFTConfig
@@ -24,11 +25,13 @@ def register(subparsers) -> None:
 
 
 def run_sft_command(cfg: SFTConfig) -> int:
+    check_device(cfg.loop.device)       # now, not after the data is generated and the checkpoint read
     print(report_lines(run_sft(cfg)))
     return 0
 
 
 def run_dpo_command(cfg: DPOConfig) -> int:
+    check_device(cfg.loop.device)
     print(report_lines(run_dpo(cfg)))
     return 0
 

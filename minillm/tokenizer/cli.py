@@ -37,8 +37,9 @@ class TrainSection(Section):
     output: str = option("", "where to write the tokenizer (JSON)", required=True)
     vocab_size: int = option(4096, "number of tokens, including the 256 byte tokens and the special tokens "
                              "(ignored by --type char)", minimum=1)
-    pattern: str = option("gpt4", "split pattern: gpt2, gpt4, none (raw bytes), or a regex")
-    special: list[str] = option([], "a special token such as '<|endoftext|>' (repeat for more)", metavar="TOKEN")
+    pattern: str = option("gpt4", "split pattern: gpt2, gpt4, none (raw bytes), or a regex", text=True)
+    special: list[str] = option([], "a special token such as '<|endoftext|>' (repeat for more)", metavar="TOKEN",
+                                text=True)
     type: str = option("bpe", "tokenizer type", choices=("bpe", "char"))
     quiet: bool = option(False, "no progress bar")
 
@@ -49,10 +50,10 @@ class EncodeSection(Section):
     title: ClassVar[str] = "print the token ids of a text (--text or --input)"
 
     tokenizer: str = option("", "a tokenizer file written by 'train'", required=True)
-    text: str | None = option(None, "the text to encode")
+    text: str | None = option(None, "the text to encode", text=True)
     input: str | None = option(None, "a UTF-8 text file to encode (streamed)")
     allowed_special: str = option("none_raise", "none_raise (special token text is an error), none (encode it as "
-                                  "text), all, or a comma-separated list of special tokens")
+                                  "text), all, or a comma-separated list of special tokens", text=True)
 
     def check(self) -> None:
         if (self.text is None) == (self.input is None):
@@ -129,6 +130,13 @@ def input_files(path: str) -> list[str]:
 def run_train(cfg: TrainTokenizerConfig) -> int:
     args = cfg.train
     files = input_files(args.input)
+    # Both checked before training, which can take minutes, rather than after it.
+    if all(os.path.getsize(path) == 0 for path in files):
+        what = "is an empty file" if files == [args.input] else f"holds only empty *.txt files ({len(files)})"
+        raise ValueError(f"--input {args.input!r} {what}; expected UTF-8 text to train the tokenizer on")
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a directory; expected a file path such as "
+                         f"{os.path.join(args.output, 'tokenizer.json')!r}")
     pattern = None if args.pattern == "none" else args.pattern
     started = time.perf_counter()
     if args.type == "char":

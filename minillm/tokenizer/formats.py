@@ -87,6 +87,9 @@ def read_tokenizer_json(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"tokenizer file {path!r} is not valid JSON ({exc}); the file is truncated or "
                          "corrupt") from None
+    except RecursionError:
+        raise ValueError(f"tokenizer file {path!r} nests JSON arrays or objects too deeply to read; the file is "
+                         "corrupt or not a tokenizer") from None
     check_header(data, source=f"tokenizer file {path!r}")
     return data
 

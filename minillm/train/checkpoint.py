@@ -77,20 +77,23 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path!r} is a directory; expected a .safetensors file such as "
+                         f"{os.path.join(path, 'last.safetensors')!r}")
     tensors, metadata = load_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path!r} is a safetensors file but not a minillm checkpoint "
                          f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})")
-    if int(metadata.get("version", "0")) > VERSION:
+    if _metadata_int(metadata, "version", path, default="0") > VERSION:
         raise ValueError(f"checkpoint {path!r} has format version {metadata['version']}; this minillm "
                          f"reads versions up to {VERSION}: upgrade minillm")
     try:
         decoded = {key: json.loads(metadata[key]) for key in
                    ("model_config", "rng", "optimizer", "loader", "tokenizer", "train_config", "extra")
                    if key in metadata}
-        step = int(metadata["step"])
     except (KeyError, ValueError) as error:
         raise ValueError(f"checkpoint {path!r} has corrupt metadata: {error}") from None
+    step = _metadata_int(metadata, "step", path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optimizer_state = None
     if "optimizer" in decoded:
@@ -100,6 +103,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                       optimizer_state=optimizer_state, rng_state=decoded.get("rng"),
                       loader_state=decoded.get("loader"), tokenizer=decoded.get("tokenizer"),
                       train_config=decoded.get("train_config"), extra=decoded.get("extra", {}))
+
+
+def _metadata_int(metadata: dict, key: str, path: str, default: str | None = None) -> int:
+    """The metadata value ``key`` (a decimal string, as :func:`save_checkpoint` writes it)."""
+    text = metadata.get(key, default)
+    if text is None:
+        raise ValueError(f"checkpoint {path!r} has corrupt metadata: no {key!r}; expected a whole number")
+    if not (isinstance(text, str) and text.isascii() and text.isdigit()):
+        raise ValueError(f"checkpoint {path!r} has corrupt metadata: {key}={text!r}; expected a whole number")
+    return int(text)
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):

@@ -9,7 +9,7 @@ import numpy as np
 
 from minillm import commandline
 from minillm.amp import PRECISIONS, autocast
-from minillm.backend import DEVICES
+from minillm.backend import DEVICES, check_device
 from minillm.config import Config, Section, option
 from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val
 from minillm.train.checkpoint import load_model
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
 
 
 def run_train(cfg: TrainConfig) -> int:
+    check_device(cfg.loop.device)       # now, not after the corpus is read and the tokenizer trained
     summary = run_pretraining(cfg)
     final = summary["final"]
     print(f"\nfinal validation: loss {final['val_loss']:.4f} nats/token, perplexity {final['val_ppl']:.2f}, "

@@ -81,7 +81,7 @@ class DataSection(Section):
     tokenizer: str = option("bpe", "tokenizer kind trained on the corpus", choices=("bpe", "char"))
     tokenizer_path: str = option("", "a saved tokenizer JSON to use instead of training one")
     vocab_size: int = option(1024, "BPE vocabulary size (256 bytes + merges + special tokens)", minimum=257)
-    pattern: str = option("gpt4", "BPE pre-tokenization split pattern: gpt2, gpt4 or a regex")
+    pattern: str = option("gpt4", "BPE pre-tokenization split pattern: gpt2, gpt4 or a regex", text=True)
     val_fraction: float = option(0.1, "share of the corpus held out for validation (the tail)", above=0.0,
                                  below=1.0)
     min_chars: int = option(1, "documents shorter than this many characters are dropped when cleaning", minimum=0)

@@ -76,6 +76,26 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: str,
     return prompt + tokenizer.decode(new_ids)
 
 
+def check_enough_text(docs: list[str], corpus_path: str, min_chars: int) -> None:
+    """A train/validation split needs at least 2 characters left after cleaning."""
+    total = sum(len(doc) for doc in docs)
+    if total < 2:
+        raise ValueError(f"--corpus {corpus_path!r} has {total} characters left after cleaning (data.min_chars="
+                         f"{min_chars}); expected at least 2 to split into training and validation text")
+
+
+def check_resume_data(checkpoint, resume_path: str, corpus_path: str, num_tokens: int) -> None:
+    """Resuming continues the saved data loader exactly, which needs the same training tokens: a
+    different count means the data changed since the checkpoint (caught here, before the model
+    is built, with the two paths named)."""
+    saved = (checkpoint.loader_state or {}).get("num_tokens")
+    if saved is not None and saved != num_tokens:
+        raise ValueError(f"--resume {resume_path!r}: the training data changed since the checkpoint was saved: "
+                         f"it was trained on {saved:,} tokens, --corpus {corpus_path!r} now gives {num_tokens:,} "
+                         "(another corpus, tokenizer, val_fraction or cleaning?); resume with the data it was "
+                         "trained on, or start a new run without --resume")
+
+
 def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     """Run the whole pipeline for ``cfg``; returns the summary (also saved as summary.json)."""
     started = time.perf_counter()
@@ -90,6 +110,7 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     if data.dedup_threshold > 0:
         docs, dedup = deduplicate(docs, threshold=data.dedup_threshold, seed=loop.seed)
         log(str(dedup))
+    check_enough_text(docs, corpus_path, data.min_chars)
     train_docs, _ = split_train_val(docs, data.val_fraction)
 
     if resume_from is not None and resume_from.tokenizer is not None:
@@ -103,6 +124,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
                     eot_token_id=tokenizer.special_tokens.get(END_OF_TEXT), overwrite=True)
     dataset = TokenDataset(data_dir)
     train_tokens, val_tokens = dataset.tokens("train"), dataset.tokens("val")
+    if resume_from is not None:
+        check_resume_data(resume_from, loop.resume, corpus_path, len(train_tokens))
     log(f"data: {dataset.num_tokens('train'):,} training tokens, {dataset.num_tokens('val'):,} validation "
         f"tokens ({dataset.num_bytes('val') / max(1, dataset.num_tokens('val')):.2f} bytes/token)")
 

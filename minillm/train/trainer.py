@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_rng_state, set_rng_state, to_device
+from minillm.errors import TrainingDiverged
 from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -56,8 +57,9 @@ from minillm.train.config import LoopSection
 from minillm.train.metrics import MetricsLog, plot_loss_curve
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient norm) became NaN/Inf and the run was told to stop."""
+class NonFiniteLossError(TrainingDiverged):
+    """The loss (or gradient norm) became NaN/Inf and the run was told to stop (a RuntimeError;
+    the ``minillm`` command prints its message alone and exits with status 3)."""
 
 
 class Trainer:
