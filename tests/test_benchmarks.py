@@ -1,0 +1,46 @@
+"""The benchmark scripts still start: each one's --help runs (its imports resolve), and the
+cheap ones run end to end with smoke-test settings. A benchmark that no longer imports after a
+refactor would otherwise go unnoticed until someone needs its figures."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name != "common.py")
+
+
+def run(script: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=BENCHMARKS.parent)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_script_starts(script):
+    done = run(script, "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+
+
+def test_the_scripts_are_found():
+    assert {"bench_train_step.py", "profile_step.py", "bench_ops.py", "bench_optim.py"} <= set(SCRIPTS)
+
+
+def test_profile_step_profiles_a_step_of_config_a(tmp_path):
+    out = tmp_path / "profile.json"
+    done = run("profile_step.py", "--config", "A", "--threads", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| Linear |" in done.stdout and "matrix products (BLAS)" in done.stdout
+    assert json.loads(out.read_text())
+
+
+def test_train_step_benchmark_runs_minillm_and_the_gemm_floor(tmp_path):
+    done = run("bench_train_step.py", "--configs", "A", "--steps", "1", "--warmup", "1", "--rounds", "1",
+               "--threads", "1", "--contenders", "minillm,gemm-floor", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| A ")]
+    assert [row.split("|")[2].strip() for row in rows] == ["minillm", "gemm-floor"]
+    assert "x" in rows[0].split("|")[9]          # minillm's step over the floor, e.g. "1.76x"
+    assert list(tmp_path.glob("*.json")) and list(tmp_path.glob("*.md"))
