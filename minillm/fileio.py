@@ -7,14 +7,40 @@ goes through these helpers. The new content is written to a temporary file in th
 directory (so the final ``os.replace`` is a rename within one file system, which POSIX makes
 atomic), flushed and fsynced, then renamed over the target. A crash or a kill at any moment
 leaves the previous file intact; at worst a stray ``.tmp`` file remains and is ignored.
+
+Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666 & ~umask``,
+a replaced file keeps its mode.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from typing import IO, Iterator
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)        # elsewhere: the classic swap (set, then put the old value back)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: str) -> int:
+    """What ``open(path, "w")`` would leave: the existing file's mode, else ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -29,11 +55,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    mode_bits = _mode_for(path)
     fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         if "b" not in mode and encoding is None:
             encoding = "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), mode_bits)   # mkstemp makes 0600; open() honours the umask
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
