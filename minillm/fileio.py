@@ -10,6 +10,10 @@ leaves the previous file intact; at worst a stray ``.tmp`` file remains and is i
 
 Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666 & ~umask``,
 a replaced file keeps its mode.
+
+Outputs are never replaced behind the user's back: every command that writes a run, a dataset or
+a tokenizer first asks :func:`refuse_to_overwrite` (the one rule: existing outputs are an error
+unless ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -18,7 +22,27 @@ import errno
 import os
 import stat
 import tempfile
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
+
+
+class ExistingOutputError(ValueError):
+    """An output (a run folder, a dataset, a file) is already there and ``overwrite`` was not given."""
+
+
+def refuse_to_overwrite(where: str, what: str, existing: Sequence[str], overwrite: bool, advice: str) -> None:
+    """The one rule every writer of outputs follows: refuse to replace what is already there.
+
+    ``existing`` lists the outputs found (paths or names); when it is not empty and ``overwrite``
+    is False, raise :class:`ExistingOutputError`: ``"{where} already holds {what} (a, b, ...); {advice}"``
+    (``"{where} already exists; {advice}"`` when ``what`` is empty: one output file).
+    """
+    if not existing or overwrite:
+        return
+    if not what:
+        raise ExistingOutputError(f"{where} already exists; {advice}")
+    names = [os.path.basename(os.fspath(p)) or os.fspath(p) for p in existing]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    raise ExistingOutputError(f"{where} already holds {what} ({shown}); {advice}")
 
 
 def _umask() -> int:

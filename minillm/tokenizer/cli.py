@@ -20,7 +20,7 @@ from typing import ClassVar, Iterator
 
 from minillm import commandline
 from minillm.config import Config, Section, option
-from minillm.fileio import read_text_file
+from minillm.fileio import read_text_file, refuse_to_overwrite
 
 from . import BPETokenizer, CharTokenizer, load_tokenizer
 from .display import format_compression_report
@@ -41,6 +41,7 @@ class TrainSection(Section):
     special: list[str] = option([], "a special token such as '<|endoftext|>' (repeat for more)", metavar="TOKEN")
     type: str = option("bpe", "tokenizer type", choices=("bpe", "char"))
     quiet: bool = option(False, "no progress bar")
+    overwrite: bool = option(False, "replace an existing --output file")
 
 
 @dataclass
@@ -128,6 +129,8 @@ def input_files(path: str) -> list[str]:
 
 def run_train(cfg: TrainTokenizerConfig) -> int:
     args = cfg.train
+    refuse_to_overwrite(f"--output {args.output!r}", "", [args.output] if os.path.lexists(args.output) else [],
+                        args.overwrite, "pick another --output, or pass --overwrite to replace it")
     files = input_files(args.input)
     pattern = None if args.pattern == "none" else args.pattern
     started = time.perf_counter()

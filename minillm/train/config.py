@@ -148,6 +148,8 @@ class LoopSection(Section):
                                  above=0.0)
     sample_tokens: int = option(200, "(pretraining) tokens to sample at the end; 0 = none", minimum=0)
     resume: str = option("", "checkpoint to resume from (exactly where it stopped)")
+    overwrite: bool = option(False, "start afresh in an out_dir that holds an earlier run (its checkpoints, metrics "
+                             "and summary are deleted first); without it such a run is refused")
     progress: bool = option(True, "show a progress bar")
     profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
                           "0 = off", minimum=0)

@@ -36,28 +36,69 @@ Every ``eval_interval`` steps (and at the end) ``evaluate(model)`` runs; the low
 loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest state and is what
 ``resume`` continues from, exactly: weights, optimizer moments, step, RNG state and the batch
 sampler's position all come back.
+
+:func:`prepare_run_folder` is what the commands call before writing anything into ``out_dir``:
+it refuses to start a new run over an earlier one (unless ``overwrite``; resuming from a
+checkpoint in the folder is fine).
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_rng_state, set_rng_state, to_device
+from minillm.fileio import refuse_to_overwrite
 from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
 from minillm.train.config import LoopSection
 from minillm.train.metrics import MetricsLog, plot_loss_curve
 
+# A run's outputs in out_dir: any of these means the folder holds a run (prepare_run_folder).
+RUN_FILES = ("last.safetensors", "best.safetensors", "model.safetensors", "adapters.safetensors", "metrics.jsonl",
+             "summary.json")
+DERIVED_FILES = ("loss.png", "profile.json")       # also removed by --overwrite
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or gradient norm) became NaN/Inf and the run was told to stop."""
+
+
+def prepare_run_folder(loop: LoopSection, log=print, reads: Sequence[str] = ()) -> None:
+    """Make ``loop.out_dir`` ready for a run, before anything is written into it.
+
+    - A folder that holds an earlier run (any of ``RUN_FILES``) is refused with an
+      :class:`~minillm.fileio.ExistingOutputError` (resume it, pick another ``out_dir``, or pass
+      ``overwrite``), unless this run resumes from a checkpoint in that folder.
+    - With ``overwrite`` the earlier run's files (``RUN_FILES`` and ``DERIVED_FILES``) are deleted
+      first, except the files this run reads (``reads``: a starting checkpoint, data files), so
+      the new run never mixes with the old one.
+    """
+    out_dir = loop.out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    existing = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+    resuming_here = False
+    if loop.resume and os.path.exists(loop.resume):
+        resuming_here = os.path.samefile(os.path.dirname(os.path.abspath(loop.resume)), out_dir)
+    if existing and not resuming_here:
+        last = os.path.join(out_dir, "last.safetensors")
+        resume = f"resume it with --resume {last}, " if "last.safetensors" in existing else ""
+        refuse_to_overwrite(f"out_dir {out_dir!r}", "an earlier run", existing, loop.overwrite,
+                            f"{resume}pick a new --out_dir, or pass --overwrite to replace it")
+        keep = {os.path.realpath(path) for path in reads if path}
+        removed = []
+        for name in RUN_FILES + DERIVED_FILES:
+            path = os.path.join(out_dir, name)
+            if os.path.isfile(path) and os.path.realpath(path) not in keep:
+                os.remove(path)
+                removed.append(name)
+        log(f"--overwrite: deleted the earlier run's {', '.join(removed) or 'nothing'} in {out_dir}")
 
 
 class Trainer:

@@ -1,6 +1,7 @@
 """What minillm promises about your files (issue 13): no run is overwritten without --overwrite,
 signals stop a run after saving it, interrupted writes leave nothing behind that blocks the next
 run, files honour the umask, and no checkpoint holds diverged weights."""
+import json
 import os
 import random
 import stat
@@ -9,6 +10,7 @@ import pytest
 
 from minillm.cli import main
 from minillm.fileio import atomic_write_text
+from minillm.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,103 @@ def tiny(corpus, out, *extra):
             "--block_size", "16", "--batch_size", "2", "--max_steps", "4", "--warmup_steps", "2", "--eval_interval", "2",
             "--eval_batches", "2", "--log_interval", "1", "--sample_tokens", "0", "--progress", "false",
             "--out_dir", str(out), *extra]
+
+
+def train_steps(out):
+    return [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+
+# ------------------------------------------------------------------------------------------------
+# §2 never overwrite a run
+# ------------------------------------------------------------------------------------------------
+
+def test_a_second_train_into_a_run_folder_is_refused_and_changes_nothing(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny(corpus, out, "--max_steps", "6")) == 0
+    before = {name: (out / name).read_bytes() for name in ("best.safetensors", "last.safetensors", "metrics.jsonl")}
+    capsys.readouterr()
+    assert main(tiny(corpus, out, "--max_steps", "2")) == 2
+    err = capsys.readouterr().err
+    assert "already holds an earlier run" in err and f"--resume {out / 'last.safetensors'}" in err
+    assert "--out_dir" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_overwrite_starts_the_run_afresh(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny(corpus, out, "--max_steps", "6", "--eval_interval", "1", "--profile", "1")) == 0
+    assert (out / "profile.json").exists()
+    assert main(tiny(corpus, out, "--max_steps", "2", "--eval_interval", "100", "--overwrite")) == 0
+    assert "--overwrite: deleted the earlier run's" in capsys.readouterr().out
+    assert not (out / "profile.json").exists()                # nothing of the earlier run is left
+    assert train_steps(out) == [1, 2]                         # not 1..6 of the earlier run
+    assert load_checkpoint(out / "last.safetensors").step == 2
+    assert load_checkpoint(out / "best.safetensors").step == 2    # the old best (step <= 6) is gone
+
+
+def test_resuming_into_the_same_out_dir_keeps_the_log(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(tiny(corpus, out)) == 0
+    assert main(tiny(corpus, out, "--max_steps", "6", "--resume", str(out / "last.safetensors"))) == 0
+    assert train_steps(out) == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(out / "last.safetensors").step == 6
+
+
+def test_resuming_into_a_folder_that_holds_another_run_is_refused(corpus, tmp_path):
+    assert main(tiny(corpus, tmp_path / "a")) == 0
+    assert main(tiny(corpus, tmp_path / "b")) == 0
+    args = tiny(corpus, tmp_path / "b", "--max_steps", "6", "--resume", str(tmp_path / "a" / "last.safetensors"))
+    assert main(args) == 2
+    assert train_steps(tmp_path / "b") == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre")
+    assert main(tiny(corpus, out, "--block_size", "64", "--tokenizer", "bpe", "--vocab_size", "280")) == 0
+    return out / "last.safetensors"                     # byte-level BPE: the chat data encodes
+
+
+def posttrain(stage, checkpoint, out, *extra):
+    return [stage, "--checkpoint", str(checkpoint), "--out_dir", str(out), "--max_steps", "2", "--batch_size", "2",
+            "--eval_per_task", "0", "--n_sft", "16", "--n_dpo", "16", "--progress", "false", "--eval_interval", "2",
+            *(["--eval_pairs", "0"] if stage == "dpo" else []), *extra]
+
+
+def test_sft_and_dpo_refuse_an_existing_run_folder(pretrained, tmp_path, capsys):
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    assert main(posttrain("sft", pretrained, sft)) == 0
+    model = (sft / "model.safetensors").read_bytes()
+    assert main(posttrain("sft", pretrained, sft)) == 2
+    assert "already holds an earlier run" in capsys.readouterr().err
+    assert (sft / "model.safetensors").read_bytes() == model
+    assert main(posttrain("dpo", sft / "model.safetensors", dpo)) == 0
+    assert main(posttrain("dpo", sft / "model.safetensors", dpo)) == 2
+    assert "already holds an earlier run" in capsys.readouterr().err
+    assert main(posttrain("dpo", sft / "model.safetensors", dpo, "--overwrite")) == 0
+
+
+def test_overwrite_keeps_the_checkpoint_the_run_starts_from(pretrained, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    start = out / "last.safetensors"                 # sft from the pretraining run's last, into its folder
+    start.write_bytes(pretrained.read_bytes())
+    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 4, "loss": 1.0}\n')
+    assert main(posttrain("sft", start, out)) == 2
+    assert main(posttrain("sft", start, out, "--overwrite")) == 0     # read before it is replaced
+    assert load_checkpoint(out / "model.safetensors").extra["stage"] == "sft"
+    assert train_steps(out) == [2]                      # (sft logs every 10 steps and at the end)
+
+
+def test_tokenizer_train_refuses_an_existing_output(corpus, tmp_path, capsys):
+    output = tmp_path / "tok.json"
+    output.write_text("precious")
+    args = ["tokenizer", "train", "--input", corpus, "--type", "char", "--output", str(output)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and output.read_text() == "precious"
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads(output.read_text())["type"] == "char"
 
 
 # ------------------------------------------------------------------------------------------------
