@@ -6,7 +6,8 @@ Every writer in minillm (checkpoints, tokenizers, shards, configs, logs that mus
 goes through these helpers. The new content is written to a temporary file in the *same*
 directory (so the final ``os.replace`` is a rename within one file system, which POSIX makes
 atomic), flushed and fsynced, then renamed over the target. A crash or a kill at any moment
-leaves the previous file intact; at worst a stray ``.tmp`` file remains and is ignored.
+leaves the previous file intact; at worst a stray temporary file ``NAME.XXXXXXXX.tmp`` remains
+(:func:`remove_stale_temp_files` clears them; the training commands call it when they start).
 
 Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666 & ~umask``,
 a replaced file keeps its mode.
@@ -20,9 +21,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import tempfile
 from typing import IO, Iterator, Sequence
+
+TEMP_SUFFIX = ".tmp"
+# mkstemp's names: the target's name, a dot, 8 random characters from [a-z0-9_], then the suffix
+_TEMP_NAME = re.compile(r"^(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
 class ExistingOutputError(ValueError):
@@ -67,6 +73,35 @@ def _mode_for(path: str) -> int:
         return 0o666 & ~_umask()
 
 
+def remove_stale_temp_files(directory: str | os.PathLike,
+                            targets: Sequence[str] | None = None) -> list[tuple[str, int]]:
+    """Delete the temporary files that killed atomic writes left in ``directory`` (not below it).
+
+    Only names of the writer's own form (``NAME.XXXXXXXX.tmp``) are removed, and with ``targets``
+    only those of these file names (``["tok.json"]``). Returns ``(path, size in bytes)`` of each
+    file removed. Call it when nothing else writes to ``directory`` (a command starting on its
+    own output).
+    """
+    directory = os.fspath(directory)
+    removed = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        path = os.path.join(directory, name)
+        if match is None or (targets is not None and match.group("target") not in targets) or not os.path.isfile(path):
+            continue
+        try:
+            size = os.path.getsize(path)
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed.append((path, size))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on clean exit, fsync and rename it onto ``path``.
@@ -80,7 +115,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     mode_bits = _mode_for(path)
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=directory)
     try:
         if "b" not in mode and encoding is None:
             encoding = "utf-8"

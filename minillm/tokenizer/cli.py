@@ -20,7 +20,7 @@ from typing import ClassVar, Iterator
 
 from minillm import commandline
 from minillm.config import Config, Section, option
-from minillm.fileio import read_text_file, refuse_to_overwrite
+from minillm.fileio import read_text_file, refuse_to_overwrite, remove_stale_temp_files
 
 from . import BPETokenizer, CharTokenizer, load_tokenizer
 from .display import format_compression_report
@@ -132,6 +132,10 @@ def run_train(cfg: TrainTokenizerConfig) -> int:
     refuse_to_overwrite(f"--output {args.output!r}", "", [args.output] if os.path.lexists(args.output) else [],
                         args.overwrite, "pick another --output, or pass --overwrite to replace it")
     files = input_files(args.input)
+    folder, name = os.path.split(os.path.abspath(args.output))
+    stale = remove_stale_temp_files(folder, targets=[name])
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) left in {folder} by interrupted saves of {name}")
     pattern = None if args.pattern == "none" else args.pattern
     started = time.perf_counter()
     if args.type == "char":

@@ -39,7 +39,7 @@ sampler's position all come back.
 
 :func:`prepare_run_folder` is what the commands call before writing anything into ``out_dir``:
 it refuses to start a new run over an earlier one (unless ``overwrite``; resuming from a
-checkpoint in the folder is fine).
+checkpoint in the folder is fine) and removes temporary files left by interrupted saves.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_rng_state, set_rng_state, to_device
-from minillm.fileio import refuse_to_overwrite
+from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -79,6 +79,7 @@ def prepare_run_folder(loop: LoopSection, log=print, reads: Sequence[str] = ()) 
     - With ``overwrite`` the earlier run's files (``RUN_FILES`` and ``DERIVED_FILES``) are deleted
       first, except the files this run reads (``reads``: a starting checkpoint, data files), so
       the new run never mixes with the old one.
+    - Temporary files left by interrupted atomic saves are removed (said once in the log).
     """
     out_dir = loop.out_dir
     os.makedirs(out_dir, exist_ok=True)
@@ -99,6 +100,10 @@ def prepare_run_folder(loop: LoopSection, log=print, reads: Sequence[str] = ()) 
                 os.remove(path)
                 removed.append(name)
         log(f"--overwrite: deleted the earlier run's {', '.join(removed) or 'nothing'} in {out_dir}")
+    stale = remove_stale_temp_files(out_dir)
+    if stale:
+        size = sum(nbytes for _, nbytes in stale)
+        log(f"removed {len(stale)} temporary file(s) ({size / 1e6:.1f} MB) left in {out_dir} by interrupted saves")
 
 
 class Trainer:

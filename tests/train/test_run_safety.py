@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from minillm.cli import main
-from minillm.fileio import atomic_write_text
+from minillm.fileio import atomic_write_text, remove_stale_temp_files
 from minillm.train import load_checkpoint
 
 
@@ -130,6 +130,36 @@ def test_tokenizer_train_refuses_an_existing_output(corpus, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # §4 leftovers, torn files, permissions, eval's JSON
 # ------------------------------------------------------------------------------------------------
+
+def test_stale_temporary_files_of_killed_saves_are_removed_on_start(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = ["last.safetensors.k2x_9q1z.tmp", "best.safetensors.abcdefgh.tmp", "metrics.jsonl.0a1b2c3d.tmp"]
+    for name in stale:
+        (out / name).write_bytes(b"x" * 1000)
+    others = ["notes.tmp", "last.safetensors.TOOLONGNAME.tmp", "keep.txt"]
+    for name in others:
+        (out / name).write_text("mine")
+    assert main(tiny(corpus, out, "--max_steps", "2")) == 0
+    assert capsys.readouterr().out.count("removed 3 temporary file(s)") == 1
+    assert sorted(p for p in os.listdir(out) if p.endswith((".tmp", ".txt"))) == sorted(others)
+
+
+def test_remove_stale_temp_files_only_takes_the_named_targets(tmp_path):
+    (tmp_path / "tok.json.abcdefgh.tmp").write_text("x")
+    (tmp_path / "other.json.abcdefgh.tmp").write_text("x")
+    removed = remove_stale_temp_files(tmp_path, targets=["tok.json"])
+    assert removed == [(str(tmp_path / "tok.json.abcdefgh.tmp"), 1)]
+    assert (tmp_path / "other.json.abcdefgh.tmp").exists()
+
+
+def test_tokenizer_train_removes_the_stale_temporary_files_of_its_output(corpus, tmp_path, capsys):
+    (tmp_path / "tok.json.abcdefgh.tmp").write_text("left by a killed save")
+    (tmp_path / "other.json.abcdefgh.tmp").write_text("not ours")
+    assert main(["tokenizer", "train", "--input", corpus, "--type", "char", "--output", str(tmp_path / "tok.json")]) == 0
+    assert "removed 1 temporary file(s)" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["other.json.abcdefgh.tmp", "tok.json"]
+
 
 @pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_writes_honour_the_umask(tmp_path, umask, expected):
