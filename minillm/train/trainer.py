@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -146,6 +147,8 @@ class Trainer:
         self.grad_norm_mean: float | None = None
         self.last_good_checkpoint: str | None = None
         self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if loop.out_dir else None)
+        for note in self.metrics.notes:
+            print(note, file=sys.stderr)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_path(self, kind: str) -> str | None:

@@ -161,6 +161,31 @@ def test_tokenizer_train_removes_the_stale_temporary_files_of_its_output(corpus,
     assert sorted(os.listdir(tmp_path)) == ["other.json.abcdefgh.tmp", "tok.json"]
 
 
+def test_a_torn_last_metrics_line_is_dropped_and_reported(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny(corpus, out)) == 0
+    with open(out / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "train", "step": 5, "lo')         # the append a power cut interrupted
+    lines = len((out / "metrics.jsonl").read_text().splitlines())
+    capsys.readouterr()
+    assert main(tiny(corpus, out, "--max_steps", "6", "--resume", str(out / "last.safetensors"))) == 0
+    err = capsys.readouterr().err
+    assert f"metrics log {str(out / 'metrics.jsonl')!r}: line {lines} was cut short" in err
+    assert train_steps(out) == [1, 2, 3, 4, 5, 6]                # every line valid again
+
+
+def test_a_corrupt_metrics_line_in_the_middle_is_an_error_naming_file_and_line(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny(corpus, out)) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:20]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(tiny(corpus, out, "--max_steps", "6", "--resume", str(out / "last.safetensors"))) == 2
+    err = capsys.readouterr().err
+    assert f"metrics log {str(out / 'metrics.jsonl')!r} line 2 is not a JSON object" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_writes_honour_the_umask(tmp_path, umask, expected):
     previous = os.umask(umask)
