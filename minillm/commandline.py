@@ -14,7 +14,8 @@ and is run as ``minillm train [--config FILE.toml] [--key VALUE | --section.key 
 - ``-h`` / ``--help``: every option with its type, default and meaning, from the config's fields.
 
 Exit status: 0 success; 2 for anything wrong with the input (a bad option, value or file: one line
-``minillm COMMAND: error: ...`` on stderr, never a traceback); 130 after Ctrl-C.
+``minillm COMMAND: error: ...`` on stderr, never a traceback); 130 after Ctrl-C; a training run
+stopped by a signal exits 128 + the signal (130 SIGINT, 143 SIGTERM) after saving its checkpoint.
 """
 from __future__ import annotations
 
@@ -133,9 +134,9 @@ def run(config_class: type[Config], handler, command: str, tokens: list[str], ou
     except (ValueError, OSError) as error:        # bad input: a value, a file (missing, unreadable, ...)
         print(f"minillm {command}: error: {error}", file=err)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"\nminillm {command}: interrupted", file=err)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:       # Ctrl-C; training stopped by SIGINT/SIGTERM carries its status
+        print(f"\nminillm {command}: {interrupt or 'interrupted'}", file=err)
+        return getattr(interrupt, "exit_status", EXIT_INTERRUPTED)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,12 @@ loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest sta
 ``resume`` continues from, exactly: weights, optimizer moments, step, RNG state and the batch
 sampler's position all come back.
 
+SIGINT (Ctrl-C) and SIGTERM (what ``kill``, schedulers and ``docker stop`` send) do not kill a
+:meth:`Trainer.fit` in the middle: the current step finishes, ``last.safetensors`` is saved, and
+:class:`TrainingInterrupted` is raised (exit status 130 and 143 at the command line). A second
+signal stops at once, without that save; atomic writes leave the previous checkpoint intact.
+The handlers are only installed from the main thread and the previous ones come back after.
+
 :func:`prepare_run_folder` is what the commands call before writing anything into ``out_dir``:
 it refuses to start a new run over an earlier one (unless ``overwrite``; resuming from a
 checkpoint in the folder is fine) and removes temporary files left by interrupted saves.
@@ -45,7 +51,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -65,10 +73,24 @@ from minillm.train.metrics import MetricsLog, plot_loss_curve
 RUN_FILES = ("last.safetensors", "best.safetensors", "model.safetensors", "adapters.safetensors", "metrics.jsonl",
              "summary.json")
 DERIVED_FILES = ("loss.png", "profile.json")       # also removed by --overwrite
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or gradient norm) became NaN/Inf and the run was told to stop."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:meth:`Trainer.fit` stopped on a signal (SIGINT or SIGTERM) after saving ``last``.
+
+    ``signal`` is the signal number and ``exit_status`` the conventional ``128 + signal``
+    (130 for SIGINT, 143 for SIGTERM). A KeyboardInterrupt, so code that handles Ctrl-C handles it.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signal = int(signum)
+        self.exit_status = 128 + int(signum)
 
 
 def prepare_run_folder(loop: LoopSection, log=print, reads: Sequence[str] = ()) -> None:
@@ -105,6 +127,45 @@ def prepare_run_folder(loop: LoopSection, log=print, reads: Sequence[str] = ()) 
     if stale:
         size = sum(nbytes for _, nbytes in stale)
         log(f"removed {len(stale)} temporary file(s) ({size / 1e6:.1f} MB) left in {out_dir} by interrupted saves")
+
+
+class _StopSignals:
+    """While entered (from the main thread): the first SIGINT/SIGTERM is noted in ``received``
+    (the loop finishes its step, saves and stops), a second one raises :class:`TrainingInterrupted`
+    at once. The previous handlers come back on exit."""
+
+    def __init__(self, out=None):
+        self.received: int | None = None
+        self.out = out                               # None: sys.stderr at the time of the signal
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None:
+                continue
+            try:
+                self.previous[number] = signal.signal(number, self._handle)
+            except (ValueError, OSError):        # not allowed here: leave that signal alone
+                continue
+        return self
+
+    def _handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.received is None:
+            self.received = number
+            print(f"\n{name} received: finishing this step, then saving the 'last' checkpoint (send it again to "
+                  "stop at once, without saving)", file=self.out or sys.stderr, flush=True)
+            return
+        raise TrainingInterrupted(number, f"{name} received again: stopped at once without saving; the checkpoints "
+                                          "on disk are intact")
+
+    def __exit__(self, *exc) -> None:
+        for number, previous in self.previous.items():
+            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
+        self.previous = {}
 
 
 class Trainer:
@@ -298,7 +359,24 @@ class Trainer:
 
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train until ``max_steps`` (or pause at ``stop_at``: the schedule still spans
-        ``max_steps``, and the 'last' checkpoint there resumes exactly); returns the records."""
+        ``max_steps``, and the 'last' checkpoint there resumes exactly); returns the records.
+
+        On SIGINT/SIGTERM: finish the step, save ``last`` and raise :class:`TrainingInterrupted`."""
+        with _StopSignals() as stop:
+            return self._fit(stop_at, stop)
+
+    def _stop_on_signal(self, number: int, saved: bool) -> None:
+        """The loop was asked to stop by signal ``number``: save 'last' (unless just saved), then raise."""
+        name = signal.Signals(number).name
+        path = self.checkpoint_path("last")
+        if path is None:
+            raise TrainingInterrupted(number, f"stopped by {name} after step {self.step} (no out_dir: nothing saved)")
+        if not saved:
+            self.save(path)
+        raise TrainingInterrupted(number, f"stopped by {name} after step {self.step}; saved {path} (continue with "
+                                          f"--resume {path})")
+
+    def _fit(self, stop_at: int | None, stop: _StopSignals) -> list[dict]:
         s = self.loop
         stop_at = s.max_steps if stop_at is None else min(stop_at, s.max_steps)
         self.metrics.truncate_after(self.step)
@@ -347,10 +425,14 @@ class Trainer:
                     (not s.save_interval and at_eval) or self.step in (stop_at, s.max_steps)
                 if save_now and s.out_dir:
                     self.save(self.checkpoint_path("last"))
+                if stop.received is not None:
+                    self._stop_on_signal(stop.received, saved=bool(save_now))
             if profile is not None:              # the run ended before N steps were profiled
                 bar.write(self._profile_report(profile, profiled_from) if profile.steps else
                           f"profile: nothing profiled (--profile {s.profile}): this run had no step after its first, "
                           "which warms up")
+            if stop.received is not None:        # the signal came after the last step
+                self._stop_on_signal(stop.received, saved=True)
         finally:
             bar.close()
             if s.out_dir and self.metrics.records:

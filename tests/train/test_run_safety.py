@@ -4,13 +4,28 @@ run, files honour the umask, and no checkpoint holds diverged weights."""
 import json
 import os
 import random
+import signal
 import stat
+import subprocess
+import sys
+import threading
+import time
 
+import numpy as np
 import pytest
 
+import minillm as mm
+import minillm.serialization as serialization
 from minillm.cli import main
+from minillm.data import RandomWindowLoader
 from minillm.fileio import atomic_write_text, remove_stale_temp_files
-from minillm.train import load_checkpoint
+from minillm.nn import GPT, GPTConfig
+from minillm.optim import AdamW, CosineSchedule, decay_groups
+from minillm.train import LoopSection, Trainer, TrainingInterrupted, evaluate_language_model, load_checkpoint
+from minillm.train.pretrain import language_model_loss
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(mm.__file__)))
+TOKENS = np.random.default_rng(0).integers(0, 50, size=2000).astype(np.uint16)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +47,18 @@ def tiny(corpus, out, *extra):
 
 def train_steps(out):
     return [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+
+def make_trainer(out_dir, max_steps=6, lr=3e-3, schedule=None, **loop):
+    mm.manual_seed(0)
+    model = GPT(GPTConfig.gpt2(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+    optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=lr)
+    loader = RandomWindowLoader(TOKENS, batch_size=2, block_size=16, seed=0)
+    settings = dict(max_steps=max_steps, eval_interval=2, log_interval=1, progress=False, out_dir=str(out_dir))
+    settings.update(loop)
+    schedule = schedule or CosineSchedule(lr, lr / 10, warmup_steps=1, total_steps=max_steps)
+    return Trainer(model, optimizer, schedule, LoopSection(**settings), language_model_loss, loader,
+                   evaluate=lambda m: evaluate_language_model(m, TOKENS[:200], 16, 4, num_bytes=200))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,6 +152,108 @@ def test_tokenizer_train_refuses_an_existing_output(corpus, tmp_path, capsys):
     assert "already exists" in err and "--overwrite" in err and output.read_text() == "precious"
     assert main(args + ["--overwrite"]) == 0
     assert json.loads(output.read_text())["type"] == "char"
+
+
+# ------------------------------------------------------------------------------------------------
+# §4 signals
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_train_after_saving_last(corpus, tmp_path, signum, status):
+    out = tmp_path / "run"
+    args = tiny(corpus, out, "--max_steps", "100000", "--eval_interval", "100000")   # no save before the signal
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "minillm", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == status, err
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} after step" in err and "Traceback" not in err
+    steps = train_steps(out)
+    assert steps[0] == 1 and load_checkpoint(out / "last.safetensors").step == steps[-1] >= 3
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def raise_signal_at(trainer, step, signum, times=1):
+    original = trainer.compute_loss
+
+    def compute_loss(model, batch):
+        if trainer.step + 1 == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+        return original(model, batch)
+
+    trainer.compute_loss = compute_loss
+
+
+def test_fit_finishes_the_step_saves_last_and_restores_the_handlers(tmp_path):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(tmp_path, max_steps=10, eval_interval=100)
+    raise_signal_at(trainer, 3, signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT after step 3") as info:
+        trainer.fit()
+    assert info.value.exit_status == 130 and isinstance(info.value, KeyboardInterrupt)
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 3
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_signal_stops_at_once_and_leaves_the_checkpoint_intact(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=10, eval_interval=2)
+    raise_signal_at(trainer, 3, signal.SIGTERM, times=2)        # step 2 saved; two signals in step 3
+    with pytest.raises(TrainingInterrupted, match="SIGTERM received again") as info:
+        trainer.fit()
+    assert info.value.exit_status == 143
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_second_signal_during_the_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_steps=10, eval_interval=2)
+    raise_signal_at(trainer, 3, signal.SIGTERM)
+    real_write = serialization._write_tensor_bytes
+    calls = []
+
+    def write_and_signal(handle, array):
+        real_write(handle, array)
+        calls.append(1)
+        if trainer.step == 3 and len(calls) > 1:      # in the middle of the signal's save of step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(serialization, "_write_tensor_bytes", write_and_signal)
+    with pytest.raises(TrainingInterrupted, match="received again"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_fit_in_another_thread_leaves_the_signals_alone(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    seen, errors = [], []
+
+    def run():
+        try:
+            trainer = make_trainer(tmp_path, max_steps=2)
+            original = trainer.compute_loss
+            trainer.compute_loss = lambda m, b: (seen.append(signal.getsignal(signal.SIGINT)), original(m, b))[1]
+            trainer.fit()
+        except BaseException as error:   # noqa: BLE001  (reported below)
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not errors and seen and all(handler is before for handler in seen)
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 2
 
 
 # ------------------------------------------------------------------------------------------------
