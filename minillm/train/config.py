@@ -144,6 +144,8 @@ class LoopSection(Section):
     save_interval: int = option(0, "save the 'last' checkpoint every this many steps; 0 = at evaluations",
                                 minimum=0)
     on_nonfinite: str = option("stop", "a NaN/Inf loss stops the run, or skips that step", choices=("stop", "skip"))
+    max_skips: int = option(10, "with on_nonfinite=skip: stop (an error) after this many consecutive skipped steps",
+                            minimum=1)
     spike_factor: float = option(5.0, "log a gradient-norm spike above this multiple of the running mean",
                                  above=0.0)
     sample_tokens: int = option(200, "(pretraining) tokens to sample at the end; 0 = none", minimum=0)

@@ -2,6 +2,7 @@
 signals stop a run after saving it, interrupted writes leave nothing behind that blocks the next
 run, files honour the umask, and no checkpoint holds diverged weights."""
 import json
+import math
 import os
 import random
 import signal
@@ -21,8 +22,16 @@ from minillm.data import RandomWindowLoader
 from minillm.fileio import atomic_write_text, remove_stale_temp_files
 from minillm.nn import GPT, GPTConfig
 from minillm.optim import AdamW, CosineSchedule, decay_groups
-from minillm.train import LoopSection, Trainer, TrainingInterrupted, evaluate_language_model, load_checkpoint
+from minillm.train import (
+    LoopSection,
+    NonFiniteLossError,
+    Trainer,
+    TrainingInterrupted,
+    evaluate_language_model,
+    load_checkpoint,
+)
 from minillm.train.pretrain import language_model_loss
+from minillm.train.trainer import MAX_WEIGHT_NORM_GROWTH
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(mm.__file__)))
 TOKENS = np.random.default_rng(0).integers(0, 50, size=2000).astype(np.uint16)
@@ -59,6 +68,12 @@ def make_trainer(out_dir, max_steps=6, lr=3e-3, schedule=None, **loop):
     schedule = schedule or CosineSchedule(lr, lr / 10, warmup_steps=1, total_steps=max_steps)
     return Trainer(model, optimizer, schedule, LoopSection(**settings), language_model_loss, loader,
                    evaluate=lambda m: evaluate_language_model(m, TOKENS[:200], 16, 4, num_bytes=200))
+
+
+def finite_and_sane(path, reference):
+    weights = load_checkpoint(path).model_state
+    norm = math.sqrt(sum(float((w.astype(np.float64) ** 2).sum()) for w in weights.values()))
+    return all(np.isfinite(w).all() for w in weights.values()) and norm <= MAX_WEIGHT_NORM_GROWTH * reference
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,3 +356,110 @@ def test_train_outputs_follow_the_umask(corpus, tmp_path):
         os.umask(previous)
     for name in ("last.safetensors", "metrics.jsonl", "summary.json", "tokenizer.json", "data/meta.json"):
         assert stat.S_IMODE(os.stat(tmp_path / "run" / name).st_mode) == 0o640, name
+
+
+# ------------------------------------------------------------------------------------------------
+# §5 divergence
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_the_last_good_checkpoint_is_good_when_the_run_diverges(tmp_path):
+    def schedule(step):                     # three sensible steps, then a learning rate that blows up
+        return 1e-3 if step < 3 else 1e3
+
+    trainer = make_trainer(tmp_path, max_steps=10, schedule=schedule, save_interval=1, eval_interval=1)
+    reference = trainer.reference_weight_norm
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "diverged at step 4" in message and "more than 100 times" in message
+    assert f"last good checkpoint is {tmp_path / 'last.safetensors'} (step 3)" in message
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 3
+    for name in ("last.safetensors", "best.safetensors"):
+        assert finite_and_sane(tmp_path / name, reference), name
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, eval_interval=100, save_interval=1)
+    step = trainer.optimizer.step
+
+    def poison_at_step_3():
+        step()
+        if trainer.step == 2:              # the update of step 3 (the loss was finite)
+            trainer.model.parameters()[0].data.flat[0] = np.nan
+
+    trainer.optimizer.step = poison_at_step_3
+    with pytest.raises(NonFiniteLossError, match=r"diverged at step 3: parameter '.*' holds NaN/Inf values"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 2
+
+
+def test_a_nan_validation_loss_is_not_saved_as_last(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, eval_interval=2)
+    trainer.evaluate = lambda m: {"val_loss": 1.0 if trainer.step < 4 else math.nan}
+    with pytest.raises(NonFiniteLossError, match="validation loss at these weights is nan"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 2
+
+
+def test_the_reference_norm_travels_with_a_resume(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4)
+    trainer.fit(stop_at=2)
+    resumed = make_trainer(tmp_path, max_steps=4)
+    resumed.reference_weight_norm = 123.0
+    resumed.resume(str(tmp_path / "last.safetensors"))
+    assert resumed.reference_weight_norm == trainer.reference_weight_norm
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_skip_mode_stops_after_max_skips_and_saves_nothing_poisoned(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny(corpus, out, "--max_steps", "20", "--lr", "1e3", "--on_nonfinite", "skip", "--max_skips", "3",
+                "--eval_interval", "100")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "3 steps in a row" in err and "loop.max_skips=3" in err and "Traceback" not in err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["step"] for r in records if r.get("skipped")]
+    assert len(skipped) == 3 and skipped == list(range(skipped[0], skipped[0] + 3)) == [r["step"] for r in records][-3:]
+    assert not (out / "last.safetensors").exists()      # the weights after step 1 were not fit to save
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_skip_mode_never_saves_diverged_weights_at_the_end(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny(corpus, out, "--max_steps", "6", "--lr", "1e3", "--on_nonfinite", "skip", "--max_skips", "100")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the run diverged at step" in err and "not saving" in err and "Traceback" not in err
+    assert not list(out.glob("*.safetensors"))
+
+
+def test_skips_that_are_not_consecutive_do_not_stop_the_run(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, on_nonfinite="skip", max_skips=2, eval_interval=100)
+    original = trainer.compute_loss
+
+    def every_other_step_nan(model, batch):
+        loss, metrics = original(model, batch)
+        return (loss * float("nan") if len(trainer.metrics.records) % 2 else loss), metrics
+
+    trainer.compute_loss = every_other_step_nan
+    records = trainer.fit()
+    assert sum(1 for r in records if r.get("skipped")) == 3 and trainer.step == 6
+
+
+def test_skip_mode_stops_at_max_skips_in_a_row(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=20, on_nonfinite="skip", max_skips=4, eval_interval=2)
+    original = trainer.compute_loss
+    trainer.compute_loss = lambda m, b: ((lambda loss, metrics: (loss * float("nan") if trainer.step >= 2 else loss,
+                                                                metrics))(*original(m, b)))
+    with pytest.raises(NonFiniteLossError, match=r"4 steps in a row \(up to step 6\)"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 4      # steps 3-4 skipped: the weights of step 2
+    assert finite_and_sane(tmp_path / "last.safetensors", trainer.reference_weight_norm)
+    assert [r["step"] for r in trainer.metrics.records if r.get("skipped")] == [3, 4, 5, 6]
+
+
+def test_max_skips_must_be_positive(corpus, tmp_path, capsys):
+    assert main(tiny(corpus, tmp_path / "run", "--max_skips", "0")) == 2
+    assert "loop.max_skips=0 is out of range" in capsys.readouterr().err
