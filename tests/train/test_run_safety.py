@@ -29,6 +29,7 @@ from minillm.train import (
     TrainingInterrupted,
     evaluate_language_model,
     load_checkpoint,
+    save_checkpoint,
 )
 from minillm.train.pretrain import language_model_loss
 from minillm.train.trainer import MAX_WEIGHT_NORM_GROWTH
@@ -356,6 +357,30 @@ def test_train_outputs_follow_the_umask(corpus, tmp_path):
         os.umask(previous)
     for name in ("last.safetensors", "metrics.jsonl", "summary.json", "tokenizer.json", "data/meta.json"):
         assert stat.S_IMODE(os.stat(tmp_path / "run" / name).st_mode) == 0o640, name
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_eval_of_a_nan_model_prints_valid_json_with_null_and_a_note(pretrained, tmp_path, capsys):
+    checkpoint = load_checkpoint(pretrained)
+    model = GPT(GPTConfig.from_dict(checkpoint.model_config))
+    state = dict(checkpoint.model_state)
+    name = next(k for k in state if k.endswith("weight") and state[k].ndim == 2)
+    state[name] = np.full_like(state[name], np.nan)
+    model.load_state_dict(state)
+    poisoned = tmp_path / "nan.safetensors"
+    save_checkpoint(poisoned, model=model, step=1, tokenizer=checkpoint.tokenizer)
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be that is the question\n" * 5)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(poisoned), "--input", str(text)]) == 0
+    out, err = capsys.readouterr()
+
+    def no_nan(word):
+        raise AssertionError(f"{word} in the JSON")
+
+    report = json.loads(out, parse_constant=no_nan)
+    assert report["loss"] is None and report["ppl"] is None and "not finite" in report["note"]
+    assert "not finite" in err and report["step"] == 1
 
 
 # ------------------------------------------------------------------------------------------------
