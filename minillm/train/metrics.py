@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from minillm.backend import module_for_device, synchronize
-from minillm.fileio import atomic_write_text
+from minillm.fileio import atomic_open, atomic_write_text
 
 
 class MetricsLog:
@@ -95,7 +95,8 @@ def plot_loss_curve(records: list[dict], path: str) -> bool:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as handle:         # like every other file: the old plot or the new one
+        figure.savefig(handle, format="png", dpi=100)
     plt.close(figure)
     return True
 
