@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 
+from minillm.fileio import ExistingOutputError
 from minillm.posttrain.cli import report_lines
 from minillm.posttrain.dpo import run_dpo
 from minillm.posttrain.stage import DPOConfig
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--overwrite", action="store_true", help="replace this example's earlier output")
     args = parser.parse_args(argv)
 
     checkpoint = sft_checkpoint(args)
@@ -69,8 +71,13 @@ def main(argv=None) -> int:
     cfg = DPOConfig.create({"checkpoint": checkpoint, "out_dir": os.path.join(args.out_dir, name), "beta": args.beta,
                             "nll_alpha": args.nll_alpha, "max_steps": args.steps, "lr": args.lr,
                             "min_lr": args.lr / 10, "batch_size": args.batch_size, "lora_rank": args.lora_rank,
-                            "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3)})
-    summary = run_dpo(cfg)
+                            "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3),
+                            "overwrite": args.overwrite})
+    try:
+        summary = run_dpo(cfg)
+    except ExistingOutputError as error:       # an earlier run of this example: kept unless --overwrite
+        print(f"align_dpo.py: error: {error}", file=sys.stderr)
+        return 2
     before, after = summary["before"], summary["after"]
     print()
     print(report_lines(summary))

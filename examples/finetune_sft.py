@@ -28,6 +28,7 @@ import os
 import sys
 import time
 
+from minillm.fileio import ExistingOutputError
 from minillm.posttrain.cli import report_lines
 from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import SFTConfig
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clean-data", action="store_true", help="SFT data without the deliberate noise")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task data, initialisation and batch order")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--overwrite", action="store_true", help="replace this example's earlier output")
     args = parser.parse_args(argv)
 
     checkpoint = pretrained_checkpoint(args)
@@ -79,8 +81,13 @@ def main(argv=None) -> int:
     cfg = SFTConfig.create({"checkpoint": checkpoint, "out_dir": os.path.join(args.out_dir, name),
                             "max_steps": args.steps, "lr": args.lr, "min_lr": args.lr / 10, "batch_size": args.batch_size,
                             "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "clean_data": args.clean_data,
-                            "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3)})
-    summary = run_sft(cfg)
+                            "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3),
+                            "overwrite": args.overwrite})
+    try:
+        summary = run_sft(cfg)
+    except ExistingOutputError as error:       # an earlier run of this example: kept unless --overwrite
+        print(f"finetune_sft.py: error: {error}", file=sys.stderr)
+        return 2
     print()
     print(report_lines(summary))
     print(f"SFT took {summary['train_seconds']:.0f} s of training ({summary['minutes']:.1f} min with evaluation)")

@@ -153,7 +153,8 @@ def describe(error: BaseException) -> tuple[str, int] | None:
 def handle(error: BaseException, command: str, err=None, debug: bool = False, log_dir: str | None = None) -> int:
     """Report ``error`` (raised by a command) on ``err`` and return the exit status.
 
-    Known failures: one line ``minillm COMMAND: error: ...``. Ctrl-C: ``interrupted``, 130.
+    Known failures: one line ``minillm COMMAND: error: ...``. Ctrl-C: ``interrupted``, 130; a
+    training run stopped by a signal after saving its checkpoint: its message, 128 + the signal.
     Anything else: one line naming the exception and the log file that holds its traceback
     (``log_dir`` when it is a folder, else the temporary folder), exit 1. ``debug`` also prints
     the traceback."""
@@ -164,9 +165,9 @@ def handle(error: BaseException, command: str, err=None, debug: bool = False, lo
         return EXIT_BROKEN_PIPE
     if debug:
         traceback.print_exception(type(error), error, error.__traceback__, file=err)
-    if isinstance(error, KeyboardInterrupt):
-        print(f"\n{prefix}: interrupted", file=err)
-        return EXIT_INTERRUPTED
+    if isinstance(error, KeyboardInterrupt):    # Ctrl-C; a training run stopped by SIGINT/SIGTERM
+        print(f"\n{prefix}: {str(error) or 'interrupted'}", file=err)       # carries its message and status
+        return getattr(error, "exit_status", EXIT_INTERRUPTED)
     known = describe(error)
     if known is not None:
         message, code = known

@@ -28,3 +28,25 @@ def test_train_minimal_runs_and_its_validation_loss_drops(device, capsys):
     assert max(ratios) - min(ratios) < 1e-9 and 0.1 < ratios[0] < 1 / math.log(2)
     out = capsys.readouterr().out
     assert "step   30  val loss" in out and "ROMEO:\n" in out
+
+
+def test_post_training_examples_keep_an_earlier_output_unless_told(tmp_path, monkeypatch, capsys):
+    """Re-running an example into its earlier output folder is refused in one line (exit 2), as
+    the commands do; --overwrite is passed on to the stage."""
+    from minillm.fileio import ExistingOutputError
+
+    for name, runner in (("finetune_sft", "run_sft"), ("align_dpo", "run_dpo")):
+        example = load_example(name)
+        seen = []
+
+        def refuse(cfg, seen=seen):
+            seen.append(cfg.loop.overwrite)
+            raise ExistingOutputError(f"out_dir {cfg.loop.out_dir!r} already holds an earlier run")
+
+        monkeypatch.setattr(example, runner, refuse)
+        assert example.main(["--checkpoint", str(tmp_path / "x.safetensors"), "--out-dir", str(tmp_path)]) == 2
+        assert example.main(["--checkpoint", str(tmp_path / "x.safetensors"), "--out-dir", str(tmp_path),
+                             "--overwrite"]) == 2
+        assert seen == [False, True]
+        err = capsys.readouterr().err
+        assert err.count(f"{name}.py: error: out_dir") == 2 and "Traceback" not in err

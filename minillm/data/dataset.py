@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minillm.data.shards import ConcatenatedTokens, read_shard, read_shard_header, token_dtype, write_shard
-from minillm.fileio import atomic_write_text
+from minillm.fileio import atomic_write_text, refuse_to_overwrite
 
 META_FILE = "meta.json"
 DATASET_FORMAT = "minillm-token-dataset"
@@ -144,9 +144,8 @@ def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     existing = [name for name in os.listdir(out_dir) if name == META_FILE or _SHARD_NAME.match(name)]
-    if existing and not overwrite:
-        raise ValueError(f"prepare_dataset: {out_dir!r} already holds a dataset ({sorted(existing)[:3]}...); "
-                         f"pass overwrite=True (CLI: --overwrite) or choose another folder")
+    refuse_to_overwrite(f"prepare_dataset: {out_dir!r}", "a dataset", sorted(existing), overwrite,
+                        "pass overwrite=True (CLI: --overwrite) or choose another folder")
     if os.path.exists(os.path.join(out_dir, META_FILE)):
         os.remove(os.path.join(out_dir, META_FILE))
     try:

@@ -57,6 +57,7 @@ from minillm.posttrain.stage import (
 )
 from minillm.posttrain.tasks import make_preference_pairs
 from minillm.tensor import Tensor
+from minillm.train.trainer import prepare_run_folder
 
 # ------------------------------------------------------------------------------------------------
 # ops
@@ -249,7 +250,7 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     stage, optim, loop = cfg.dpo, cfg.optim, cfg.loop
     started = time.perf_counter()
     manual_seed(loop.seed)
-    os.makedirs(loop.out_dir, exist_ok=True)
+    prepare_run_folder(loop, log, reads=(stage.checkpoint, stage.data, stage.eval_data))   # no silent overwrite
     model, tokenizer, template, base_vocab, _ = load_chat_model(stage.checkpoint, loop.device, stage.dropout)
     reference = frozen_copy(model)
     log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {stage.checkpoint}")

@@ -47,6 +47,7 @@ from minillm.posttrain.stage import (
     train_stage,
 )
 from minillm.posttrain.tasks import DEFAULT_NOISE
+from minillm.train.trainer import prepare_run_folder
 
 # ------------------------------------------------------------------------------------------------
 # the loss
@@ -101,7 +102,7 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
     stage, optim, loop = cfg.sft, cfg.optim, cfg.loop
     started = time.perf_counter()
     manual_seed(loop.seed)
-    os.makedirs(loop.out_dir, exist_ok=True)
+    prepare_run_folder(loop, log, reads=(stage.checkpoint, stage.data, stage.eval_data))   # no silent overwrite
     model, tokenizer, template, base_vocab, _ = load_chat_model(stage.checkpoint, loop.device, stage.dropout)
     log(f"model: {model.num_parameters():,} parameters; vocabulary {base_vocab} -> {tokenizer.vocab_size} "
         f"(chat markers {sorted(template.marker_ids)}; model rows {model.config.vocab_size})")

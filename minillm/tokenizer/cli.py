@@ -20,7 +20,7 @@ from typing import ClassVar, Iterator
 
 from minillm import commandline
 from minillm.config import Config, Section, option
-from minillm.fileio import read_text_file
+from minillm.fileio import read_text_file, refuse_to_overwrite, remove_stale_temp_files
 
 from . import BPETokenizer, CharTokenizer, load_tokenizer
 from .display import format_compression_report
@@ -42,6 +42,7 @@ class TrainSection(Section):
                                 text=True)
     type: str = option("bpe", "tokenizer type", choices=("bpe", "char"))
     quiet: bool = option(False, "no progress bar")
+    overwrite: bool = option(False, "replace an existing --output file")
 
 
 @dataclass
@@ -130,13 +131,19 @@ def input_files(path: str) -> list[str]:
 def run_train(cfg: TrainTokenizerConfig) -> int:
     args = cfg.train
     files = input_files(args.input)
-    # Both checked before training, which can take minutes, rather than after it.
+    # All checked before training, which can take minutes, rather than after it.
     if all(os.path.getsize(path) == 0 for path in files):
         what = "is an empty file" if files == [args.input] else f"holds only empty *.txt files ({len(files)})"
         raise ValueError(f"--input {args.input!r} {what}; expected UTF-8 text to train the tokenizer on")
     if os.path.isdir(args.output):
         raise ValueError(f"--output {args.output!r} is a directory; expected a file path such as "
                          f"{os.path.join(args.output, 'tokenizer.json')!r}")
+    refuse_to_overwrite(f"--output {args.output!r}", "", [args.output] if os.path.lexists(args.output) else [],
+                        args.overwrite, "pick another --output, or pass --overwrite to replace it")
+    folder, name = os.path.split(os.path.abspath(args.output))
+    stale = remove_stale_temp_files(folder, targets=[name])
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) left in {folder} by interrupted saves of {name}")
     pattern = None if args.pattern == "none" else args.pattern
     started = time.perf_counter()
     if args.type == "char":

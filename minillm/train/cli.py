@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -81,8 +83,24 @@ def run_eval(cfg: EvalConfig) -> int:
                                          num_bytes=len(text.encode("utf-8")), device=args.device,
                                          stride=args.stride, prefix="")
     result.update(checkpoint=args.checkpoint, text=source, step=checkpoint.step, precision=args.precision)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(finite_for_json(result), indent=2, allow_nan=False))
     return 0
+
+
+def finite_for_json(result: dict) -> dict:
+    """``result`` with every NaN/Inf figure as null (JSON has no NaN) and a ``note`` saying why
+    (also printed on stderr). A non-finite loss makes its perplexity meaningless too."""
+    loss = result.get("loss")
+    bad = [key for key, value in result.items() if isinstance(value, float) and not math.isfinite(value)]
+    if loss is not None and not math.isfinite(loss):
+        bad += [key for key in ("ppl",) if key in result and key not in bad]
+    if not bad:
+        return result
+    values = ", ".join(f"{key} {result[key]}" for key in bad)
+    note = (f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite ({values}): the model's outputs "
+            "overflowed or its weights hold NaN/Inf; written as null because JSON has no NaN")
+    print(f"minillm eval: warning: {note}", file=sys.stderr)
+    return {**{key: (None if key in bad else value) for key, value in result.items()}, "note": note}
 
 
 def training_value(train_config: dict | None, section: str, key: str, default):

@@ -144,10 +144,14 @@ class LoopSection(Section):
     save_interval: int = option(0, "save the 'last' checkpoint every this many steps; 0 = at evaluations",
                                 minimum=0)
     on_nonfinite: str = option("stop", "a NaN/Inf loss stops the run, or skips that step", choices=("stop", "skip"))
+    max_skips: int = option(10, "with on_nonfinite=skip: stop (an error) after this many consecutive skipped steps",
+                            minimum=1)
     spike_factor: float = option(5.0, "log a gradient-norm spike above this multiple of the running mean",
                                  above=0.0)
     sample_tokens: int = option(200, "(pretraining) tokens to sample at the end; 0 = none", minimum=0)
     resume: str = option("", "checkpoint to resume from (exactly where it stopped)")
+    overwrite: bool = option(False, "start afresh in an out_dir that holds an earlier run (its checkpoints, metrics "
+                             "and summary are deleted first); without it such a run is refused")
     progress: bool = option(True, "show a progress bar")
     profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
                           "0 = off", minimum=0)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from minillm.backend import module_for_device, synchronize
-from minillm.fileio import atomic_write_text
+from minillm.fileio import atomic_open, atomic_write_text
 
 
 class MetricsLog:
@@ -20,16 +20,42 @@ class MetricsLog:
     an existing log is read on construction and only rewritten by :meth:`truncate_after`
     (the trainer calls it when a run starts: from step 0 it clears the log, after a resume it
     drops what the interrupted run logged past its checkpoint).
+
+    An append cut short (power loss, a full disk, a kill mid-write) leaves a torn *last* line:
+    it is dropped, the file rewritten without it, and ``notes`` says so (file and line). Any
+    other line that is not a JSON object is an error naming the file and the line.
     """
 
     def __init__(self, path: str | None):
         self.path = path
         self.records: list[dict] = []
+        self.notes: list[str] = []
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if os.path.exists(path):
-                with open(path, encoding="utf-8") as handle:
-                    self.records = [json.loads(line) for line in handle if line.strip()]
+                self._read_existing(path)
+
+    def _read_existing(self, path: str) -> None:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        lines = raw.split(b"\n")
+        numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+        for index, (number, line) in enumerate(numbered):
+            try:
+                record = json.loads(line.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not an object")
+            except ValueError as error:          # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                reason = f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError) else str(error)
+                if index == len(numbered) - 1:
+                    self.notes.append(f"metrics log {path!r}: line {number} was cut short ({reason}), the "
+                                      "end of an interrupted write; dropped it")
+                    break
+                raise ValueError(f"metrics log {path!r} line {number} is not a JSON object ({reason}); fix or "
+                                 "delete that line, or start a new run (another --out_dir, or --overwrite)") from None
+            self.records.append(record)
+        if self.notes or (raw.strip() and not raw.endswith(b"\n")):   # appends must start on a fresh line
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, **record) -> None:
         record = {k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in record.items()}
@@ -69,7 +95,8 @@ def plot_loss_curve(records: list[dict], path: str) -> bool:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as handle:         # like every other file: the old plot or the new one
+        figure.savefig(handle, format="png", dpi=100)
     plt.close(figure)
     return True
 

@@ -39,7 +39,7 @@ from minillm.train.checkpoint import load_checkpoint
 from minillm.train.config import DataSection, TrainConfig
 from minillm.train.evaluate import evaluate_language_model
 from minillm.train.metrics import measure_matmul_peak
-from minillm.train.trainer import Trainer
+from minillm.train.trainer import Trainer, prepare_run_folder
 
 
 def build_tokenizer(data: DataSection, train_docs: list[str], all_docs: list[str], verbose: bool = True,
@@ -101,8 +101,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     started = time.perf_counter()
     data, loop, optim = cfg.data, cfg.loop, cfg.optim
     manual_seed(loop.seed)
-    os.makedirs(loop.out_dir, exist_ok=True)
     resume_from = load_checkpoint(loop.resume) if loop.resume else None
+    prepare_run_folder(loop, log)            # refuses to replace an earlier run (unless --overwrite)
 
     corpus_path = data.corpus or default_corpus_path()
     docs, cleaning = clean_documents(read_corpus(corpus_path), min_chars=data.min_chars)

@@ -12,7 +12,7 @@ around which three small named steps handle what can go wrong:
 
 - a non-finite loss or gradient norm stops the run (naming the step and the last good
   checkpoint), or with ``on_nonfinite="skip"`` drops the step and logs it
-  (:meth:`Trainer._handle_nonfinite`);
+  (:meth:`Trainer._handle_nonfinite`); ``max_skips`` consecutive skipped steps stop the run too;
 - a gradient-norm spike above ``spike_factor`` times its running mean is logged
   (:meth:`Trainer._note_spike`);
 - mixed precision (``precision`` "fp16"/"bf16", see :mod:`minillm.amp`): the loss (and evaluation)
@@ -36,30 +36,149 @@ Every ``eval_interval`` steps (and at the end) ``evaluate(model)`` runs; the low
 loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest state and is what
 ``resume`` continues from, exactly: weights, optimizer moments, step, RNG state and the batch
 sampler's position all come back.
+
+Only good states are saved (:meth:`Trainer.checkpoint_problem`): before every save the weights
+are checked, and a checkpoint is written only when every parameter is finite, their global L2
+norm is at most ``MAX_WEIGHT_NORM_GROWTH`` (100) times the norm when training started (the
+reference travels in checkpoints, so a resumed run keeps it; floored at 1), and no validation
+loss measured at these weights is NaN/Inf (a training step with a non-finite loss is never
+applied). Otherwise the run stops with :class:`NonFiniteLossError` naming the last good
+checkpoint, so ``best``/``last`` on disk are never poisoned.
+
+SIGINT (Ctrl-C) and SIGTERM (what ``kill``, schedulers and ``docker stop`` send) do not kill a
+:meth:`Trainer.fit` in the middle: the current step finishes, ``last.safetensors`` is saved, and
+:class:`TrainingInterrupted` is raised (exit status 130 and 143 at the command line). A second
+signal stops at once, without that save; atomic writes leave the previous checkpoint intact.
+The handlers are only installed from the main thread and the previous ones come back after.
+
+:func:`prepare_run_folder` is what the commands call before writing anything into ``out_dir``:
+it refuses to start a new run over an earlier one (unless ``overwrite``; resuming from a
+checkpoint in the folder is fine) and removes temporary files left by interrupted saves.
 """
 from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
+import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
-from minillm.backend import get_rng_state, set_rng_state, to_device
+from minillm.backend import get_array_module, get_rng_state, item, set_rng_state, to_device, to_numpy
 from minillm.errors import TrainingDiverged
+from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
 from minillm.train.config import LoopSection
 from minillm.train.metrics import MetricsLog, plot_loss_curve
 
+# A run's outputs in out_dir: any of these means the folder holds a run (prepare_run_folder).
+RUN_FILES = ("last.safetensors", "best.safetensors", "model.safetensors", "adapters.safetensors", "metrics.jsonl",
+             "summary.json")
+DERIVED_FILES = ("loss.png", "profile.json")       # also removed by --overwrite
+MAX_WEIGHT_NORM_GROWTH = 100.0    # a save needs |weights| <= this x |weights at the start| (module docstring)
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
 
 class NonFiniteLossError(TrainingDiverged):
-    """The loss (or gradient norm) became NaN/Inf and the run was told to stop (a RuntimeError;
-    the ``minillm`` command prints its message alone and exits with status 3)."""
+    """The run diverged and stopped: a NaN/Inf loss or gradient norm (``on_nonfinite="stop"``),
+    ``max_skips`` skipped steps in a row, or weights not fit to save (see the module docstring).
+    A RuntimeError (:class:`~minillm.errors.TrainingDiverged`): the ``minillm`` command prints its
+    message alone and exits with status 3."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:meth:`Trainer.fit` stopped on a signal (SIGINT or SIGTERM) after saving ``last``.
+
+    ``signal`` is the signal number and ``exit_status`` the conventional ``128 + signal``
+    (130 for SIGINT, 143 for SIGTERM). A KeyboardInterrupt, so code that handles Ctrl-C handles it.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signal = int(signum)
+        self.exit_status = 128 + int(signum)
+
+
+def prepare_run_folder(loop: LoopSection, log=print, reads: Sequence[str] = ()) -> None:
+    """Make ``loop.out_dir`` ready for a run, before anything is written into it.
+
+    - A folder that holds an earlier run (any of ``RUN_FILES``) is refused with an
+      :class:`~minillm.fileio.ExistingOutputError` (resume it, pick another ``out_dir``, or pass
+      ``overwrite``), unless this run resumes from a checkpoint in that folder.
+    - With ``overwrite`` the earlier run's files (``RUN_FILES`` and ``DERIVED_FILES``) are deleted
+      first, except the files this run reads (``reads``: a starting checkpoint, data files), so
+      the new run never mixes with the old one.
+    - Temporary files left by interrupted atomic saves are removed (said once in the log).
+    """
+    out_dir = loop.out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    existing = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+    resuming_here = False
+    if loop.resume and os.path.exists(loop.resume):
+        resuming_here = os.path.samefile(os.path.dirname(os.path.abspath(loop.resume)), out_dir)
+    if existing and not resuming_here:
+        last = os.path.join(out_dir, "last.safetensors")
+        resume = f"resume it with --resume {last}, " if "last.safetensors" in existing else ""
+        refuse_to_overwrite(f"out_dir {out_dir!r}", "an earlier run", existing, loop.overwrite,
+                            f"{resume}pick a new --out_dir, or pass --overwrite to replace it")
+        keep = {os.path.realpath(path) for path in reads if path}
+        removed = []
+        for name in RUN_FILES + DERIVED_FILES:
+            path = os.path.join(out_dir, name)
+            if os.path.isfile(path) and os.path.realpath(path) not in keep:
+                os.remove(path)
+                removed.append(name)
+        log(f"--overwrite: deleted the earlier run's {', '.join(removed) or 'nothing'} in {out_dir}")
+    stale = remove_stale_temp_files(out_dir)
+    if stale:
+        size = sum(nbytes for _, nbytes in stale)
+        log(f"removed {len(stale)} temporary file(s) ({size / 1e6:.1f} MB) left in {out_dir} by interrupted saves")
+
+
+class _StopSignals:
+    """While entered (from the main thread): the first SIGINT/SIGTERM is noted in ``received``
+    (the loop finishes its step, saves and stops), a second one raises :class:`TrainingInterrupted`
+    at once. The previous handlers come back on exit."""
+
+    def __init__(self, out=None):
+        self.received: int | None = None
+        self.out = out                               # None: sys.stderr at the time of the signal
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None:
+                continue
+            try:
+                self.previous[number] = signal.signal(number, self._handle)
+            except (ValueError, OSError):        # not allowed here: leave that signal alone
+                continue
+        return self
+
+    def _handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.received is None:
+            self.received = number
+            print(f"\n{name} received: finishing this step, then saving the 'last' checkpoint (send it again to "
+                  "stop at once, without saving)", file=self.out or sys.stderr, flush=True)
+            return
+        raise TrainingInterrupted(number, f"{name} received again: stopped at once without saving; the checkpoints "
+                                          "on disk are intact")
+
+    def __exit__(self, *exc) -> None:
+        for number, previous in self.previous.items():
+            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
+        self.previous = {}
 
 
 class Trainer:
@@ -101,22 +220,70 @@ class Trainer:
         self.best_val_loss = math.inf
         self.grad_norm_mean: float | None = None
         self.last_good_checkpoint: str | None = None
+        self.last_good_step: int | None = None
+        self.consecutive_skips = 0
+        self.nonfinite_val_loss: float | None = None     # a NaN/Inf validation loss at the current weights
+        self.reference_weight_norm, _ = self.weight_norm()
         self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if loop.out_dir else None)
+        for note in self.metrics.notes:
+            print(note, file=sys.stderr)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_path(self, kind: str) -> str | None:
         return os.path.join(self.loop.out_dir, f"{kind}.safetensors") if self.loop.out_dir else None
 
+    def weight_norm(self) -> tuple[float, str | None]:
+        """(global L2 norm of every parameter, the name of the first one holding NaN/Inf or None).
+
+        Squares are summed in float64 on the parameters' device and read back once (a float32
+        weight squared cannot overflow float64, so a non-finite sum means a non-finite weight)."""
+        named = list(self.model.named_parameters())
+        if not named:
+            return 0.0, None
+        xp = get_array_module(named[0][1].data)
+        sums = xp.stack([xp.square(p.data.astype(xp.float64)).sum() for _, p in named])
+        total = item(sums.sum())
+        if math.isfinite(total):
+            return math.sqrt(total), None
+        bad = next(name for (name, _), value in zip(named, to_numpy(sums)) if not math.isfinite(value))
+        return math.nan, bad
+
+    def checkpoint_problem(self) -> str | None:
+        """Why the model must not be saved now (the rule in the module docstring), or None."""
+        norm, bad = self.weight_norm()
+        if bad is not None:
+            return f"parameter {bad!r} holds NaN/Inf values"
+        limit = MAX_WEIGHT_NORM_GROWTH * max(self.reference_weight_norm, 1.0)
+        if norm > limit:
+            return (f"the weights' global norm {norm:.4g} is more than {MAX_WEIGHT_NORM_GROWTH:g} times their norm "
+                    f"when training started ({self.reference_weight_norm:.4g})")
+        if self.nonfinite_val_loss is not None:
+            return f"the validation loss at these weights is {self.nonfinite_val_loss}"
+        return None
+
+    def _last_good(self) -> str:
+        if self.last_good_checkpoint is None:
+            return "none: nothing was saved yet"
+        return f"{self.last_good_checkpoint} (step {self.last_good_step})"
+
     def save(self, path: str) -> None:
+        """Write a checkpoint of everything to ``path``, if the weights are fit to save; if not,
+        raise :class:`NonFiniteLossError` (nothing is written)."""
+        problem = self.checkpoint_problem()
+        if problem is not None:
+            raise NonFiniteLossError(
+                f"the run diverged at step {self.step}: {problem}; not saving {path}. The last good checkpoint is "
+                f"{self._last_good()}. Lower the learning rate (optim.lr) or warm up for longer")
         save_checkpoint(path, model=self.model, step=self.step, optimizer=self.optimizer,
                         loader_state=self.batches.state_dict(), rng_state=get_rng_state(),
                         tokenizer=self.checkpoint_metadata.get("tokenizer"),
                         train_config=self.checkpoint_metadata.get("train_config"),
                         extra={"best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
                                "grad_norm_mean": self.grad_norm_mean,
+                               "reference_weight_norm": self.reference_weight_norm,
                                **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
                                **self.checkpoint_metadata.get("extra", {})})
-        self.last_good_checkpoint = path
+        self.last_good_checkpoint, self.last_good_step = path, self.step
 
     def resume(self, path: str) -> None:
         """Restore everything from a checkpoint written by :meth:`save`."""
@@ -138,7 +305,10 @@ class Trainer:
         self.grad_norm_mean = checkpoint.extra.get("grad_norm_mean")
         if self.scaler is not None and checkpoint.extra.get("grad_scaler") is not None:
             self.scaler.load_state_dict(checkpoint.extra["grad_scaler"])
-        self.last_good_checkpoint = path
+        if checkpoint.extra.get("reference_weight_norm") is not None:
+            self.reference_weight_norm = float(checkpoint.extra["reference_weight_norm"])
+        self.consecutive_skips, self.nonfinite_val_loss = 0, None
+        self.last_good_checkpoint, self.last_good_step = path, self.step
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -172,6 +342,7 @@ class Trainer:
         if scaler is not None:
             scaler.update()
         self.step += 1
+        self.consecutive_skips, self.nonfinite_val_loss = 0, None     # new weights
         return record
 
     def _backward(self, loss) -> None:
@@ -198,12 +369,19 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()
         if self.loop.on_nonfinite == "stop":
-            where = self.last_good_checkpoint or "none saved yet"
             raise NonFiniteLossError(
                 f"non-finite loss {total_loss} (gradient norm {grad_norm}) at step {self.step + 1}; "
-                f"the last good checkpoint is {where}. Lower the learning rate, or set "
+                f"the last good checkpoint is {self._last_good()}. Lower the learning rate, or set "
                 "on_nonfinite='skip' to drop such steps")
         record["skipped"] = True
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= self.loop.max_skips:
+            self.metrics.write(**record)
+            raise NonFiniteLossError(
+                f"{self.consecutive_skips} steps in a row (up to step {self.step + 1}) had a non-finite loss or "
+                f"gradient norm (last: loss {total_loss}, gradient norm {grad_norm}) and were skipped; stopping "
+                f"(loop.max_skips={self.loop.max_skips}). The last good checkpoint is {self._last_good()}. "
+                "Lower the learning rate (optim.lr)")
         self.step += 1
         return record
 
@@ -242,6 +420,8 @@ class Trainer:
         record = {"kind": "eval", "step": self.step, **result}
         self.metrics.write(**record)
         val = result.get("val_loss")
+        if val is not None and not math.isfinite(val):
+            self.nonfinite_val_loss = val            # these weights must not be saved (checkpoint_problem)
         if val is not None and val < self.best_val_loss and self.loop.out_dir:
             self.best_val_loss = val
             self.save(self.checkpoint_path("best"))
@@ -251,7 +431,24 @@ class Trainer:
 
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train until ``max_steps`` (or pause at ``stop_at``: the schedule still spans
-        ``max_steps``, and the 'last' checkpoint there resumes exactly); returns the records."""
+        ``max_steps``, and the 'last' checkpoint there resumes exactly); returns the records.
+
+        On SIGINT/SIGTERM: finish the step, save ``last`` and raise :class:`TrainingInterrupted`."""
+        with _StopSignals() as stop:
+            return self._fit(stop_at, stop)
+
+    def _stop_on_signal(self, number: int, saved: bool) -> None:
+        """The loop was asked to stop by signal ``number``: save 'last' (unless just saved), then raise."""
+        name = signal.Signals(number).name
+        path = self.checkpoint_path("last")
+        if path is None:
+            raise TrainingInterrupted(number, f"stopped by {name} after step {self.step} (no out_dir: nothing saved)")
+        if not saved:
+            self.save(path)
+        raise TrainingInterrupted(number, f"stopped by {name} after step {self.step}; saved {path} (continue with "
+                                          f"--resume {path})")
+
+    def _fit(self, stop_at: int | None, stop: _StopSignals) -> list[dict]:
         s = self.loop
         stop_at = s.max_steps if stop_at is None else min(stop_at, s.max_steps)
         self.metrics.truncate_after(self.step)
@@ -300,10 +497,14 @@ class Trainer:
                     (not s.save_interval and at_eval) or self.step in (stop_at, s.max_steps)
                 if save_now and s.out_dir:
                     self.save(self.checkpoint_path("last"))
+                if stop.received is not None:
+                    self._stop_on_signal(stop.received, saved=bool(save_now))
             if profile is not None:              # the run ended before N steps were profiled
                 bar.write(self._profile_report(profile, profiled_from) if profile.steps else
                           f"profile: nothing profiled (--profile {s.profile}): this run had no step after its first, "
                           "which warms up")
+            if stop.received is not None:        # the signal came after the last step
+                self._stop_on_signal(stop.received, saved=True)
         finally:
             bar.close()
             if s.out_dir and self.metrics.records:
