@@ -26,12 +26,15 @@ key order varies between runs; ours keeps the caller's dict order, so our output
 Hostile and damaged files are refused in bounded memory, with a ``ValueError`` naming the file:
 
 - the header may be at most ``MAX_HEADER_BYTES`` (16 MiB; the reference caps it at 100 MB). A
-  legitimate header is small (about 100 bytes per tensor, plus the metadata: a minillm checkpoint's
-  biggest field, its tokenizer, takes about 25 bytes per merge, so ~6 MB for a 256k vocabulary),
-  while parsing JSON costs up to ~25 bytes of Python objects per header byte for a hostile file;
-  16 MiB keeps that under ~0.5 GB. The length is checked before anything else is read;
-- the header's bracket structure is checked before ``json.loads`` (one object of objects, lists
-  only inside tensor entries: 3 levels at most), so a deeply nested header never recurses;
+  legitimate header is small (~100 bytes per tensor, ~90 more with the checksum, plus the
+  metadata: a minillm checkpoint's biggest field, its tokenizer, takes ~25 bytes per merge, so
+  ~6 MB for a 256k vocabulary), while Python objects parsed from hostile JSON can take ~30 bytes
+  per header byte (measured: a 16 MiB header of 1.9 million tiny metadata strings, ~470 MB; at
+  100 MB that would be ~3 GB). The length is checked before anything else is read;
+- the header's bracket structure is measured before ``json.loads`` (one object of objects, lists
+  only inside tensor entries: 3 levels at most), without recursion and in NumPy chunks, so a
+  deeply nested header never recurses (100,000 nested lists: refused in milliseconds); while
+  parsing, only one member may be an object other than a tensor entry (``__metadata__``);
 - every tensor's bytes are checked against the SHA-256 digest the writer stored (below).
 
 Integrity: the writer stores each tensor's SHA-256 under the metadata key ``minillm.sha256``
@@ -71,6 +74,7 @@ METADATA_KEY = "__metadata__"
 MAX_HEADER_BYTES = 16 * 2 ** 20      # see the module docstring for why 16 MiB (the reference: 100 MB)
 CHECKSUM_KEY = "minillm.sha256"      # metadata key holding {"tensor name": sha256 hex digest}
 CHECKSUM_CHUNK_BYTES = 8 * 2 ** 20   # a memory-mapped tensor is hashed this many bytes at a time
+MAX_DIMENSIONS = 64                  # NumPy's limit on an array's number of dimensions
 
 # safetensors dtype name -> little-endian NumPy dtype of the stored bytes.
 DTYPE_TO_NUMPY: dict[str, np.dtype] = {
@@ -302,54 +306,105 @@ def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]
     return result
 
 
-# JSON read without recursion risk: the brackets outside strings are checked with regular
-# expressions (C speed, no recursion) before json.loads, whose C parser recurses once per level
-# and raises RecursionError (or worse, for huge inputs, runs for long) on deeply nested text.
-_JSON_ESCAPE = re.compile(r"\\.", re.S)            # a backslash escape: \" \\ \n \uXXXX ...
-_JSON_STRING = re.compile(r'"[^"]*"')              # a string, once its escapes are gone
-_JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_JSON_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
-# A safetensors header's brackets: one object whose members are objects (tensor entries and
-# __metadata__); lists (shape, data_offsets) only directly inside those. 3 levels at most.
-_HEADER_BRACKETS = re.compile(r"\{(?:\{(?:\[\])*\})*\}")
+# JSON read without recursion risk. json.loads's C parser recurses once per nesting level: 100,000
+# nested lists raise RecursionError (after costing memory and time). So the brackets that lie
+# outside strings are measured first, without recursion and in bounded memory (NumPy over 256 KiB
+# chunks of the bytes; regular-expression substitutions would build one Python string per match),
+# and json.loads only sees text whose depth is known to be small.
+_SCAN_CHUNK_BYTES = 2 ** 18
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-def _json_brackets(text: str) -> str:
-    """The brackets ``[]{}`` of JSON ``text`` that lie outside strings, in order.
+def _json_brackets(data: bytes) -> bytes:
+    """The brackets ``[]{}`` of UTF-8 JSON ``data`` that lie outside strings, in order.
 
-    Raises ValueError for an unterminated string. (Text that is not JSON may give any brackets;
-    json.loads then rejects it, and the bracket check has kept it from recursing first.)
+    Escapes first: removing ``\\`` pairs and then ``\"`` left to right leaves every remaining quote
+    a real string delimiter (UTF-8 multi-byte characters never contain ASCII bytes), so the quotes
+    seen so far, counted modulo 2, say whether a byte is inside a string. Raises ValueError for an
+    unterminated string. Text that is not JSON may give any brackets; json.loads rejects it later.
     """
-    text = _JSON_STRING.sub("", _JSON_ESCAPE.sub("", text))
-    if '"' in text:
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    pieces, inside = [], False
+    for start in range(0, len(data), _SCAN_CHUNK_BYTES):
+        chunk = np.frombuffer(data, np.uint8, count=min(_SCAN_CHUNK_BYTES, len(data) - start), offset=start)
+        in_string = np.logical_xor.accumulate(chunk == ord('"'))     # True from an opening quote on
+        if inside:
+            np.logical_not(in_string, out=in_string)
+        inside = bool(in_string[-1])
+        brackets = (chunk == ord("[")) | (chunk == ord("]")) | (chunk == ord("{")) | (chunk == ord("}"))
+        pieces.append(chunk[brackets & ~in_string].tobytes())
+    if inside:
         raise ValueError("a string is not terminated")
-    return _JSON_NOT_BRACKET.sub("", text)
+    return b"".join(pieces)
 
 
-def loads_json_bounded(text: str, max_depth: int, object_pairs_hook=None):
+def _bracket_problem(brackets: bytes, max_depth: int, header: bool = False) -> str | None:
+    """Why ``brackets`` (from :func:`_json_brackets`) are not a balanced nesting at most
+    ``max_depth`` deep, or None. ``header``: also the safetensors schema's shape, objects at levels
+    1 and 2 only and lists at level 3 only (inside a tensor entry). Whether each ``]``/``}``
+    matches its opener is left to json.loads, which meets no deeper nesting than measured here."""
+    depth = 0
+    for start in range(0, len(brackets), _SCAN_CHUNK_BYTES):
+        chunk = np.frombuffer(brackets, np.uint8, count=min(_SCAN_CHUNK_BYTES, len(brackets) - start), offset=start)
+        opens = (chunk == ord("[")) | (chunk == ord("{"))
+        levels = np.cumsum(opens.view(np.int8) * np.int8(2) - np.int8(1), dtype=np.int32)
+        levels += depth                                  # the level after each bracket
+        if levels.max() > max_depth:
+            return f"its brackets nest deeper than {max_depth} levels"
+        if levels.min() < 0:
+            return "its brackets do not balance"
+        if header:
+            if (levels[chunk == ord("{")] > 2).any():
+                return "an object lies inside a tensor entry or a list"
+            if (levels[chunk == ord("[")] != 3).any():
+                return "a list lies outside a tensor entry"
+        depth = int(levels[-1])
+    return "its brackets do not balance" if depth else None
+
+
+def loads_json_bounded(text: str | bytes, max_depth: int, object_pairs_hook=None):
     """``json.loads(text)``, refusing text whose brackets nest deeper than ``max_depth`` levels.
 
-    The depth is checked first, without recursion (each pass of a regular expression removes the
-    innermost empty ``[]``/``{}`` pairs; ``max_depth`` passes must leave nothing), so hostile input
-    such as 100,000 nested lists costs a few passes over the text, never a RecursionError. Every
-    failure is a ``ValueError`` (``json.JSONDecodeError`` is one) saying what is wrong.
+    The depth is measured first, without recursion and in memory bounded by a few copies of the
+    text (see :func:`_json_brackets`), so hostile input such as 100,000 nested lists costs one pass
+    over it, never a RecursionError. Every failure is a ``ValueError`` (``json.JSONDecodeError`` is
+    one) saying what is wrong.
     """
-    if not isinstance(text, str):
+    if isinstance(text, str):
+        data = text.encode("utf-8", "surrogatepass")
+    elif isinstance(text, bytes):
+        data = text
+    else:
         raise ValueError(f"expected a JSON string, got {type(text).__name__}")
-    brackets = _json_brackets(text)
-    for _ in range(max_depth):
-        if not brackets:
-            break
-        brackets, removed = _JSON_EMPTY_PAIR.subn("", brackets)
-        if not removed:
-            break
-    if brackets:
-        raise ValueError(f"its brackets nest deeper than {max_depth} levels or do not balance")
+    problem = _bracket_problem(_json_brackets(data), max_depth)
+    del data
+    if problem:
+        raise ValueError(problem)
     try:
         return json.loads(text, object_pairs_hook=object_pairs_hook)
     except RecursionError:        # cannot happen after the check above; never let one escape
         raise ValueError(f"it nests deeper than {max_depth} levels") from None
+
+
+def _header_object_hook():
+    """An ``object_pairs_hook`` for the header that refuses, while parsing, objects the schema
+    cannot hold: the inner objects (completed before the outer one) must be tensor entries, except
+    one (``__metadata__``). A hostile header of many small objects (``{"a":{},"b":{},...}``: Python
+    objects ~35 times the size of the text) then stops at its second object, not at the end."""
+    others = 0
+
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        nonlocal others
+        result = _reject_duplicate_keys(pairs)
+        if not any(isinstance(value, dict) for value in result.values()):          # an inner object
+            if set(result) != {"dtype", "shape", "data_offsets"}:
+                others += 1
+                if others > 1:
+                    raise ValueError("more than one member is an object other than a tensor entry "
+                                     "(dtype, shape, data_offsets); only __metadata__ may be")
+        return result
+
+    return hook
 
 
 def _parse_entry(name: str, entry: object, fail, sha256: str | None = None) -> TensorInfo:
@@ -361,6 +416,8 @@ def _parse_entry(name: str, entry: object, fail, sha256: str | None = None) -> T
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         fail(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r:.200}")
+    if len(shape) > MAX_DIMENSIONS:
+        fail(f"tensor {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are supported (NumPy's limit)")
     offsets = entry["data_offsets"]
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
@@ -429,19 +486,23 @@ def read_safetensors_header(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         fail(f"header is not valid UTF-8 (byte {exc.start} of the header)")
-    del raw
     if not text.startswith("{"):
         fail(f"header must start with '{{', starts with {text[:20]!r}")
+    # The schema is flat: one object of objects (tensor entries, __metadata__), lists of numbers
+    # only inside those. Check that shape on the brackets before json.loads builds anything.
     try:
-        brackets = _json_brackets(text)
+        brackets = _json_brackets(raw)
     except ValueError as exc:
         fail(f"header is not valid JSON: {exc}")
-    if not _HEADER_BRACKETS.fullmatch(brackets):
-        fail("header is not shaped like a safetensors header (one JSON object of objects, lists only inside "
-             f"those: 3 levels at most, brackets balanced); its brackets begin {brackets[:24]!r}")
+    del raw
+    problem = _bracket_problem(brackets, 3, header=True)
+    if problem:
+        fail("header is not shaped like a safetensors header (one JSON object of objects, lists of numbers "
+             f"only inside those: 3 levels at most): {problem}; its brackets begin {brackets[:24].decode()!r}")
+    del brackets
     try:
-        header = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and our duplicate-key error
+        header = json.loads(text, object_pairs_hook=_header_object_hook())
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and our hook's errors
         fail(f"header is not valid JSON: {exc}")
     del text
     if not isinstance(header, dict):

@@ -196,6 +196,7 @@ GOOD_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "beyond"),
     ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "non-negative"),
     ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "begin <= end"),
+    ({"w": {"dtype": "F32", "shape": [0] * 65, "data_offsets": [0, 0]}}, b"", "65 dimensions; at most 64"),
     ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "exactly dtype, shape, data_offsets"),
     ({"__metadata__": {"a": 1}, "w": GOOD_ENTRY}, b"\0" * 8, "__metadata__"),
     ([1, 2], b"", "not an object|must start with"),
@@ -355,7 +356,20 @@ def test_nesting_beyond_the_schema_is_refused_without_recursion(tmp_path, header
     assert type(error) is ValueError, repr(error)                 # not RecursionError
     assert "nested.safetensors" in str(error)
     assert "not shaped like a safetensors header" in str(error) or "must start with" in str(error)
-    assert peak < 20 * len(header) + 1_000_000                    # a few copies of the text at most
+    assert peak < 5 * len(header) + 2_000_000                     # a few copies of the text at most
+
+
+def test_many_small_objects_stop_at_the_second(tmp_path):
+    # {"0":{},"1":{},...}: fits the bracket structure, but Python objects would take ~35 times the
+    # text; only __metadata__ may be an object other than a tensor entry, so parsing stops early.
+    header = b"{" + b",".join(b'"%x":{}' % i for i in range(100_000)) + b"}"
+    header += b" " * ((-len(header)) % 8)
+    path = tmp_path / "objects.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    error, peak = _peak_bytes(lambda: load_safetensors(path))
+    assert type(error) is ValueError and "objects.safetensors" in str(error)
+    assert "only __metadata__ may be" in str(error)
+    assert peak < 8 * len(header)                                  # the text's copies, not its objects
 
 
 def test_brackets_inside_strings_and_escapes_do_not_count(tmp_path):
@@ -371,15 +385,21 @@ def test_loads_json_bounded():
     assert ser.loads_json_bounded('{"a": [1, {"b": "[[[\\"]"}]}', 3) == {"a": [1, {"b": '[[["]'}]}
     with pytest.raises(ValueError, match="deeper than 2 levels"):
         ser.loads_json_bounded('{"a": [1, {"b": 2}]}', 2)
-    for text in ("[" * 200_000 + "]" * 200_000, "[" * 200_000, "]]]]", "[}"):
-        with pytest.raises(ValueError, match="nest deeper than 32 levels or do not balance"):
+    for text in ("[" * 200_000 + "]" * 200_000, "[" * 200_000, '{"a": ' * 40 + "1" + "}" * 40):
+        with pytest.raises(ValueError, match="its brackets nest deeper than 32 levels"):
             ser.loads_json_bounded(text, 32)
+    for text in ("]]]]", "[[]", "[1]]"):
+        with pytest.raises(ValueError, match="its brackets do not balance"):
+            ser.loads_json_bounded(text, 32)
+    with pytest.raises(ValueError):                                # mismatched pair: json's error
+        ser.loads_json_bounded("[}", 32)
+    assert ser.loads_json_bounded(b'["\\\\", "\\"]"]', 2) == ["\\", '"]']    # bytes; escapes
     with pytest.raises(ValueError, match="not terminated"):
         ser.loads_json_bounded('{"a": "open', 4)
     with pytest.raises(ValueError):                                # plain invalid JSON: json's error
         ser.loads_json_bounded("{1: 2}", 4)
     with pytest.raises(ValueError, match="expected a JSON string"):
-        ser.loads_json_bounded(b"{}", 4)
+        ser.loads_json_bounded(5, 4)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ def test_a_nested_header_is_refused_without_recursion(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     error, peak = _peak(lambda: load_checkpoint(path))
     assert type(error) is ValueError and "nested.safetensors" in str(error)
-    assert "not shaped like a safetensors header" in str(error) and peak < 10 * len(header)
+    assert "not shaped like a safetensors header" in str(error) and peak < 5 * len(header) + 2_000_000
 
 
 # ------------------------------------------------------------------------------------------------
