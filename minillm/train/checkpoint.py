@@ -247,8 +247,15 @@ def _check_fields(bad, decoded: dict) -> None:
         except (TypeError, ValueError, KeyError, IndexError) as error:
             bad("field 'tokenizer'", f"is not a valid tokenizer: {error}")
 
-    if "train_config" in decoded and not isinstance(decoded["train_config"], dict):
-        bad("field 'train_config'", f"is a JSON {_kind(decoded['train_config'])}; expected an object")
+    if "train_config" in decoded:
+        train_config = decoded["train_config"]
+        if not isinstance(train_config, dict):
+            bad("field 'train_config'", f"is a JSON {_kind(train_config)}; expected an object")
+        data = train_config.get("data", {})
+        for where, section in (("data.", data), ("", train_config)):   # the value eval reads (flat: older files)
+            value = section.get("val_fraction") if isinstance(section, dict) else None
+            if value is not None and not (_is_number(value) and 0 <= value < 1):
+                bad("field 'train_config'", f"has {where}val_fraction={value!r:.40}; expected a number in [0, 1)")
 
     if "extra" in decoded:
         extra = decoded["extra"]

@@ -138,6 +138,8 @@ METADATA_CASES = [
     ("tokenizer_nested", dict(meta={"tokenizer": "[" * 100_000 + "]" * 100_000}),
      "field 'tokenizer' is not valid JSON: its brackets nest deeper than 32 levels"),
     ("train_config_list", dict(meta={"train_config": "[]"}), "field 'train_config' is a JSON list"),
+    ("train_config_val_fraction", dict(fields={"train_config": lambda t: t["data"].update(val_fraction="x")}),
+     "field 'train_config' has data.val_fraction='x'; expected a number in"),
     ("extra_list", dict(meta={"extra": "[1]"}), "field 'extra' is a JSON list"),
     ("extra_best_text", dict(fields={"extra": lambda e: e.update(best_val_loss="low")}),
      "field 'extra' has best_val_loss='low'; expected a number or null"),
