@@ -216,7 +216,7 @@ def _pcg64_problem(state) -> str | None:
     if not all(_is_int(state.get(k)) for k in ("has_uint32", "uinteger")):
         return "lacks the integers has_uint32 and uinteger"
     try:
-        np.random.PCG64().state = state               # NumPy's own check (ranges), on a scratch generator
+        np.random.PCG64().state = state    # host: NumPy's own check of the state, on a scratch generator
     except (TypeError, ValueError, KeyError, OverflowError) as error:
         return f"is refused by NumPy: {error}"
     return None
