@@ -327,7 +327,7 @@ def test_checkpoint_metadata_that_is_not_a_number(checkpoint, tmp_path, capsys):
     path = tmp_path / "edited.safetensors"
     save_safetensors(path, tensors, {**metadata, "version": "one"})
     line = failure(capsys, ["generate", "--checkpoint", str(path), "--prompt", "abc"])
-    assert line.endswith(f"checkpoint {str(path)!r} has corrupt metadata: version='one'; expected a whole number")
+    assert line.endswith(f"checkpoint {str(path)!r}: field 'version' is 'one'; expected a non-negative integer")
     assert "invalid literal" not in line
 
 

@@ -23,6 +23,7 @@ from minillm.autograd import is_grad_enabled
 from minillm.backend import device_of, get_array_module, random_normal, to_device, to_numpy
 from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
+from minillm.nn.mlp import swiglu_hidden
 from minillm.nn.module import Module, ModuleList
 from minillm.nn.positions import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding
 from minillm.tensor import Tensor
@@ -131,6 +132,58 @@ class GPTConfig:
     def head_dim(self) -> int:
         """D = n_embd / n_head."""
         return self.n_embd // self.n_head
+
+    def parameter_shapes(self):
+        """Yield ``(name, shape)`` for every parameter ``GPT(self)`` holds, in ``state_dict`` order,
+        without building anything: a checkpoint loader compares them with the file's tensors before
+        allocating the model (a config claiming a huge vocabulary then fails on the embedding's
+        shape instead of allocating it). A generator, so a config with absurdly many layers is
+        refused at the first layer the file lacks."""
+        c = self
+        hidden = c.mlp_hidden
+        if hidden is None:
+            hidden = 4 * c.n_embd if c.mlp == "gelu" else swiglu_hidden(c.n_embd, c.mlp_multiple_of)
+        kv_width = c.n_kv_head * c.head_dim
+
+        def linear(name, n_in, n_out):
+            yield f"{name}.weight", (n_out, n_in)
+            if c.bias:
+                yield f"{name}.bias", (n_out,)
+
+        def norm(name):
+            yield f"{name}.weight", (c.n_embd,)
+            if c.norm == "layernorm" and c.bias:
+                yield f"{name}.bias", (c.n_embd,)
+
+        yield "tok_emb.weight", (c.vocab_size, c.n_embd)
+        if c.pos == "learned":
+            yield "pos_emb.weight", (c.block_size, c.n_embd)
+        for i in range(c.n_layer):
+            block = f"blocks.{i}"
+            yield from norm(f"{block}.norm1")
+            yield from linear(f"{block}.attn.q_proj", c.n_embd, c.n_embd)
+            yield from linear(f"{block}.attn.k_proj", c.n_embd, kv_width)
+            yield from linear(f"{block}.attn.v_proj", c.n_embd, kv_width)
+            yield from linear(f"{block}.attn.o_proj", c.n_embd, c.n_embd)
+            yield from norm(f"{block}.norm2")
+            if c.mlp == "swiglu":
+                yield from linear(f"{block}.mlp.gate_proj", c.n_embd, hidden)
+            yield from linear(f"{block}.mlp.up_proj", c.n_embd, hidden)
+            yield from linear(f"{block}.mlp.down_proj", hidden, c.n_embd)
+        if c.norm_position == "pre":
+            yield from norm("norm_f")
+        if not c.tie_weights:
+            yield "lm_head.weight", (c.vocab_size, c.n_embd)
+
+    def position_table_elements(self) -> int:
+        """Elements of the position tables ``GPT(self)`` computes (not stored in checkpoints): the
+        sinusoidal table (block_size x n_embd) or RoPE's cos and sin (block_size x head_dim / 2
+        each); 0 for learned positions (a parameter)."""
+        if self.pos == "sinusoidal":
+            return self.block_size * self.n_embd
+        if self.pos == "rope":
+            return self.block_size * self.head_dim
+        return 0
 
     # -- dict round trip ------------------------------------------------------------------------
     @classmethod

@@ -223,7 +223,9 @@ class Module:
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays from ``state`` into the parameters (converted to each parameter's dtype
         and device). With ``strict``, missing and unexpected keys are errors; a shape mismatch
-        always is. Nothing is changed unless every check passes."""
+        always is, and so is a value that is not floating point (float16/32/64: an integer or
+        bool array would be cast into garbage weights). Nothing is changed unless every check
+        passes."""
         if not isinstance(state, dict):
             raise TypeError(f"load_state_dict: expected a dict of name -> array, got "
                             f"{type(state).__name__}")
@@ -244,6 +246,11 @@ class Module:
                 problems.append(f"{name!r} is a {type(value).__name__}, expected an array")
             elif tuple(value.shape) != parameter.shape:
                 problems.append(f"{name!r} has shape {tuple(value.shape)}, expected {parameter.shape}")
+            elif getattr(getattr(value, "dtype", None), "kind", None) != "f":
+                hint = (" (raw bfloat16 bits? load them with bf16_as='float32')"
+                        if getattr(value, "dtype", None) == np.uint16 else "")
+                problems.append(f"{name!r} has dtype {getattr(value, 'dtype', None)}, expected a floating "
+                                f"dtype (float16, float32 or float64; the parameter is {parameter.dtype}){hint}")
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
         for name, parameter in own.items():

@@ -281,6 +281,9 @@ class Optimizer:
             if not (hasattr(array, "shape") and hasattr(array, "dtype")):
                 raise TypeError(f"{name}.load_state_dict: state {key!r} is a {type(array).__name__}, "
                                 "expected an array")
+            if getattr(array.dtype, "kind", None) != "f":
+                raise ValueError(f"{name}.load_state_dict: state {key!r} has dtype {array.dtype}, expected a "
+                                 "floating dtype (float16, float32 or float64)")
             if buffer_name not in self._buffer_names(group_of[i]):
                 raise ValueError(f"{name}.load_state_dict: state key {key!r}: {buffer_name!r} is not "
                                  f"a buffer of this optimizer; expected one of "

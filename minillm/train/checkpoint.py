@@ -13,20 +13,39 @@ Layout (DESIGN.md: safetensors, written atomically, no pickle):
 A resumed run restores all of it, so 10 steps + save + resume + 10 steps reproduces 20
 uninterrupted steps bit for bit. Writes go to a temporary file renamed over the target, so a
 kill during a save leaves the previous checkpoint intact.
+
+Loading trusts nothing in the file (:func:`load_checkpoint`): the safetensors reader bounds the
+header and checks each tensor's SHA-256 (see :mod:`minillm.serialization`); then every metadata
+field is checked for type and form, the model config against the weights' shapes (so a config
+claiming a 10**12-token vocabulary is refused instead of allocated), and the weights and optimizer
+moments must be floating point (F32, F16, BF16 or F64). All of it happens before any tensor is
+read or any model built, and every fault is a ``ValueError`` naming the file and the field.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from minillm.backend import get_rng_state, to_numpy
 from minillm.nn import GPT, GPTConfig
-from minillm.serialization import load_safetensors, save_safetensors
+from minillm.serialization import _read_tensors, loads_json_bounded, read_safetensors_header, save_safetensors
 from minillm.tokenizer import tokenizer_from_dict
 
 FORMAT = "minillm-checkpoint"
 VERSION = 1
+JSON_FIELDS = ("model_config", "rng", "optimizer", "loader", "tokenizer", "train_config", "extra")
+MAX_JSON_DEPTH = 32                  # far deeper than any field needs (the optimizer's is 4)
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")   # weights and optimizer moments (BF16 is widened to F32)
+# Position tables (RoPE, sinusoidal) are computed from block_size, not stored: they may be as big as
+# the weights themselves or this many elements (64 MiB of float32), whichever is larger.
+MIN_POSITION_TABLE_LIMIT = 2 ** 24
+# The integer counters a batch source keeps in its state (RandomWindowLoader, the post-training samplers).
+_LOADER_COUNTERS = ("batches_served", "seed", "batch_size", "block_size", "num_tokens", "epoch", "position",
+                    "num_examples", "data_crc32")
 
 
 @dataclass
@@ -72,28 +91,52 @@ def save_checkpoint(path: str | os.PathLike, *, model, step: int, optimizer=None
     save_safetensors(path, tensors, metadata)
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; a clear error for anything else."""
+def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; a clear error for anything else.
+
+    Everything is checked before any tensor is read (module docstring); ``verify=False`` skips
+    only the tensors' SHA-256 check. Raises FileNotFoundError, or ValueError naming the file and
+    the faulty field or tensor.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
         raise ValueError(f"checkpoint {path!r} is a directory; expected a .safetensors file such as "
                          f"{os.path.join(path, 'last.safetensors')!r}")
-    tensors, metadata = load_safetensors(path)
+    infos, metadata, data_start = read_safetensors_header(path)
+
+    def bad(what: str, problem: str):
+        raise ValueError(f"checkpoint {path!r}: {what} {problem}")
+
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path!r} is a safetensors file but not a minillm checkpoint "
-                         f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r})")
-    if _metadata_int(metadata, "version", path, default="0") > VERSION:
-        raise ValueError(f"checkpoint {path!r} has format version {metadata['version']}; this minillm "
+                         f"(metadata format={metadata.get('format')!r:.80}, expected {FORMAT!r})")
+    version = _count(bad, "version", metadata.get("version", "0"))
+    if version > VERSION:
+        raise ValueError(f"checkpoint {path!r} has format version {version}; this minillm "
                          f"reads versions up to {VERSION}: upgrade minillm")
-    try:
-        decoded = {key: json.loads(metadata[key]) for key in
-                   ("model_config", "rng", "optimizer", "loader", "tokenizer", "train_config", "extra")
-                   if key in metadata}
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"checkpoint {path!r} has corrupt metadata: {error}") from None
-    step = _metadata_int(metadata, "step", path)
+    if "step" not in metadata:
+        bad("field 'step'", "is missing; expected the optimizer step count the checkpoint was saved at")
+    step = _count(bad, "step", metadata["step"])
+    decoded = {}
+    for key in JSON_FIELDS:
+        if key in metadata:
+            try:
+                decoded[key] = loads_json_bounded(metadata[key], MAX_JSON_DEPTH)
+            except ValueError as error:
+                bad(f"field {key!r}", f"is not valid JSON: {error}")
+    if "model_config" not in decoded:
+        bad("field 'model_config'", "is missing; expected the GPTConfig fields of the saved model (JSON)")
+    config = _check_model_config(bad, decoded["model_config"])
+    for name, info in infos.items():
+        if name.startswith(("model.", "optim.")) and info.dtype not in FLOAT_DTYPES:
+            bad(f"tensor {name!r}", f"has dtype {info.dtype}; weights and optimizer state must be floating point: "
+                                    f"{', '.join(FLOAT_DTYPES)}")
+    _check_model_tensors(bad, config, {k[len("model."):]: info for k, info in infos.items() if k.startswith("model.")})
+    _check_fields(bad, decoded)
+
+    tensors = _read_tensors(path, infos, data_start, mmap=False, bf16_as="float32", verify=verify)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optimizer_state = None
     if "optimizer" in decoded:
@@ -105,14 +148,173 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                       train_config=decoded.get("train_config"), extra=decoded.get("extra", {}))
 
 
-def _metadata_int(metadata: dict, key: str, path: str, default: str | None = None) -> int:
-    """The metadata value ``key`` (a decimal string, as :func:`save_checkpoint` writes it)."""
-    text = metadata.get(key, default)
-    if text is None:
-        raise ValueError(f"checkpoint {path!r} has corrupt metadata: no {key!r}; expected a whole number")
-    if not (isinstance(text, str) and text.isascii() and text.isdigit()):
-        raise ValueError(f"checkpoint {path!r} has corrupt metadata: {key}={text!r}; expected a whole number")
+# ------------------------------------------------------------------------------------------------
+# The checks load_checkpoint makes; ``bad(what, problem)`` raises the ValueError naming the file.
+# ------------------------------------------------------------------------------------------------
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value) -> str:
+    """A JSON value's kind, for messages."""
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def _count(bad, key: str, text: str) -> int:
+    """A non-negative integer metadata field (``step``, ``version``)."""
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 30:
+        bad(f"field {key!r}", f"is {text!r:.40}; expected a non-negative integer")
     return int(text)
+
+
+def _check_model_config(bad, values) -> GPTConfig:
+    if not isinstance(values, dict):
+        bad("field 'model_config'", f"is a JSON {_kind(values)}; expected an object of GPTConfig fields")
+    try:
+        return GPTConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        bad("field 'model_config'", f"is not a valid model config: {error}")
+
+
+def _check_model_tensors(bad, config: GPTConfig, model_infos: dict) -> None:
+    """Every parameter the config implies must be in the file with that shape, and the tables it
+    computes must be of a size in proportion to the weights: so building the model allocates what
+    the file holds, never what its metadata claims. The file may hold more model tensors than the
+    config describes (a post-training run's LoRA adapters, ``<layer>.lora_A``/``.lora_B``, which
+    the run adds before resuming): those are read from the file, not allocated from the config, and
+    ``load_state_dict`` refuses any the model does not have."""
+    for name, shape in config.parameter_shapes():   # lazy: stops at the first mismatch
+        info = model_infos.get(name)
+        if info is None:
+            bad("field 'model_config'", f"describes a model with parameter {name!r} of shape {shape}, which the "
+                                        f"file lacks (it holds {len(model_infos)} model tensors): config and "
+                                        "weights do not belong together")
+        if info.shape != shape:
+            bad("field 'model_config'", f"implies parameter {name!r} of shape {shape}, but the file's tensor "
+                                        f"'model.{name}' has shape {info.shape}: config and weights do not "
+                                        "belong together")
+    weights = sum(math.prod(info.shape) for info in model_infos.values())
+    tables = config.position_table_elements()
+    if tables > max(weights, MIN_POSITION_TABLE_LIMIT):
+        bad("field 'model_config'", f"has block_size={config.block_size}, whose {config.pos} position tables "
+                                    f"({tables:,} elements) would be larger than the weights ({weights:,}) "
+                                    f"and than {MIN_POSITION_TABLE_LIMIT:,} elements")
+
+
+def _pcg64_problem(state) -> str | None:
+    """Why ``state`` is not a NumPy PCG64 state (as ``get_rng_state`` writes), or None."""
+    if not isinstance(state, dict):
+        return f"is a JSON {_kind(state)}, not an object"
+    if state.get("bit_generator") != "PCG64":
+        return f"has bit_generator={state.get('bit_generator')!r:.40}, expected 'PCG64'"
+    inner = state.get("state")
+    if not isinstance(inner, dict) or not all(_is_int(inner.get(k)) for k in ("state", "inc")):
+        return "lacks state: {state: int, inc: int}"
+    if not all(_is_int(state.get(k)) for k in ("has_uint32", "uinteger")):
+        return "lacks the integers has_uint32 and uinteger"
+    try:
+        np.random.PCG64().state = state    # host: NumPy's own check of the state, on a scratch generator
+    except (TypeError, ValueError, KeyError, OverflowError) as error:
+        return f"is refused by NumPy: {error}"
+    return None
+
+
+def _check_fields(bad, decoded: dict) -> None:
+    """rng, loader, optimizer, tokenizer, train_config, extra: each absent or of the form its reader
+    expects, so a resume never fails half-way with a TypeError."""
+    if "rng" in decoded and (problem := _pcg64_problem(decoded["rng"])):
+        bad("field 'rng'", f"is not a random generator state: it {problem}")
+
+    if "loader" in decoded:
+        loader = decoded["loader"]
+        if not isinstance(loader, dict):
+            bad("field 'loader'", f"is a JSON {_kind(loader)}; expected the batch source's state (an object)")
+        if "bit_generator" in loader and (problem := _pcg64_problem(loader["bit_generator"])):
+            bad("field 'loader'", f"has a bit_generator that {problem}")
+        for key in _LOADER_COUNTERS:
+            if key in loader and not (_is_int(loader[key]) and loader[key] >= 0):
+                bad("field 'loader'", f"has {key}={loader[key]!r:.40}; expected a non-negative integer")
+
+    if "optimizer" in decoded:
+        _check_optimizer(bad, decoded["optimizer"])
+
+    if "tokenizer" in decoded:
+        try:
+            tokenizer_from_dict(decoded["tokenizer"])
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            bad("field 'tokenizer'", f"is not a valid tokenizer: {error}")
+
+    if "train_config" in decoded:
+        train_config = decoded["train_config"]
+        if not isinstance(train_config, dict):
+            bad("field 'train_config'", f"is a JSON {_kind(train_config)}; expected an object")
+        data = train_config.get("data", {})
+        for where, section in (("data.", data), ("", train_config)):   # the value eval reads (flat: older files)
+            value = section.get("val_fraction") if isinstance(section, dict) else None
+            if value is not None and not (_is_number(value) and 0 <= value < 1):
+                bad("field 'train_config'", f"has {where}val_fraction={value!r:.40}; expected a number in [0, 1)")
+
+    if "extra" in decoded:
+        extra = decoded["extra"]
+        if not isinstance(extra, dict):
+            bad("field 'extra'", f"is a JSON {_kind(extra)}; expected an object")
+        for key in ("best_val_loss", "grad_norm_mean"):
+            if extra.get(key) is not None and not _is_number(extra[key]):
+                bad("field 'extra'", f"has {key}={extra[key]!r:.40}; expected a number or null")
+        scaler = extra.get("grad_scaler")
+        if scaler is not None:
+            if not isinstance(scaler, dict):
+                bad("field 'extra'", f"has grad_scaler as a JSON {_kind(scaler)}; expected an object or null")
+            if not (_is_number(scaler.get("scale")) and math.isfinite(scaler["scale"]) and scaler["scale"] > 0):
+                bad("field 'extra'", f"has grad_scaler.scale={scaler.get('scale')!r:.40}; expected a positive number")
+            for key in ("growth_tracker", "growth_interval", "skipped_steps"):
+                if key in scaler and not (_is_int(scaler[key]) and scaler[key] >= 0):
+                    bad("field 'extra'", f"has grad_scaler.{key}={scaler[key]!r:.40}; expected a non-negative integer")
+            if "growth_tracker" not in scaler:
+                bad("field 'extra'", "has a grad_scaler without growth_tracker")
+            for key in ("growth_factor", "backoff_factor"):
+                if key in scaler and not _is_number(scaler[key]):
+                    bad("field 'extra'", f"has grad_scaler.{key}={scaler[key]!r:.40}; expected a number")
+            if "enabled" in scaler and not isinstance(scaler["enabled"], bool):
+                bad("field 'extra'", f"has grad_scaler.enabled={scaler['enabled']!r:.40}; expected true or false")
+
+
+def _check_optimizer(bad, state) -> None:
+    """The optimizer's hyperparameters and step counts (its moments are tensors, checked by the
+    optimizer's load_state_dict against the parameters)."""
+    what = "field 'optimizer'"
+    if not isinstance(state, dict):
+        bad(what, f"is a JSON {_kind(state)}; expected an object (optimizer, param_groups, steps)")
+    missing = [key for key in ("optimizer", "param_groups", "steps") if key not in state]
+    if missing:
+        bad(what, f"lacks {missing}; expected the layout written by Optimizer.state_dict()")
+    if not isinstance(state["optimizer"], str):
+        bad(what, f"has optimizer={state['optimizer']!r:.40}; expected the optimizer's class name")
+    groups, steps = state["param_groups"], state["steps"]
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        bad(what, "has param_groups that are not a list of objects")
+    for g, group in enumerate(groups):
+        params = group.get("params")
+        if not isinstance(params, list) or not all(_is_int(i) and i >= 0 for i in params):
+            bad(what, f"param group {g}: params must be a list of parameter positions (non-negative integers)")
+        if "names" in group and (not isinstance(group["names"], list)
+                                 or not all(isinstance(n, str) for n in group["names"])):
+            bad(what, f"param group {g}: names must be a list of strings")
+        for key, value in group.items():
+            if key in ("params", "names"):
+                continue
+            if not (value is None or isinstance(value, (bool, int, float))
+                    or (isinstance(value, list) and all(_is_number(v) for v in value))):
+                bad(what, f"param group {g}: hyperparameter {key}={value!r:.40}; expected a number, a boolean "
+                          "or a list of numbers")
+    if not isinstance(steps, list) or not all(_is_int(i) and i >= 0 for i in steps):
+        bad(what, "has steps that are not a list of non-negative integers")
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):

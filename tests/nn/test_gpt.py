@@ -282,3 +282,28 @@ def test_a_training_step_runs_on_the_gpu_path(preset, rng, gpu_device):
         opt = AdamW(model.parameters(), lr=1e-3)
         opt.step()
         assert all(p.device == "cuda" for p in model.parameters())
+
+
+@pytest.mark.parametrize("config", [
+    GPTConfig.gpt2(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8),
+    GPTConfig.gpt2(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=False, tie_weights=False),
+    GPTConfig.gpt2(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, norm_position="post",
+                   pos="sinusoidal", mlp_hidden=20),
+    GPTConfig.llama(vocab_size=11, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16),
+    GPTConfig.llama(vocab_size=11, block_size=8, n_layer=1, n_head=4, n_embd=16, bias=True, norm="layernorm",
+                    tie_weights=True, mlp_multiple_of=8),
+    GPTConfig.llama(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, norm="rmsnorm",
+                    bias=True, pos="learned", mlp="gelu", gelu_approximate="none"),
+])
+def test_parameter_shapes_match_the_model_without_building_it(config):
+    # load_checkpoint compares these with a file's tensors before allocating anything.
+    built = {name: tuple(array.shape) for name, array in GPT(config).state_dict().items()}
+    assert list(config.parameter_shapes()) == list(built.items())
+    tables = sum(int(b.size) for _, b in GPT(config).named_buffers())
+    assert config.position_table_elements() == tables
+
+
+def test_parameter_shapes_is_lazy_for_absurd_configs():
+    config = GPTConfig.gpt2(vocab_size=10 ** 12, block_size=8, n_layer=10 ** 9, n_head=2, n_embd=8)
+    shapes = config.parameter_shapes()
+    assert next(shapes) == ("tok_emb.weight", (10 ** 12, 8))     # nothing built, nothing enumerated ahead

@@ -68,6 +68,23 @@ def test_state_dict_round_trip_and_errors():
     assert b.scale.dtype == np.float32 and (b.scale.data == 2).all()
 
 
+@pytest.mark.parametrize("value, words", [
+    (np.ones((4, 3), np.int8), "dtype int8, expected a floating dtype"),
+    (np.ones((4, 3), bool), "dtype bool, expected a floating dtype"),
+    (np.ones((4, 3), np.int64), "dtype int64, expected a floating dtype"),
+    (np.ones((4, 3), np.uint16), r"dtype uint16, .*raw bfloat16 bits\? load them with bf16_as='float32'"),
+])
+def test_load_state_dict_accepts_only_floating_arrays(value, words):
+    # Before, any dtype was cast silently: an int8 or bool embedding loaded as garbage weights.
+    model = Pair()
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"'first.weight' has {words}"):
+        model.load_state_dict({**state, "first.weight": value})
+    for dtype in (np.float16, np.float32, np.float64):                   # floating: converted
+        model.load_state_dict({**state, "first.weight": np.ones((4, 3), dtype)})
+        assert model.first.weight.dtype == np.float32
+
+
 def test_load_state_dict_changes_nothing_on_error():
     model = Pair()
     before = model.first.weight.data.copy()

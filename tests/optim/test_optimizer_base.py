@@ -233,6 +233,8 @@ def _corrupt(mutate):
      "does not name a parameter position"),
     (lambda sd: sd["state"].pop("1.exp_avg_sq"), ValueError, r"needs buffers \['exp_avg', 'exp_avg_sq'\]"),
     (lambda sd: sd["state"].update({"0.exp_avg": [1.0]}), TypeError, "expected an array"),
+    (lambda sd: sd["state"].update({"0.exp_avg": np.zeros((4, 3), np.int8)}), ValueError,
+     r"state '0.exp_avg' has dtype int8, expected a floating dtype"),
 ])
 def test_mismatched_state_dicts_raise_and_change_nothing(mutate, error, fragment):
     sd = _corrupt(mutate)

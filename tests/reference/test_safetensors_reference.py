@@ -55,8 +55,23 @@ def test_we_read_reference_files(tmp_path):
 def test_bytes_are_identical_to_the_reference_writer(tmp_path, metadata):
     tensors = _tensors()
     path = tmp_path / "ours.safetensors"
-    save_safetensors(path, tensors, metadata)
+    save_safetensors(path, tensors, metadata, checksum=False)
     assert path.read_bytes() == st_numpy.save(tensors, metadata=metadata)
+
+
+def test_the_checksum_is_plain_metadata_to_the_reference(tmp_path):
+    # With checksums (the default) the file is what the reference writes when given the same
+    # metadata key, and the reference reads it (tensors and the key) like any other file.
+    tensors = _tensors()
+    path = tmp_path / "ours.safetensors"
+    save_safetensors(path, tensors)
+    n = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    metadata = json.loads(path.read_bytes()[8:8 + n])["__metadata__"]
+    assert list(metadata) == ["minillm.sha256"]
+    assert path.read_bytes() == st_numpy.save(tensors, metadata=metadata)
+    theirs = st_numpy.load_file(str(path))
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(theirs[name], value)
 
 
 def test_same_header_and_data_with_several_metadata_keys(tmp_path):
@@ -64,7 +79,7 @@ def test_same_header_and_data_with_several_metadata_keys(tmp_path):
     # so with 2+ keys only the parsed header (not its bytes) can be compared.
     tensors, metadata = _tensors(), {"format": "np", "step": "3", "note": "x"}
     path = tmp_path / "ours.safetensors"
-    save_safetensors(path, tensors, metadata)
+    save_safetensors(path, tensors, metadata, checksum=False)
     ours, theirs = path.read_bytes(), st_numpy.save(tensors, metadata=metadata)
     n_ours, n_theirs = struct.unpack("<Q", ours[:8])[0], struct.unpack("<Q", theirs[:8])[0]
     assert n_ours == n_theirs
