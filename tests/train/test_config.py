@@ -14,7 +14,7 @@ def test_defaults_are_valid_and_round_trip():
     assert TrainConfig.create({f"{section}.{key}": value for section, values in cfg.to_dict().items()
                                for key, value in values.items()}) == cfg
     assert (cfg.model.preset, cfg.model.n_layer, cfg.model.n_kv_head, cfg.model.n_embd, cfg.data.vocab_size,
-            cfg.loop.max_steps) == ("llama", 4, 2, 192, 4096, 300)
+            cfg.loop.batch_size, cfg.loop.max_steps) == ("llama", 4, 2, 192, 4096, 16, 600)
 
 
 def test_toml_tables_and_overrides(tmp_path):
