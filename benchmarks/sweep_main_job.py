@@ -1,7 +1,7 @@
 """The sweep that chose the main job's recipe: whole ``minillm train`` runs, end to end.
 
     python benchmarks/sweep_main_job.py                       # every recipe below, once each
-    python benchmarks/sweep_main_job.py --only llama-4x192,llama-4x256 --out /tmp/sweep
+    python benchmarks/sweep_main_job.py --only "llama-4x192,llama-4x192 vocab 4096 batch 16" --out /tmp/sweep
 
 Each recipe is one fresh ``python -m minillm train`` process on the embedded Shakespeare corpus
 (the tokenizer trained, the data cleaned and tokenized, the model trained and evaluated on the
@@ -9,8 +9,9 @@ whole validation split, samples printed), timed from start to exit, with the mac
 load recorded; the final validation bits per byte and the run's wall time go in the table. The
 runs share nothing (each its own out_dir), and run one after another, never two at once.
 
-A recipe is a list of ``minillm train`` overrides on top of the defaults; the chosen one becomes
-``minillm train``'s defaults (minillm/train/config.py) and examples/configs/shakespeare_bpe.toml.
+A recipe is a list of ``minillm train`` options (``recipe(...)``: BASE with some changed); the
+chosen one ("llama-4x192 vocab 4096 batch 16") became ``minillm train``'s defaults
+(minillm/train/config.py) and examples/configs/shakespeare_bpe.toml.
 Results: benchmarks/results/sweep_main_job_<time>.json and .md (git-ignored), or ``--out DIR``.
 """
 from __future__ import annotations
@@ -29,48 +30,36 @@ sys.path.insert(0, HERE)
 
 from common import OtherCpu, format_table, save_results  # noqa: E402
 
-# name -> overrides (on top of minillm train's defaults). Sizes: 4 layers x 192 wide, context 128,
-# batch 32 (4,096 tokens a step) unless the name says otherwise.
+# Every recipe spells out each setting the sweep varies (so a row means the same run whatever
+# minillm train's defaults are): BASE, with a recipe's changes on top.
+BASE = {"preset": "llama", "n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 192, "block_size": 128,
+        "dropout": 0.0, "vocab_size": 1024, "batch_size": 32, "max_steps": 400, "eval_interval": 100,
+        "lr": 2e-3, "min_lr": 2e-4}
+OPTION_NAMES = {"vocab_size": "data.vocab_size"}     # the tokenizer's vocabulary (the model's follows it)
+
+
+def recipe(**changes) -> list[str]:
+    """The ``minillm train`` options of BASE with ``changes``, e.g. recipe(vocab_size=2048)."""
+    values = {**BASE, **changes}
+    return [arg for key, value in values.items() for arg in (f"--{OPTION_NAMES.get(key, key)}", str(value))]
+
+
 RECIPES = {
-    "gpt2-4x192 (old default)": ["--preset", "gpt2", "--n_layer", "4", "--n_head", "4", "--n_embd", "192",
-                                 "--dropout", "0.1", "--max_steps", "400", "--lr", "2e-3"],
-    "llama-4x192": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "192",
-                    "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3"],
-    "llama-4x192 dropout 0.1": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                "--n_embd", "192", "--dropout", "0.1", "--max_steps", "400", "--lr", "2e-3"],
-    "llama-4x192 lr 4e-3": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                            "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "4e-3",
-                            "--min_lr", "4e-4"],
-    "llama-4x256": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "256",
-                    "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3"],
-    "llama-6x192": ["--preset", "llama", "--n_layer", "6", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "192",
-                    "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3"],
-    "llama-4x192 600 steps": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                              "--n_embd", "192", "--dropout", "0.1", "--max_steps", "600", "--lr", "2e-3"],
-    "llama-4x192 vocab 2048": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                               "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
-                               "--data.vocab_size", "2048"],
-    "llama-4x192 lr 4e-3 vocab 2048": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                       "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "4e-3",
-                                       "--min_lr", "4e-4", "--data.vocab_size", "2048"],
-    "llama-4x192 vocab 4096": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                               "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
-                               "--data.vocab_size", "4096"],
-    "llama-4x192 vocab 4096 300 steps": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                         "--n_embd", "192", "--dropout", "0.0", "--max_steps", "300", "--lr", "2e-3",
-                                         "--data.vocab_size", "4096"],
-    "llama-4x192 vocab 4096 batch 24": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                        "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
-                                        "--data.vocab_size", "4096", "--batch_size", "24"],
-    "llama-4x192 vocab 4096 batch 16": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                        "--n_embd", "192", "--dropout", "0.0", "--max_steps", "600", "--lr", "2e-3",
-                                        "--data.vocab_size", "4096", "--batch_size", "16", "--eval_interval", "150"],
-    "llama-4x192 vocab 4096 batch 8": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                       "--n_embd", "192", "--dropout", "0.0", "--max_steps", "1200", "--lr", "2e-3",
-                                       "--data.vocab_size", "4096", "--batch_size", "8", "--eval_interval", "300"],
-    "llama-4x192 vocab 2048 block 256": ["--preset", "llama", "--n_layer", "4", "--n_head", "4", "--n_kv_head", "2",
-                                         "--n_embd", "192", "--dropout", "0.0", "--max_steps", "400", "--lr", "2e-3",
-                                         "--data.vocab_size", "2048", "--block_size", "256", "--batch_size", "16"],
+    "gpt2-4x192 (old default)": recipe(preset="gpt2", n_kv_head=4, dropout=0.1),
+    "llama-4x192": recipe(),
+    "llama-4x192 dropout 0.1": recipe(dropout=0.1),
+    "llama-4x192 lr 4e-3": recipe(lr=4e-3, min_lr=4e-4),
+    "llama-4x256": recipe(n_embd=256),
+    "llama-6x192": recipe(n_layer=6),
+    "llama-4x192 600 steps": recipe(dropout=0.1, max_steps=600),
+    "llama-4x192 vocab 2048": recipe(vocab_size=2048),
+    "llama-4x192 lr 4e-3 vocab 2048": recipe(vocab_size=2048, lr=4e-3, min_lr=4e-4),
+    "llama-4x192 vocab 4096": recipe(vocab_size=4096),
+    "llama-4x192 vocab 4096 300 steps": recipe(vocab_size=4096, max_steps=300),
+    "llama-4x192 vocab 4096 batch 24": recipe(vocab_size=4096, batch_size=24),
+    "llama-4x192 vocab 4096 batch 16": recipe(vocab_size=4096, batch_size=16, max_steps=600, eval_interval=150),
+    "llama-4x192 vocab 4096 batch 8": recipe(vocab_size=4096, batch_size=8, max_steps=1200, eval_interval=300),
+    "llama-4x192 vocab 2048 block 256": recipe(vocab_size=2048, block_size=256, batch_size=16),
 }
 FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
                    r"after (\d+) steps")

@@ -44,3 +44,20 @@ def test_train_step_benchmark_runs_minillm_and_the_gemm_floor(tmp_path):
     assert [row.split("|")[2].strip() for row in rows] == ["minillm", "gemm-floor"]
     assert "x" in rows[0].split("|")[9]          # minillm's step over the floor, e.g. "1.76x"
     assert list(tmp_path.glob("*.json")) and list(tmp_path.glob("*.md"))
+
+
+def test_the_sweeps_chosen_recipe_is_the_main_jobs_defaults():
+    """README: 'llama-4x192 vocab 4096 batch 16' of benchmarks/sweep_main_job.py is what
+    `minillm train` runs with no options."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import sweep_main_job
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from minillm.commandline import load_config
+    from minillm.train.config import TrainConfig
+
+    chosen = load_config(TrainConfig, sweep_main_job.RECIPES["llama-4x192 vocab 4096 batch 16"])
+    assert chosen == TrainConfig.create({})
+    earlier = load_config(TrainConfig, sweep_main_job.RECIPES["gpt2-4x192 (old default)"])
+    assert (earlier.model.preset, earlier.model.n_kv_head, earlier.data.vocab_size) == ("gpt2", 4, 1024)

@@ -73,3 +73,14 @@ def for_rows(fn, n_rows: int, row_size: int, array) -> None:
     else:
         fn(0, n_rows)
 
+
+def matmul_flops(a_shape, b_shape, needs_input_grad) -> tuple[int, int]:
+    """For the profiler: the (forward, backward) FLOPs of a @ b, 2·batch·N·K·M per product -- y,
+    then dL/da and dL/db where ``needs_input_grad`` wants them (the sums over broadcast batch axes
+    are not counted). a (..., N, K), b (..., K, M), batch axes broadcast."""
+    batch = 1
+    for axis in range(3, max(len(a_shape), len(b_shape)) + 1):   # the batch axes, broadcast, from the right
+        size_a, size_b = (shape[-axis] if axis <= len(shape) else 1 for shape in (a_shape, b_shape))
+        batch *= size_a if size_b == 1 else size_b
+    product = 2 * batch * a_shape[-2] * a_shape[-1] * b_shape[-1]
+    return product, product * sum(needs_input_grad[:2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from minillm import amp
 from minillm.autograd import Function
 from minillm.backend import get_array_module
-from minillm.ops._util import binary_operands, sum_to
+from minillm.ops._util import binary_operands, matmul_flops, sum_to
 from minillm.ops.lowp.matmul import MatMulLowPrecision
 from minillm.ops.shape import reshape
 from minillm.tensor import Tensor
@@ -36,15 +36,7 @@ class MatMul(Function):
         return ga, gb
 
     def flops(self):
-        """For the profiler: 2·batch·N·K·M per product -- y, then dL/da and dL/db where wanted
-        (the sums over broadcast batch axes are not counted)."""
-        a, b = self.a, self.b
-        batch = 1
-        for axis in range(3, max(a.ndim, b.ndim) + 1):          # the batch axes, broadcast, from the right
-            size_a, size_b = (x.shape[-axis] if axis <= x.ndim else 1 for x in (a, b))
-            batch *= size_a if size_b == 1 else size_b
-        product = 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
-        return product, product * sum(self.needs_input_grad[:2])
+        return matmul_flops(self.a.shape, self.b.shape, self.needs_input_grad)
 
 
 def matmul(a, b) -> Tensor:

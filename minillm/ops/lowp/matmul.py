@@ -5,7 +5,7 @@ from __future__ import annotations
 from minillm.amp.formats import cast
 from minillm.autograd import Function
 from minillm.backend import get_array_module
-from minillm.ops._util import sum_to
+from minillm.ops._util import matmul_flops, sum_to
 
 
 class MatMulLowPrecision(Function):
@@ -35,12 +35,5 @@ class MatMulLowPrecision(Function):
         return ga, gb
 
     def flops(self):
-        """For the profiler, as MatMul's: 2·batch·N·K·M per product -- y, then dL/da and dL/db
-        where wanted (the sums over broadcast batch axes are not counted)."""
-        a, b = self.a, self.b
-        batch = 1
-        for axis in range(3, max(a.ndim, b.ndim) + 1):          # the batch axes, broadcast, from the right
-            size_a, size_b = (x.shape[-axis] if axis <= x.ndim else 1 for x in (a, b))
-            batch *= size_a if size_b == 1 else size_b
-        product = 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
-        return product, product * sum(self.needs_input_grad[:2])
+        """For the profiler, as MatMul's (:func:`minillm.ops._util.matmul_flops`)."""
+        return matmul_flops(self.a.shape, self.b.shape, self.needs_input_grad)
