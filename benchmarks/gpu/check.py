@@ -16,7 +16,7 @@ in this order (a part that cannot finish inside ``--budget`` seconds is skipped,
   kernels        kernels.py: each fused kernel vs the composed CuPy code, GPT-2 small shapes
   generate       bench_generate_hf.py: cached greedy generation vs HF transformers, batch 1 and 8
   parity20       20 steps of the main job on the machine's CPU and GPU, loss by loss
-  mainjob        the main job with --device cuda (400 steps) against the CPU reference run
+  mainjob        the main job with --device cuda (600 steps) against the CPU reference run
                  (main_job_cpu.json) at every evaluation
   train_c        config C in fp32 and fp16: minillm, torch
 
