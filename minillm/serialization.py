@@ -301,7 +301,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]
     result: dict[str, object] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r} in the JSON header")
+            raise ValueError(f"duplicate key {key!r}")
         result[key] = value
     return result
 
@@ -362,13 +362,17 @@ def _bracket_problem(brackets: bytes, max_depth: int, header: bool = False) -> s
     return "its brackets do not balance" if depth else None
 
 
+class JSONTooDeepError(ValueError):
+    """What :func:`loads_json_bounded` raises for text nested deeper than it allows."""
+
+
 def loads_json_bounded(text: str | bytes, max_depth: int, object_pairs_hook=None):
     """``json.loads(text)``, refusing text whose brackets nest deeper than ``max_depth`` levels.
 
     The depth is measured first, without recursion and in memory bounded by a few copies of the
     text (see :func:`_json_brackets`), so hostile input such as 100,000 nested lists costs one pass
     over it, never a RecursionError. Every failure is a ``ValueError`` (``json.JSONDecodeError`` is
-    one) saying what is wrong.
+    one) saying what is wrong; text nested too deeply raises the subclass ``JSONTooDeepError``.
     """
     if isinstance(text, str):
         data = text.encode("utf-8", "surrogatepass")
@@ -379,11 +383,11 @@ def loads_json_bounded(text: str | bytes, max_depth: int, object_pairs_hook=None
     problem = _bracket_problem(_json_brackets(data), max_depth)
     del data
     if problem:
-        raise ValueError(problem)
+        raise (JSONTooDeepError if "deeper" in problem else ValueError)(problem)
     try:
         return json.loads(text, object_pairs_hook=object_pairs_hook)
     except RecursionError:        # cannot happen after the check above; never let one escape
-        raise ValueError(f"it nests deeper than {max_depth} levels") from None
+        raise JSONTooDeepError(f"it nests deeper than {max_depth} levels") from None
 
 
 def _header_object_hook():

@@ -31,10 +31,17 @@ import numpy as np
 
 from minillm import functional as F
 from minillm.backend import get_array_module, get_rng_state, random_uniform, set_rng_state, to_device, to_numpy
+from minillm.filechecks import FLOAT_DTYPES, count_field, is_int, is_number, json_kind
 from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
 from minillm.nn.vocab import resize_token_embeddings
-from minillm.serialization import load_safetensors, save_safetensors
+from minillm.serialization import (
+    _read_tensors,
+    _reject_duplicate_keys,
+    loads_json_bounded,
+    read_safetensors_header,
+    save_safetensors,
+)
 from minillm.tensor import Tensor
 
 LORA_FORMAT = "minillm-lora"
@@ -295,57 +302,145 @@ def save_lora(path: str | os.PathLike, model: Module, base_vocab_size: int | Non
     save_safetensors(path, tensors, metadata)
 
 
-def load_lora(path: str | os.PathLike, model: Module) -> list[str]:
+def load_lora(path: str | os.PathLike, model: Module, *, verify: bool = True) -> list[str]:
     """Adapt ``model`` (a base model) with the adapters in ``path``; returns the adapted layer names.
 
     Grows the vocabulary first when the file carries new rows (``resize_token_embeddings``), then
     applies LoRA to the recorded layers (freezing everything else) and loads A and B.
-    """
 
+    The file is trusted for nothing (as :func:`minillm.train.load_checkpoint`): the safetensors
+    reader bounds the header and checks each tensor's SHA-256 (``verify=False`` skips only that);
+    then every metadata field is checked for form (``layers`` as bounded JSON), each adapter's
+    shape against its layer in ``model`` and its rank, the vocabulary sizes against the model and
+    the new rows the file holds, and every tensor must be floating point and finite. All of it
+    before a tensor is read or ``model`` is changed; a fault is a ``ValueError`` naming the file
+    and the field or tensor, and leaves ``model`` as it was.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"adapter file {path!r} does not exist")
-    tensors, metadata = load_safetensors(path)
+    if os.path.isdir(path):
+        raise ValueError(f"adapter file {path!r} is a directory; expected a .safetensors file written by save_lora")
+    infos, metadata, data_start = read_safetensors_header(path)
+
+    def bad(what: str, problem: str):
+        raise ValueError(f"adapter file {path!r}: {what} {problem}")
+
     if metadata.get("format") != LORA_FORMAT:
-        raise ValueError(f"{path!r} is not a minillm LoRA file (metadata format={metadata.get('format')!r}, "
+        raise ValueError(f"{path!r} is not a minillm LoRA file (metadata format={metadata.get('format')!r:.80}, "
                          f"expected {LORA_FORMAT!r})")
-    try:
-        layers = json.loads(metadata["layers"])
-        base_vocab, vocab = int(metadata["base_vocab_size"]), int(metadata["vocab_size"])
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"adapter file {path!r} has corrupt metadata: {error}") from None
+    for key, meaning in (("version", "the format version"), ("layers", "the adapted layers (JSON)"),
+                         ("base_vocab_size", "the base model's vocabulary size"),
+                         ("vocab_size", "the adapted model's vocabulary size")):
+        if key not in metadata:
+            bad(f"field {key!r}", f"is missing; expected {meaning}")
+    version = count_field(bad, "version", metadata["version"])
+    if version > LORA_VERSION:
+        raise ValueError(f"adapter file {path!r} has format version {version}; this minillm reads versions up to "
+                         f"{LORA_VERSION}: upgrade minillm")
+    base_vocab = count_field(bad, "base_vocab_size", metadata["base_vocab_size"])
+    vocab = count_field(bad, "vocab_size", metadata["vocab_size"])
+    if not 1 <= base_vocab <= vocab:
+        bad("field 'base_vocab_size'", f"is {base_vocab}; expected an integer in [1, vocab_size={vocab}]")
     if not base_vocab <= model.config.vocab_size <= vocab:
         raise ValueError(f"adapter file {path!r} is for a vocabulary grown from {base_vocab} to {vocab} ids; the "
                          f"model has {model.config.vocab_size}, expected a size in that range")
+    layers = _check_layers(bad, metadata["layers"], model, infos)
+    expected = {f"{name}.{key}" for name in layers for key in ("lora_A", "lora_B")}
+    expected |= _check_new_rows(bad, model, infos, base_vocab, vocab)
+    for name, info in infos.items():
+        if name not in expected:
+            bad(f"tensor {name!r}", "is neither an adapter of a layer in field 'layers' nor a new vocabulary row "
+                                    "the vocabulary sizes call for; the file is corrupt or not from save_lora")
+        if info.dtype not in FLOAT_DTYPES:
+            bad(f"tensor {name!r}", f"has dtype {info.dtype}; adapters must be floating point: {', '.join(FLOAT_DTYPES)}")
+
+    tensors = _read_tensors(path, infos, data_start, mmap=False, bf16_as="float32", verify=verify)
+    for name, array in tensors.items():
+        if not np.isfinite(array).all():
+            bad(f"tensor {name!r}", "holds non-finite values (inf or NaN); the adapters diverged or the file is corrupt")
+
+    # Everything is checked: change the model.
     if model.config.vocab_size < vocab:
         resize_token_embeddings(model, vocab)
     head = getattr(model, "lm_head", None)
     for key, owner in (("new_rows.tok_emb", model.tok_emb), ("new_rows.lm_head", head)):
-        if key not in tensors or owner is None:
-            continue
-        rows = owner.weight.data[base_vocab:]
-        if tuple(tensors[key].shape) != tuple(rows.shape):
-            raise ValueError(f"adapter file {path!r}: {key} has shape {tuple(tensors[key].shape)}; expected "
-                             f"{tuple(rows.shape)}")
-        rows[...] = to_device(tensors[key], owner.weight.device)
+        if key in tensors:
+            rows = owner.weight.data[base_vocab:]
+            rows[...] = to_device(tensors[key], owner.weight.device).astype(rows.dtype, copy=False)
     slots = {dotted: (owner, attribute, linear) for owner, attribute, dotted, linear in _linear_slots(model)}
-    missing = [name for name in layers if name not in slots]
-    if missing:
-        raise ValueError(f"adapter file {path!r} adapts layers {missing}, which are not Linear layers of the "
-                         f"model (it has {sorted(slots)})")
     for parameter in model.parameters():
         parameter.requires_grad = False
-    for name, spec in layers.items():
+    for name, (rank, alpha, dropout) in layers.items():
         owner, attribute, linear = slots[name]
-        module = LoRALinear(linear, spec["rank"], spec["alpha"], spec["dropout"])
+        module = LoRALinear(linear, rank, alpha, dropout)
         for key, target in (("lora_A", module.lora_A), ("lora_B", module.lora_B)):
-            array = tensors.get(f"{name}.{key}")
-            if array is None or tuple(array.shape) != target.shape:
-                raise ValueError(f"adapter file {path!r}: {name}.{key} is missing or has shape "
-                                 f"{getattr(array, 'shape', None)}; expected {target.shape}")
-            target.data = to_device(array, target.device).astype(target.dtype, copy=False)
+            target.data = to_device(tensors[f"{name}.{key}"], target.device).astype(target.dtype, copy=False)
         setattr(owner, attribute, module)
     return list(layers)
+
+
+def _check_layers(bad, text: str, model: Module, infos: dict) -> dict[str, tuple[int, float, float]]:
+    """The ``layers`` field -> {layer name: (rank, alpha, dropout)}, each a Linear of ``model`` whose
+    adapters in the file have the shapes its features and rank imply."""
+    what = "field 'layers'"
+    try:
+        layers = loads_json_bounded(text, 2, object_pairs_hook=_reject_duplicate_keys)
+    except ValueError as error:
+        bad(what, f"is not valid JSON of the expected form (an object of objects, 2 levels): {error}")
+    if not isinstance(layers, dict) or not layers:
+        bad(what, f"is a JSON {json_kind(layers) if layers != {} else 'empty object'}; expected a non-empty object "
+                  "of layer name -> {rank, alpha, dropout}")
+    slots = {dotted: linear for _, _, dotted, linear in _linear_slots(model)}
+    missing = [name for name in layers if name not in slots]
+    if missing:
+        bad(what, f"names layers {[name[:80] for name in missing[:5]]}, which are not Linear layers of the model "
+                  f"(it has {sorted(slots)})")
+    checked = {}
+    for name, spec in layers.items():
+        if not isinstance(spec, dict) or set(spec) != {"rank", "alpha", "dropout"}:
+            bad(what, f"has {name!r}: {spec!r:.80}; expected an object with exactly rank, alpha, dropout")
+        rank, alpha, dropout = spec["rank"], spec["alpha"], spec["dropout"]
+        if not (is_int(rank) and rank >= 1):
+            bad(what, f"has {name!r} with rank={rank!r:.40}; expected an integer >= 1")
+        if not (is_number(alpha) and math.isfinite(alpha) and alpha > 0):
+            bad(what, f"has {name!r} with alpha={alpha!r:.40}; expected a finite number > 0")
+        if not (is_number(dropout) and 0 <= dropout < 1):
+            bad(what, f"has {name!r} with dropout={dropout!r:.40}; expected a probability in [0, 1)")
+        linear = slots[name]
+        for key, shape in (("lora_A", (rank, linear.in_features)), ("lora_B", (linear.out_features, rank))):
+            info = infos.get(f"{name}.{key}")
+            if info is None:
+                bad(f"tensor '{name}.{key}'", f"is missing; field 'layers' lists {name!r} with rank {rank}")
+            if info.shape != shape:
+                bad(f"tensor '{name}.{key}'", f"has shape {info.shape}; layer {name!r} of the model "
+                                              f"({linear.in_features} -> {linear.out_features} features) with "
+                                              f"rank {rank} (field 'layers') needs {shape}")
+        checked[name] = (rank, float(alpha), float(dropout))
+    return checked
+
+
+def _check_new_rows(bad, model: Module, infos: dict, base_vocab: int, vocab: int) -> set[str]:
+    """The tensors holding the rows ids ``base_vocab..vocab-1`` add (the embedding's, and the head's
+    when it is untied) must be in the file with those shapes: the vocabulary grows by what the file
+    holds, never by what its metadata claims. Returns their names."""
+    new = vocab - base_vocab
+    if new == 0:
+        return set()
+    head = getattr(model, "lm_head", None)
+    owners = {"new_rows.tok_emb": model.tok_emb.weight}
+    if head is not None:
+        owners["new_rows.lm_head"] = head.weight
+    for key, weight in owners.items():
+        shape = (new, weight.shape[1])
+        info = infos.get(key)
+        if info is None:
+            bad(f"tensor {key!r}", f"is missing; fields base_vocab_size={base_vocab} and vocab_size={vocab} "
+                                   f"call for the {new} new rows of shape {shape}")
+        if info.shape != shape:
+            bad(f"tensor {key!r}", f"has shape {info.shape}; fields base_vocab_size={base_vocab} and "
+                                   f"vocab_size={vocab} and the model's width call for {shape}")
+    return set(owners)
 
 
 def parameter_counts(model: Module, partially_trained=()) -> dict:

@@ -334,7 +334,8 @@ class BPETokenizer(TokenizerBase):
         merges, shown = [], []
         for k, entry in enumerate(raw_merges):
             if (not isinstance(entry, list) or len(entry) not in (2, 3)
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:2])):
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:2])
+                    or (len(entry) == 3 and not isinstance(entry[2], str))):
                 raise ValueError(f"{source}: merges[{k}]={entry!r:.80} is not [left_id, right_id, text]")
             merges.append((entry[0], entry[1]))
             shown.append(entry[2] if len(entry) == 3 else None)

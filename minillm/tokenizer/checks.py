@@ -142,6 +142,12 @@ def check_merges(merges: object) -> list[tuple[int, int]]:
     return checked
 
 
+# Special token ids may leave a gap after the ordinary tokens (tiktoken's cl100k_base leaves 15:
+# <|endofprompt|> is 100276), but not an unbounded one: the vocabulary, and so the embedding and
+# the decoding table, reaches the largest id.
+MAX_SPECIAL_ID_GAP = 2 ** 16
+
+
 def assign_special_ids(special_tokens: object, first_id: int) -> dict[str, int]:
     """A list gets ids first_id, first_id + 1, ...; a dict keeps its ids (which must be >= first_id)."""
     if not isinstance(special_tokens, dict):
@@ -155,6 +161,11 @@ def assign_special_ids(special_tokens: object, first_id: int) -> dict[str, int]:
         if token_id < first_id:
             raise ValueError(f"special_tokens[{token!r}]={token_id} collides with the byte/merge tokens; "
                              f"expected an id >= {first_id}")
+        if token_id >= first_id + len(special_tokens) + MAX_SPECIAL_ID_GAP:
+            raise ValueError(f"special_tokens[{token!r}]={token_id} leaves more than {MAX_SPECIAL_ID_GAP:,} unassigned "
+                             f"ids after the {first_id} byte/merge tokens; expected an id below "
+                             f"{first_id + len(special_tokens) + MAX_SPECIAL_ID_GAP} (every id up to the largest "
+                             "takes a row of the model's embedding)")
         if token_id in assigned:
             raise ValueError(f"special_tokens[{token!r}]={token_id} is also the id of {assigned[token_id]!r}; "
                              "expected distinct ids")

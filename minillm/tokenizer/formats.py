@@ -40,11 +40,56 @@ import base64
 import binascii
 import json
 import os
+import stat
 
 from ..fileio import atomic_write_text
+from ..serialization import JSONTooDeepError, _reject_duplicate_keys, loads_json_bounded
 
 FORMAT_NAME = "minillm-tokenizer"
 FORMAT_VERSION = 1
+# The largest tokenizer file read (each of the formats below). A real one is far smaller: ~25 bytes
+# per merge in minillm's format, so ~6 MB for a 256k vocabulary (the same 16 MiB bounds a checkpoint's
+# header, which holds the tokenizer too); GPT-2's encoder.json is 1 MB, cl100k_base.tiktoken 1.7 MB.
+# Parsed JSON takes many times its text in Python objects, so a hostile file is refused before that.
+MAX_TOKENIZER_FILE_BYTES = 16 * 2 ** 20
+# How deep the brackets of each JSON format nest: {"merges": [[l, r, "text"], ...]} is 3 levels,
+# GPT-2's encoder.json ({"token": id, ...}) 1.
+TOKENIZER_JSON_DEPTH = 3
+GPT2_ENCODER_JSON_DEPTH = 1
+
+
+def read_file_bounded(path: str, source: str, max_bytes: int = MAX_TOKENIZER_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, refusing (ValueError naming ``source``) a file over ``max_bytes``
+    before reading it (and never reading more than ``max_bytes + 1`` bytes of anything)."""
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        regular = stat.S_ISREG(status.st_mode)
+        if regular and status.st_size > max_bytes:
+            raise ValueError(f"{source} is {status.st_size:,} bytes, more than the {max_bytes:,}-byte limit for "
+                             "tokenizer files (minillm.tokenizer.formats.MAX_TOKENIZER_FILE_BYTES); it is not a "
+                             "tokenizer, or a hostile or broken one")
+        # read(n) allocates n bytes first: ask a regular file for what it holds (plus one, were it to grow).
+        raw = handle.read((status.st_size if regular else max_bytes) + 1)
+    if len(raw) > max_bytes:
+        raise ValueError(f"{source} holds more than {max_bytes:,} bytes, the limit for tokenizer files "
+                         "(minillm.tokenizer.formats.MAX_TOKENIZER_FILE_BYTES)")
+    return raw
+
+
+def loads_file_json(raw: bytes, source: str, max_depth: int, shape: str, label: str = "JSON"):
+    """JSON ``raw`` parsed with its nesting bounded to ``max_depth`` and duplicate keys refused;
+    every fault a ValueError naming ``source`` (``shape`` says what the format looks like)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source} is not UTF-8 text (byte {exc.start}); corrupt file?") from None
+    try:
+        return loads_json_bounded(text, max_depth, object_pairs_hook=_reject_duplicate_keys)
+    except JSONTooDeepError as exc:
+        raise ValueError(f"{source} nests JSON arrays or objects too deeply to read ({exc}; the format is {shape}: "
+                         f"{max_depth} levels at most); the file is corrupt or not a tokenizer") from None
+    except ValueError as exc:
+        raise ValueError(f"{source} is not valid {label} ({exc}); the file is truncated or corrupt") from None
 
 
 def render_token(data: bytes) -> str:
@@ -78,18 +123,9 @@ def write_tokenizer_json(path: str | os.PathLike, data: dict) -> None:
 def read_tokenizer_json(path: str | os.PathLike) -> dict:
     """Read a minillm tokenizer file; a damaged file raises ValueError naming it."""
     path = os.fspath(path)
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"tokenizer file {path!r} is not UTF-8 text (byte {exc.start}); corrupt file?") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"tokenizer file {path!r} is not valid JSON ({exc}); the file is truncated or "
-                         "corrupt") from None
-    except RecursionError:
-        raise ValueError(f"tokenizer file {path!r} nests JSON arrays or objects too deeply to read; the file is "
-                         "corrupt or not a tokenizer") from None
+    source = f"tokenizer file {path!r}"
+    raw = read_file_bounded(path, source)
+    data = loads_file_json(raw, source, TOKENIZER_JSON_DEPTH, "one object; lists of [left, right, text] in merges")
     check_header(data, source=f"tokenizer file {path!r}")
     return data
 
@@ -100,7 +136,7 @@ def check_header(data: object, source: str, expected_type: str | None = None) ->
         raise ValueError(f"{source}: expected a JSON object (dict), got {type(data).__name__}")
     if data.get("format") != FORMAT_NAME:
         raise ValueError(f"{source}: 'format' is {data.get('format')!r}; expected {FORMAT_NAME!r}")
-    if data.get("version") != FORMAT_VERSION:
+    if type(data.get("version")) is not int or data.get("version") != FORMAT_VERSION:
         raise ValueError(f"{source}: 'version' is {data.get('version')!r}; this minillm reads version "
                          f"{FORMAT_VERSION}")
     if expected_type is not None and data.get("type") != expected_type:
@@ -140,8 +176,7 @@ def read_tiktoken_ranks(path: str | os.PathLike) -> list[bytes]:
     """Read a tiktoken rank file; returns the tokens in rank order (ranks must be 0..N-1)."""
     path = os.fspath(path)
     source = f"tiktoken file {path!r}"
-    with open(path, "rb") as handle:
-        raw = handle.read()
+    raw = read_file_bounded(path, source)
     by_rank: dict[int, bytes] = {}
     rank_of: dict[bytes, int] = {}
     for line_number, line in enumerate(raw.splitlines(), start=1):
@@ -208,12 +243,8 @@ def read_gpt2_files(encoder_json_path: str | os.PathLike, vocab_bpe_path: str | 
     """
     encoder_path, vocab_path = os.fspath(encoder_json_path), os.fspath(vocab_bpe_path)
     encoder_source, vocab_source = f"GPT-2 encoder file {encoder_path!r}", f"GPT-2 merges file {vocab_path!r}"
-    with open(encoder_path, "rb") as handle:
-        raw_encoder = handle.read()
-    try:
-        encoder = json.loads(raw_encoder.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{encoder_source} is not valid UTF-8 JSON ({exc}); truncated or corrupt?") from None
+    encoder = loads_file_json(read_file_bounded(encoder_path, encoder_source), encoder_source,
+                              GPT2_ENCODER_JSON_DEPTH, "one object of token string -> id", "UTF-8 JSON")
     if not isinstance(encoder, dict) or not all(
             isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool)
             for key, value in encoder.items()):
@@ -230,8 +261,7 @@ def read_gpt2_files(encoder_json_path: str | os.PathLike, vocab_bpe_path: str | 
     if sorted(byte_ids) != list(range(256)):
         raise ValueError(f"{encoder_source}: the 256 byte tokens must have ids 0..255")
 
-    with open(vocab_path, "rb") as handle:
-        raw_merges = handle.read()
+    raw_merges = read_file_bounded(vocab_path, vocab_source)
     try:
         merge_lines = raw_merges.decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minillm.backend import get_rng_state, to_numpy
+from minillm.filechecks import FLOAT_DTYPES, count_field, is_int, is_number, json_kind
 from minillm.nn import GPT, GPTConfig
 from minillm.serialization import _read_tensors, loads_json_bounded, read_safetensors_header, save_safetensors
 from minillm.tokenizer import tokenizer_from_dict
@@ -39,7 +40,6 @@ FORMAT = "minillm-checkpoint"
 VERSION = 1
 JSON_FIELDS = ("model_config", "rng", "optimizer", "loader", "tokenizer", "train_config", "extra")
 MAX_JSON_DEPTH = 32                  # far deeper than any field needs (the optimizer's is 4)
-FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")   # weights and optimizer moments (BF16 is widened to F32)
 # Position tables (RoPE, sinusoidal) are computed from block_size, not stored: they may be as big as
 # the weights themselves or this many elements (64 MiB of float32), whichever is larger.
 MIN_POSITION_TABLE_LIMIT = 2 ** 24
@@ -112,13 +112,13 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoi
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path!r} is a safetensors file but not a minillm checkpoint "
                          f"(metadata format={metadata.get('format')!r:.80}, expected {FORMAT!r})")
-    version = _count(bad, "version", metadata.get("version", "0"))
+    version = count_field(bad, "version", metadata.get("version", "0"))
     if version > VERSION:
         raise ValueError(f"checkpoint {path!r} has format version {version}; this minillm "
                          f"reads versions up to {VERSION}: upgrade minillm")
     if "step" not in metadata:
         bad("field 'step'", "is missing; expected the optimizer step count the checkpoint was saved at")
-    step = _count(bad, "step", metadata["step"])
+    step = count_field(bad, "step", metadata["step"])
     decoded = {}
     for key in JSON_FIELDS:
         if key in metadata:
@@ -152,30 +152,9 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoi
 # The checks load_checkpoint makes; ``bad(what, problem)`` raises the ValueError naming the file.
 # ------------------------------------------------------------------------------------------------
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _kind(value) -> str:
-    """A JSON value's kind, for messages."""
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
-
-
-def _count(bad, key: str, text: str) -> int:
-    """A non-negative integer metadata field (``step``, ``version``)."""
-    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 30:
-        bad(f"field {key!r}", f"is {text!r:.40}; expected a non-negative integer")
-    return int(text)
-
-
 def _check_model_config(bad, values) -> GPTConfig:
     if not isinstance(values, dict):
-        bad("field 'model_config'", f"is a JSON {_kind(values)}; expected an object of GPTConfig fields")
+        bad("field 'model_config'", f"is a JSON {json_kind(values)}; expected an object of GPTConfig fields")
     try:
         return GPTConfig.from_dict(values)
     except (TypeError, ValueError) as error:
@@ -210,13 +189,13 @@ def _check_model_tensors(bad, config: GPTConfig, model_infos: dict) -> None:
 def _pcg64_problem(state) -> str | None:
     """Why ``state`` is not a NumPy PCG64 state (as ``get_rng_state`` writes), or None."""
     if not isinstance(state, dict):
-        return f"is a JSON {_kind(state)}, not an object"
+        return f"is a JSON {json_kind(state)}, not an object"
     if state.get("bit_generator") != "PCG64":
         return f"has bit_generator={state.get('bit_generator')!r:.40}, expected 'PCG64'"
     inner = state.get("state")
-    if not isinstance(inner, dict) or not all(_is_int(inner.get(k)) for k in ("state", "inc")):
+    if not isinstance(inner, dict) or not all(is_int(inner.get(k)) for k in ("state", "inc")):
         return "lacks state: {state: int, inc: int}"
-    if not all(_is_int(state.get(k)) for k in ("has_uint32", "uinteger")):
+    if not all(is_int(state.get(k)) for k in ("has_uint32", "uinteger")):
         return "lacks the integers has_uint32 and uinteger"
     try:
         np.random.PCG64().state = state    # host: NumPy's own check of the state, on a scratch generator
@@ -234,11 +213,11 @@ def _check_fields(bad, decoded: dict) -> None:
     if "loader" in decoded:
         loader = decoded["loader"]
         if not isinstance(loader, dict):
-            bad("field 'loader'", f"is a JSON {_kind(loader)}; expected the batch source's state (an object)")
+            bad("field 'loader'", f"is a JSON {json_kind(loader)}; expected the batch source's state (an object)")
         if "bit_generator" in loader and (problem := _pcg64_problem(loader["bit_generator"])):
             bad("field 'loader'", f"has a bit_generator that {problem}")
         for key in _LOADER_COUNTERS:
-            if key in loader and not (_is_int(loader[key]) and loader[key] >= 0):
+            if key in loader and not (is_int(loader[key]) and loader[key] >= 0):
                 bad("field 'loader'", f"has {key}={loader[key]!r:.40}; expected a non-negative integer")
 
     if "optimizer" in decoded:
@@ -253,33 +232,33 @@ def _check_fields(bad, decoded: dict) -> None:
     if "train_config" in decoded:
         train_config = decoded["train_config"]
         if not isinstance(train_config, dict):
-            bad("field 'train_config'", f"is a JSON {_kind(train_config)}; expected an object")
+            bad("field 'train_config'", f"is a JSON {json_kind(train_config)}; expected an object")
         data = train_config.get("data", {})
         for where, section in (("data.", data), ("", train_config)):   # the value eval reads (flat: older files)
             value = section.get("val_fraction") if isinstance(section, dict) else None
-            if value is not None and not (_is_number(value) and 0 <= value < 1):
+            if value is not None and not (is_number(value) and 0 <= value < 1):
                 bad("field 'train_config'", f"has {where}val_fraction={value!r:.40}; expected a number in [0, 1)")
 
     if "extra" in decoded:
         extra = decoded["extra"]
         if not isinstance(extra, dict):
-            bad("field 'extra'", f"is a JSON {_kind(extra)}; expected an object")
+            bad("field 'extra'", f"is a JSON {json_kind(extra)}; expected an object")
         for key in ("best_val_loss", "grad_norm_mean"):
-            if extra.get(key) is not None and not _is_number(extra[key]):
+            if extra.get(key) is not None and not is_number(extra[key]):
                 bad("field 'extra'", f"has {key}={extra[key]!r:.40}; expected a number or null")
         scaler = extra.get("grad_scaler")
         if scaler is not None:
             if not isinstance(scaler, dict):
-                bad("field 'extra'", f"has grad_scaler as a JSON {_kind(scaler)}; expected an object or null")
-            if not (_is_number(scaler.get("scale")) and math.isfinite(scaler["scale"]) and scaler["scale"] > 0):
+                bad("field 'extra'", f"has grad_scaler as a JSON {json_kind(scaler)}; expected an object or null")
+            if not (is_number(scaler.get("scale")) and math.isfinite(scaler["scale"]) and scaler["scale"] > 0):
                 bad("field 'extra'", f"has grad_scaler.scale={scaler.get('scale')!r:.40}; expected a positive number")
             for key in ("growth_tracker", "growth_interval", "skipped_steps"):
-                if key in scaler and not (_is_int(scaler[key]) and scaler[key] >= 0):
+                if key in scaler and not (is_int(scaler[key]) and scaler[key] >= 0):
                     bad("field 'extra'", f"has grad_scaler.{key}={scaler[key]!r:.40}; expected a non-negative integer")
             if "growth_tracker" not in scaler:
                 bad("field 'extra'", "has a grad_scaler without growth_tracker")
             for key in ("growth_factor", "backoff_factor"):
-                if key in scaler and not _is_number(scaler[key]):
+                if key in scaler and not is_number(scaler[key]):
                     bad("field 'extra'", f"has grad_scaler.{key}={scaler[key]!r:.40}; expected a number")
             if "enabled" in scaler and not isinstance(scaler["enabled"], bool):
                 bad("field 'extra'", f"has grad_scaler.enabled={scaler['enabled']!r:.40}; expected true or false")
@@ -290,7 +269,7 @@ def _check_optimizer(bad, state) -> None:
     optimizer's load_state_dict against the parameters)."""
     what = "field 'optimizer'"
     if not isinstance(state, dict):
-        bad(what, f"is a JSON {_kind(state)}; expected an object (optimizer, param_groups, steps)")
+        bad(what, f"is a JSON {json_kind(state)}; expected an object (optimizer, param_groups, steps)")
     missing = [key for key in ("optimizer", "param_groups", "steps") if key not in state]
     if missing:
         bad(what, f"lacks {missing}; expected the layout written by Optimizer.state_dict()")
@@ -301,7 +280,7 @@ def _check_optimizer(bad, state) -> None:
         bad(what, "has param_groups that are not a list of objects")
     for g, group in enumerate(groups):
         params = group.get("params")
-        if not isinstance(params, list) or not all(_is_int(i) and i >= 0 for i in params):
+        if not isinstance(params, list) or not all(is_int(i) and i >= 0 for i in params):
             bad(what, f"param group {g}: params must be a list of parameter positions (non-negative integers)")
         if "names" in group and (not isinstance(group["names"], list)
                                  or not all(isinstance(n, str) for n in group["names"])):
@@ -310,10 +289,10 @@ def _check_optimizer(bad, state) -> None:
             if key in ("params", "names"):
                 continue
             if not (value is None or isinstance(value, (bool, int, float))
-                    or (isinstance(value, list) and all(_is_number(v) for v in value))):
+                    or (isinstance(value, list) and all(is_number(v) for v in value))):
                 bad(what, f"param group {g}: hyperparameter {key}={value!r:.40}; expected a number, a boolean "
                           "or a list of numbers")
-    if not isinstance(steps, list) or not all(_is_int(i) and i >= 0 for i in steps):
+    if not isinstance(steps, list) or not all(is_int(i) and i >= 0 for i in steps):
         bad(what, "has steps that are not a list of non-negative integers")
 
 
