@@ -59,6 +59,11 @@ RECIPES = {
     "llama-4x192 vocab 4096 batch 24": recipe(vocab_size=4096, batch_size=24),
     "llama-4x192 vocab 4096 batch 16": recipe(vocab_size=4096, batch_size=16, max_steps=600, eval_interval=150),
     "llama-4x192 vocab 4096 batch 8": recipe(vocab_size=4096, batch_size=8, max_steps=1200, eval_interval=300),
+    "llama-4x192 vocab 4096 batch 16 decay to 0": recipe(vocab_size=4096, batch_size=16, max_steps=600,
+                                                         eval_interval=150, min_lr=2e-5, warmup_steps=30),
+    "llama-4x192 vocab 4096 batch 16 lr 3e-3 decay to 0": recipe(vocab_size=4096, batch_size=16, max_steps=600,
+                                                                 eval_interval=150, lr=3e-3, min_lr=3e-5,
+                                                                 warmup_steps=30),
     "llama-4x192 vocab 2048 block 256": recipe(vocab_size=2048, block_size=256, batch_size=16),
 }
 FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
