@@ -357,7 +357,7 @@ def load_lora(path: str | os.PathLike, model: Module, *, verify: bool = True) ->
 
     tensors = _read_tensors(path, infos, data_start, mmap=False, bf16_as="float32", verify=verify)
     for name, array in tensors.items():
-        if not np.isfinite(array).all():
+        if not np.isfinite(array).all():    # host: the file's arrays, read before any device copy
             bad(f"tensor {name!r}", "holds non-finite values (inf or NaN); the adapters diverged or the file is corrupt")
 
     # Everything is checked: change the model.
