@@ -3,7 +3,6 @@ import hashlib
 import json
 import os
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from minillm.serialization import (
     read_safetensors_header,
     save_safetensors,
 )
+from tests.peak_memory import peak_allocation
 
 NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -294,17 +294,6 @@ def test_failure_midway_through_the_data_leaves_previous_file_intact(tmp_path, m
 # Hostile headers: refused in bounded memory, never a RecursionError (issue 13 §3)
 # ----------------------------------------------------------------------------------------------
 
-def _peak_bytes(function) -> tuple[BaseException | None, int]:
-    """Run ``function``; return (the exception it raised or None, peak traced allocation in bytes)."""
-    tracemalloc.start()
-    try:
-        function()
-        error = None
-    except Exception as exc:   # noqa: BLE001 - the caller checks the type
-        error = exc
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return error, peak
 
 
 def _sparse_file(path, header_length: int, prefix: bytes = b"", total: int | None = None) -> str:
@@ -321,7 +310,7 @@ def test_a_header_over_the_cap_is_refused_before_it_is_read(tmp_path):
     # Now the length alone refuses it: nothing of the header is read.
     nested = b'{"a":' + b"[" * 100_000
     path = _sparse_file(tmp_path / "huge_header.safetensors", 200_000_000, nested)
-    error, peak = _peak_bytes(lambda: load_safetensors(path))
+    error, peak = peak_allocation(lambda: load_safetensors(path))
     assert isinstance(error, ValueError), error
     assert "huge_header.safetensors" in str(error) and "200,000,000 bytes" in str(error)
     assert "16,777,216-byte limit" in str(error)
@@ -352,7 +341,7 @@ def test_nesting_beyond_the_schema_is_refused_without_recursion(tmp_path, header
     header += b" " * ((-len(header)) % 8)
     path = tmp_path / "nested.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    error, peak = _peak_bytes(lambda: load_safetensors(path))
+    error, peak = peak_allocation(lambda: load_safetensors(path))
     assert type(error) is ValueError, repr(error)                 # not RecursionError
     assert "nested.safetensors" in str(error)
     assert "not shaped like a safetensors header" in str(error) or "must start with" in str(error)
@@ -366,7 +355,7 @@ def test_many_small_objects_stop_at_the_second(tmp_path):
     header += b" " * ((-len(header)) % 8)
     path = tmp_path / "objects.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    error, peak = _peak_bytes(lambda: load_safetensors(path))
+    error, peak = peak_allocation(lambda: load_safetensors(path))
     assert type(error) is ValueError and "objects.safetensors" in str(error)
     assert "only __metadata__ may be" in str(error)
     assert peak < 8 * len(header)                                  # the text's copies, not its objects

@@ -7,7 +7,6 @@ and duplicate keys refused. Fields are checked for form, special token ids for a
 the command line that is exit status 2 and one line (issue 13).
 """
 import json
-import tracemalloc
 
 import pytest
 
@@ -15,20 +14,8 @@ from minillm.cli import main
 from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 from minillm.tokenizer.formats import MAX_TOKENIZER_FILE_BYTES
 from minillm.train import load_checkpoint
+from tests.peak_memory import peak_allocation
 from tests.tokenizer.test_tokenizer_files import write_gpt2_files
-
-
-def _peak(function):
-    """(exception raised or None, peak traced allocation in bytes) of ``function()``."""
-    tracemalloc.start()
-    try:
-        function()
-        error = None
-    except Exception as exc:   # noqa: BLE001 - the caller checks the type
-        error = exc
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return error, peak
 
 
 def _sparse(path, size: int):
@@ -84,7 +71,7 @@ def test_the_good_file_loads(tmp_path):
 def test_a_hostile_tokenizer_file_is_a_value_error_naming_it(tmp_path, case, text, words):
     path = _write(tmp_path, case, text)
     for reader in (load_tokenizer, BPETokenizer.load):
-        error, peak = _peak(lambda: reader(path))
+        error, peak = peak_allocation(lambda: reader(path))
         assert type(error) is ValueError, repr(error)
         assert f"tokenizer file {str(path)!r}" in str(error) and words in str(error), str(error)
         assert peak < 4_000_000                      # the file is at most ~200 kB: a few chunks of it, never all
@@ -118,7 +105,7 @@ def test_tokenizer_encode_exits_2_with_one_line(tmp_path, capsys, case):
 
 def test_a_tiktoken_file_too_big_is_refused_before_reading(tmp_path):
     path = _sparse(tmp_path / "huge.tiktoken", MAX_TOKENIZER_FILE_BYTES + 1)
-    error, peak = _peak(lambda: BPETokenizer.load_tiktoken(path))
+    error, peak = peak_allocation(lambda: BPETokenizer.load_tiktoken(path))
     assert type(error) is ValueError and f"tiktoken file {str(path)!r}" in str(error), repr(error)
     assert "more than the 16,777,216-byte limit" in str(error) and peak < 1_000_000
 
@@ -136,7 +123,7 @@ def test_hostile_gpt2_files(tmp_path, which, damage, words):
     write_gpt2_files(tmp_path, ["Ġ t", "h e"])
     path = tmp_path / which
     damage(path)
-    error, peak = _peak(lambda: BPETokenizer.from_gpt2(tmp_path / "encoder.json", tmp_path / "vocab.bpe"))
+    error, peak = peak_allocation(lambda: BPETokenizer.from_gpt2(tmp_path / "encoder.json", tmp_path / "vocab.bpe"))
     assert type(error) is ValueError, repr(error)
     assert str(path) in str(error) and words in str(error), str(error)
     assert peak < 4_000_000
@@ -154,6 +141,6 @@ def test_a_checkpoint_tokenizer_with_a_huge_special_id_is_refused(tmp_path):
     model = GPT(GPTConfig.gpt2(vocab_size=259, block_size=8, n_layer=1, n_head=2, n_embd=8))
     path = tmp_path / "ckpt.safetensors"
     save_checkpoint(path, model=model, step=0, tokenizer=json.loads(_edited(special_tokens={"<|endoftext|>": 10 ** 12})))
-    error, peak = _peak(lambda: load_checkpoint(path))
+    error, peak = peak_allocation(lambda: load_checkpoint(path))
     assert type(error) is ValueError and f"checkpoint {str(path)!r}: field 'tokenizer'" in str(error), repr(error)
     assert "leaves more than 65,536 unassigned ids" in str(error) and peak < 4_000_000

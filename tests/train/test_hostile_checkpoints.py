@@ -7,7 +7,6 @@ and one line on stderr.
 """
 import json
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from minillm.optim import AdamW
 from minillm.serialization import float32_to_bf16_bits, load_safetensors, read_safetensors_header, save_safetensors
 from minillm.tokenizer import CharTokenizer
 from minillm.train import load_checkpoint, load_model, save_checkpoint
+from tests.peak_memory import peak_allocation
 
 CHARS = "abcdefghij \n"
 
@@ -68,17 +68,6 @@ def _variant(src: str, dst, *, fields=None, meta=None, drop=(), tensors=None) ->
     return str(dst)
 
 
-def _peak(function):
-    """(exception raised or None, peak traced allocation in bytes) of ``function()``."""
-    tracemalloc.start()
-    try:
-        function()
-        error = None
-    except Exception as exc:   # noqa: BLE001 - the caller checks the type
-        error = exc
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return error, peak
 
 
 def test_the_good_checkpoint_loads_everything(good):
@@ -173,7 +162,7 @@ def test_a_newer_format_version_asks_for_an_upgrade(good, tmp_path):
 ])
 def test_a_config_claiming_a_huge_model_is_refused_before_allocating(good, tmp_path, field, value, words):
     path = _variant(good, tmp_path / f"huge_{field}.safetensors", fields={"model_config": lambda c: c.update({field: value})})
-    error, peak = _peak(lambda: load_model(path))
+    error, peak = peak_allocation(lambda: load_model(path))
     assert type(error) is ValueError, repr(error)
     assert f"checkpoint '{path}': field 'model_config'" in str(error) and "do not belong together" in str(error)
     assert peak < 2_000_000                                   # the header and a few small objects
@@ -187,7 +176,7 @@ def test_computed_position_tables_are_bounded_by_the_weights(tmp_path, pos):
     save_checkpoint(path, model=model, step=0, tokenizer=tok)
     load_model(path)
     bad = _variant(str(path), tmp_path / "long.safetensors", fields={"model_config": lambda c: c.update(block_size=10 ** 9)})
-    error, peak = _peak(lambda: load_model(bad))
+    error, peak = peak_allocation(lambda: load_model(bad))
     assert type(error) is ValueError and "field 'model_config' has block_size=1000000000" in str(error)
     assert f"{pos} position tables" in str(error) and peak < 2_000_000
     fine = _variant(str(path), tmp_path / "longer.safetensors", fields={"model_config": lambda c: c.update(block_size=4096)})
@@ -257,7 +246,7 @@ def test_a_nested_header_is_refused_without_recursion(tmp_path):
     header += b" " * ((-len(header)) % 8)
     path = tmp_path / "nested.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    error, peak = _peak(lambda: load_checkpoint(path))
+    error, peak = peak_allocation(lambda: load_checkpoint(path))
     assert type(error) is ValueError and "nested.safetensors" in str(error)
     assert "not shaped like a safetensors header" in str(error) and peak < 5 * len(header) + 2_000_000
 
