@@ -78,6 +78,10 @@ class CheckResult:
     look_at: str = ""
     seconds: float = 0.0
 
+    def __post_init__(self):
+        if self.passed is not None:
+            self.passed = bool(self.passed)          # a NumPy bool is not `False`
+
     @property
     def status(self) -> str:
         return "skip" if self.passed is None else ("PASS" if self.passed else "FAIL")
