@@ -1,11 +1,12 @@
-"""The ``minillm`` command: prepare | tokenizer | train | eval | sample | generate | chat | sft | dpo.
+"""The ``minillm`` command: prepare | tokenizer | train | eval | doctor | sample | generate | chat | sft | dpo.
 
 Each family declares its commands next to its code (a config class and a handler, through
 :func:`minillm.commandline.register`); this module only collects them and routes the arguments, so
 ``minillm train --help`` and ``python -m minillm train --help`` read the same. Every command reads
 ``--config FILE.toml`` and ``--key value`` options the same way and runs inside one error boundary
 (:func:`minillm.commandline.run`, :mod:`minillm.errors`): 0 success; 2 bad input or another known
-failure (one clear line, no traceback); 3 a training run that diverged; 130 after Ctrl-C; 141
+failure (one clear line, no traceback); 3 a training run that diverged; 4 a ``minillm doctor`` check
+failed (``train --doctor`` too); 130 after Ctrl-C; 141
 when the reader of the output went away (``| head``); 1 an unexpected exception, in one line naming
 the log file with its traceback (``--debug``, before or after the command, prints the traceback
 instead).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minillm import commandline
+from minillm import commandline, doctor
 from minillm.data import cli as data_cli
 from minillm.generation import cli as generation_cli
 from minillm.posttrain import cli as posttrain_cli
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(subparsers)
     tokenizer_cli.register(subparsers)
     train_cli.register(subparsers)
+    doctor.register(subparsers)
     generation_cli.register(subparsers)
     posttrain_cli.register(subparsers)
     return parser

@@ -14,6 +14,9 @@ Exit status of every command (``minillm``, ``python -m minillm.data.cli``, ...):
          argument or file, what is wrong and what to do; never a traceback
     3    the training run diverged (:class:`~minillm.train.NonFiniteLossError`: a NaN/Inf loss
          with ``on_nonfinite=stop``); the line names the step and the last good checkpoint
+    4    a preflight check failed (``minillm doctor``, ``minillm train --doctor``:
+         :class:`~minillm.doctor.DoctorFailed`); the table printed above says which check, what
+         such a failure usually means and what to look at
     130  interrupted (Ctrl-C)
     141  the reader of the output went away (``minillm ... | head``): nothing is printed; 141 is
          what a shell reports for a program the closed pipe stopped (128 + SIGPIPE)
@@ -37,7 +40,8 @@ import tempfile
 import time
 import traceback
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 130, 141
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOCTOR = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 class MinillmError(Exception):

@@ -14,6 +14,7 @@ from minillm.amp import PRECISIONS, autocast
 from minillm.backend import DEVICES, check_device
 from minillm.config import Config, Section, option
 from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val
+from minillm.doctor import run_doctor
 from minillm.train.checkpoint import load_model
 from minillm.train.config import TrainConfig
 from minillm.train.evaluate import evaluate_language_model
@@ -49,6 +50,9 @@ def register(subparsers) -> None:
 
 def run_train(cfg: TrainConfig) -> int:
     check_device(cfg.loop.device)       # now, not after the corpus is read and the tokenizer trained
+    if cfg.loop.doctor:
+        run_doctor(cfg)                 # a failed check raises DoctorFailed: exit 4, nothing trained
+        print()
     summary = run_pretraining(cfg)
     final = summary["final"]
     print(f"\nfinal validation: loss {final['val_loss']:.4f} nats/token, perplexity {final['val_ppl']:.2f}, "

@@ -153,6 +153,8 @@ class LoopSection(Section):
     overwrite: bool = option(False, "start afresh in an out_dir that holds an earlier run (its checkpoints, metrics "
                              "and summary are deleted first); without it such a run is refused")
     progress: bool = option(True, "show a progress bar")
+    doctor: bool = option(False, "(pretraining) run the `minillm doctor` checks on this config first and stop "
+                          "(exit status 4) if one fails")
     profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
                           "0 = off", minimum=0)
 
