@@ -101,36 +101,7 @@ class LayerNorm(Function):
         needs = self.needs_input_grad
         if self.fused:                                           # the fused forward ran (flat μ, r)
             return _norm_backward_cuda(self.x, gy, self.weight, self.mu, self.rstd, True, needs)
-        xp = get_array_module(gy)
-        c = self.x.shape[-1]
-        x2, gy2 = self.x.reshape(-1, c), gy.reshape(-1, c)       # (N, C)
-        mu2, rstd2 = self.mu.reshape(-1, 1), self.rstd.reshape(-1, 1)
-        xhat = xp.empty(x2.shape, dtype=gy.dtype)                # (N, C) x̂, then x̂ · mean(ĝ · x̂)
-        gx = xp.empty(x2.shape, dtype=gy.dtype) if needs[0] else None
-
-        def rebuild_xhat(start, stop):
-            xs = xhat[start:stop]
-            xp.subtract(x2[start:stop], mu2[start:stop], out=xs)
-            xs *= rstd2[start:stop]
-
-        def input_gradient(start, stop):
-            xs, g = xhat[start:stop], gx[start:stop]
-            xp.multiply(gy2[start:stop], self.weight, out=g)     # ĝ
-            proj = _row_dot(g, xs)                               # (rows, 1)
-            proj *= 1.0 / c
-            xs *= proj
-            g -= g.mean(axis=-1, keepdims=True)
-            g -= xs
-            g *= rstd2[start:stop]
-
-        n = x2.shape[0]
-        for_rows(rebuild_xhat, n, c, gy)
-        gw = _column_dot(gy2, xhat) if needs[1] else None        # (C,)
-        gb = _sum_rows(gy2, c) if len(needs) > 2 and needs[2] else None   # (C,)
-        if needs[0]:
-            for_rows(input_gradient, n, c, gy)
-            gx = gx.reshape(self.x.shape)
-        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
+        return _norm_backward_host(self.x, gy, self.weight, self.mu, self.rstd, True, needs)
 
     def kernel_forward(self, x, weight, bias=None, out_dtype=None, round_bf16=False):
         """The fused CUDA forward, or None where it does not run (:func:`_fused_norm`): x float32 or
@@ -225,32 +196,7 @@ class RMSNorm(Function):
         # With ĝ = gy · w:  dL/dx = r · (ĝ - x̂ · mean(ĝ · x̂)),  dL/dw = Σ_rows gy · x̂
         if self.fused:                                           # the fused forward ran
             return _norm_backward_cuda(self.x, gy, self.weight, None, self.rstd, False, self.needs_input_grad)
-        xp = get_array_module(gy)
-        needs = self.needs_input_grad
-        c = self.x.shape[-1]
-        x2, gy2, rstd2 = self.x.reshape(-1, c), gy.reshape(-1, c), self.rstd.reshape(-1, 1)
-        xhat = xp.empty(x2.shape, dtype=gy.dtype)                # (N, C) x̂, then x̂ · mean(ĝ · x̂)
-        gx = xp.empty(x2.shape, dtype=gy.dtype) if needs[0] else None
-
-        def rebuild_xhat(start, stop):
-            xp.multiply(x2[start:stop], rstd2[start:stop], out=xhat[start:stop])
-
-        def input_gradient(start, stop):
-            xs, g = xhat[start:stop], gx[start:stop]
-            xp.multiply(gy2[start:stop], self.weight, out=g)     # ĝ
-            proj = _row_dot(g, xs)                               # (rows, 1)
-            proj *= 1.0 / c
-            xs *= proj
-            g -= xs
-            g *= rstd2[start:stop]
-
-        n = x2.shape[0]
-        for_rows(rebuild_xhat, n, c, gy)
-        gw = _column_dot(gy2, xhat) if needs[1] else None        # (C,)
-        if needs[0]:
-            for_rows(input_gradient, n, c, gy)
-            gx = gx.reshape(self.x.shape)
-        return gx, gw
+        return _norm_backward_host(self.x, gy, self.weight, None, self.rstd, False, self.needs_input_grad)
 
     def kernel_forward(self, x, weight, out_dtype=None, round_bf16=False):
         """The fused CUDA forward, or None where it does not run: as :meth:`LayerNorm.kernel_forward`."""
@@ -399,6 +345,52 @@ def _norm_forward_cuda(x, weight, bias, eps: float, centered: bool, out_dtype, r
                 _cuda.i64(c), _cuda.f32(eps), np.int32(centered), np.int32(bias is not None),
                 np.int32(round_bf16)))
     return y, mean, rstd
+
+
+def _norm_backward_host(x, gy, weight, mean, rstd, centered: bool, needs):
+    """The array backward of LayerNorm (``centered``: x̂ = (x - μ)·r, with a bias) and RMSNorm
+    (x̂ = x·r), the host twin of :func:`_norm_backward_cuda`. With ĝ = gy · w, per row of C values:
+
+        dL/dx = r · (ĝ - [mean(ĝ)] - x̂ · mean(ĝ · x̂))    ([..] only when centered)
+        dL/dw = Σ_rows gy · x̂,   dL/db = Σ_rows gy        (db only when needs has a third entry)
+
+    x̂ is rebuilt from the saved μ and r (not stored by forward) and the row work is split across
+    the host threads (each row's arithmetic is the same for any thread count)."""
+    xp = get_array_module(gy)
+    c = x.shape[-1]
+    x2, gy2, rstd2 = x.reshape(-1, c), gy.reshape(-1, c), rstd.reshape(-1, 1)   # (N, C), (N, C), (N, 1)
+    mean2 = mean.reshape(-1, 1) if centered else None
+    xhat = xp.empty(x2.shape, dtype=gy.dtype)                    # (N, C) x̂, then x̂ · mean(ĝ · x̂)
+    gx = xp.empty(x2.shape, dtype=gy.dtype) if needs[0] else None
+
+    def rebuild_xhat(start, stop):
+        xs = xhat[start:stop]
+        if centered:
+            xp.subtract(x2[start:stop], mean2[start:stop], out=xs)
+            xs *= rstd2[start:stop]
+        else:
+            xp.multiply(x2[start:stop], rstd2[start:stop], out=xs)
+
+    def input_gradient(start, stop):
+        xs, g = xhat[start:stop], gx[start:stop]
+        xp.multiply(gy2[start:stop], weight, out=g)             # ĝ
+        proj = _row_dot(g, xs)                                   # (rows, 1)
+        proj *= 1.0 / c
+        xs *= proj
+        if centered:
+            g -= g.mean(axis=-1, keepdims=True)
+        g -= xs
+        g *= rstd2[start:stop]
+
+    n = x2.shape[0]
+    for_rows(rebuild_xhat, n, c, gy)
+    gw = _column_dot(gy2, xhat) if needs[1] else None            # (C,)
+    if needs[0]:
+        for_rows(input_gradient, n, c, gy)
+        gx = gx.reshape(x.shape)
+    if len(needs) == 2:
+        return gx, gw
+    return gx, gw, (_sum_rows(gy2, c) if needs[2] else None)      # (C,)
 
 
 def _norm_backward_cuda(x, gy, weight, mean, rstd, centered: bool, needs):
