@@ -12,12 +12,11 @@ runs share nothing (each its own out_dir), and run one after another, never two 
 A recipe is a list of ``minillm train`` options (``recipe(...)``: BASE with some changed); the
 chosen one ("llama-4x192 vocab 4096 batch 16") became ``minillm train``'s defaults
 (minillm/train/config.py) and examples/configs/shakespeare_bpe.toml.
-Results: benchmarks/results/sweep_main_job_<time>.json and .md (git-ignored), or ``--out DIR``.
+Results: benchmarks/results/sweep_main_job.json and .md (git-ignored), or in ``--out DIR``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -112,14 +111,7 @@ def main(argv=None) -> int:
     table = format_table(["recipe", "val bits/byte", "minutes (end to end)", "other cores", "overrides"], rows)
     print(table)
     payload = {"recipes": results, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "sweep_main_job.json"), "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1)
-        with open(os.path.join(args.out, "sweep_main_job.md"), "w", encoding="utf-8") as handle:
-            handle.write(table + "\n")
-    else:
-        save_results("sweep_main_job", payload, table)
+    print(f"results: {save_results('sweep_main_job', payload, table, args.out)}")
     return 0
 
 
