@@ -15,6 +15,7 @@ from minillm.backend import DEVICES, check_device
 from minillm.config import Config, Section, option
 from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val
 from minillm.doctor import run_doctor
+from minillm.train import memory
 from minillm.train.checkpoint import load_model
 from minillm.train.config import TrainConfig
 from minillm.train.evaluate import evaluate_language_model
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
                          help="pretrain a GPT (no arguments: the main job on the embedded Shakespeare corpus)")
     commandline.register(subparsers, "eval", EvalConfig, run_eval,
                          help="loss, perplexity and bits per byte of a checkpoint on a text")
+    memory.register(subparsers)
 
 
 def run_train(cfg: TrainConfig) -> int:

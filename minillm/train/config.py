@@ -157,6 +157,8 @@ class LoopSection(Section):
                           "(exit status 4) if one fails")
     profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
                           "0 = off", minimum=0)
+    recompute: bool = option(False, "recompute each block's activations in backward instead of keeping them "
+                             "(less memory, more time; the same gradients)")
 
 
 @dataclass
