@@ -52,6 +52,15 @@ profiler's own bookkeeping (which runs between the timed intervals).
 
 When no profile records, the cost is one check of a module variable per op and one per module
 call; the profiler only reads arrays, so it changes no result.
+
+The memory ledger (:func:`memory_ledger`, ``minillm memory``) accounts for the bytes of one
+training step instead -- parameters, gradients, optimizer state, and the arrays each op keeps for
+backward per module path and op type, each buffer once -- against the live bytes measured at the
+step's peak (tracemalloc on the host)::
+
+    ledger = mm.profiler.memory_ledger(model, lambda: model(idx, targets)[1], optimizer)
+    print(ledger.table())                         # categories vs the measured peak; by module; by op
+    ledger.save_json("ledger.json")
 """
 from __future__ import annotations
 
