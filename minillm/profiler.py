@@ -418,10 +418,15 @@ def _owner(array):
 
 
 def _arrays_in(value, depth: int = 0):
-    """The arrays in an attribute an op saved: an array, a Tensor's array, or those inside a
-    list, tuple or dict (two levels: attention keeps a list of per-chunk weights)."""
+    """The arrays in an attribute an op saved: an array, a Tensor's array, those inside a list,
+    tuple or dict (two levels: attention keeps a list of per-chunk weights), or what a wrapped
+    op saved (mixed precision's InFloat32 runs the float32 op it holds)."""
     if _is_array(value):
         yield value
+    elif isinstance(value, autograd.Function) and depth < 2:
+        for name, item in value.__dict__.items():
+            if name not in _NOT_SAVED:
+                yield from _arrays_in(item, depth + 1)
     elif hasattr(value, "data") and _is_array(getattr(value, "data", None)) and hasattr(value, "grad_fn"):
         yield value.data
     elif depth < 2 and isinstance(value, (list, tuple)):

@@ -156,3 +156,22 @@ def test_memory_command_prints_the_ledger_and_writes_json(tmp_path, capsys):
     assert cli.main(args) == 2                    # the file is there: refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(args + ["--overwrite"]) == 0
+
+
+def test_under_autocast_the_ops_wrapped_for_float32_are_looked_into():
+    # InFloat32 runs a float32 op it holds: what that op keeps (the float16 logits, kept by the
+    # cross-entropy) is counted, and the live bytes before backward are still all accounted for
+    model = tiny_gpt()
+    optimizer = AdamW(model.parameters(), lr=1e-3)
+
+    def forward():
+        with mm.amp.autocast("fp16"):
+            return model(IDS, TARGETS)[1]
+
+    forward().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    ledger = profiler.memory_ledger(model, forward, optimizer)
+    assert ledger.by_op["InFloat32(CrossEntropy)"] >= IDS.size * SHAPE["vocab_size"] * 2    # float16 logits
+    m = ledger.measured
+    assert abs(m["live_before_backward"] - m["accounted_before_backward"]) <= 0.02 * m["accounted_before_backward"] + 2**16
