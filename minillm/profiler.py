@@ -390,7 +390,7 @@ def profile(model=None, sync: bool = True) -> Profile:
 # ---------------------------------------------------------------------------------------------
 MIB = 2 ** 20
 CATEGORIES = {                # the ledger's rows, in order, and what each holds
-    "parameters": "the parameters (float32: under fp16/bf16 these are the master weights; no "
+    "parameters": "the weights (under fp16/bf16 these are the float32 master weights: no "
                   "low-precision copy outlives an op)",
     "gradients": "one per trainable parameter, as backward leaves them",
     "optimizer_state": "per parameter (AdamW: exp_avg m and exp_avg_sq v)",
