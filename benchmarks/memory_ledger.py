@@ -109,11 +109,15 @@ def main(argv=None) -> int:
                          "step peak RSS": statistics.median(r["step_peak_rss"] for r in runs[c])}.get(
                 name, ledger["categories"].get(name))
         change = values["recompute"] - values["plain"]
+        relative = values["plain"] > 0 and name != "unexplained remainder"
         rows.append([name.replace("_", " "), f"{values['plain'] / MIB:.1f}", f"{values['recompute'] / MIB:.1f}",
-                     f"{change / MIB:+.1f}" + (f" ({100 * change / values['plain']:+.0f}%)" if values["plain"] else "")])
+                     f"{change / MIB:+.1f}" + (f" ({100 * change / values['plain']:+.0f}%)" if relative else "")])
     plain_ms, recompute_ms = summary["plain"]["median"], summary["recompute"]["median"]
-    rows.append(["step time, ms (median)", f"{plain_ms:.0f} ({common.spread(summary['plain']['round_medians'])})",
-                 f"{recompute_ms:.0f} ({common.spread(summary['recompute']['round_medians'])})",
+    def spread(c):
+        medians = summary[c]["round_medians"]
+        return f"{min(medians):.0f}-{max(medians):.0f}"
+
+    rows.append(["step time, ms (median)", f"{plain_ms:.0f} ({spread('plain')})", f"{recompute_ms:.0f} ({spread('recompute')})",
                  f"{recompute_ms - plain_ms:+.0f} ({100 * (recompute_ms / plain_ms - 1):+.0f}%)"])
     table = common.format_table(["MiB", "plain", "--recompute", "change"], rows)
     busy = max(summary[c]["other_cores"] for c in CONTENDERS)
