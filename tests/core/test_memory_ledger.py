@@ -175,3 +175,15 @@ def test_under_autocast_the_ops_wrapped_for_float32_are_looked_into():
     assert ledger.by_op["InFloat32(CrossEntropy)"] >= IDS.size * SHAPE["vocab_size"] * 2    # float16 logits
     m = ledger.measured
     assert abs(m["live_before_backward"] - m["accounted_before_backward"]) <= 0.02 * m["accounted_before_backward"] + 2**16
+
+
+def test_ledger_on_the_gpu_code_path(gpu_device):
+    # a real GPU under --backend cupy (the CuPy pool's meter), else the strict emulation
+    model = tiny_gpt().to(gpu_device)
+    ledger = ledger_of(model)
+    count = model.num_parameters()
+    assert ledger.categories["parameters"] == ledger.categories["gradients"] == 4 * count
+    assert ledger.categories["optimizer_state"] == 8 * count
+    assert ledger.categories["saved_activations"] > 0
+    m = ledger.measured
+    assert abs(m["live_before_backward"] - m["accounted_before_backward"]) <= 0.02 * m["accounted_before_backward"] + 2**16

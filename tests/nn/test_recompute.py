@@ -171,3 +171,18 @@ def test_the_profiler_counts_recomputed_ops_once_each_time_they_run():
     assert ops["Recompute"]["forward_s"] == ops["Recompute"]["backward_s"] == 0.0   # its ops are timed themselves
     assert ops["GELU"]["calls"] == 4 and ops["GELU"]["backward_calls"] == 2         # each block's forward ran twice
     assert "blocks.*.mlp" in prof.grouped("module", depth=3, merge_indices=True)
+
+
+def test_recompute_on_the_gpu_code_path_is_bit_identical(gpu_device):
+    # the fused CUDA kernels (GELU, norms, attention without stored weights) on a real GPU
+    # (--backend cupy); the strict emulation of the device otherwise
+    results = []
+    for recompute_blocks in (False, True):
+        model = tiny_gpt("gpt2", recompute_blocks).to(gpu_device)
+        idx, targets = batch()
+        loss = model(idx, targets)[1]
+        loss.backward()
+        results.append((float(loss.item()), {n: p.grad.copy() for n, p in model.named_parameters()}))
+    assert results[0][0] == results[1][0]
+    for name, grad in results[0][1].items():
+        assert bool((grad == results[1][1][name]).all()), name
