@@ -28,7 +28,7 @@ def tiny_config(preset="llama", dropout=0.0):
 
 
 def make_trainer(out_dir, health_interval, preset="llama", max_steps=12, dropout=0.0, grad_accum_steps=1,
-                 plant=None, lr=1e-3):
+                 plant=None, lr=1e-3, precision="fp32"):
     mm.manual_seed(0)
     model = GPT(tiny_config(preset, dropout))
     if plant is not None:
@@ -36,7 +36,7 @@ def make_trainer(out_dir, health_interval, preset="llama", max_steps=12, dropout
     optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=lr)
     loader = RandomWindowLoader(TOKENS, batch_size=4, block_size=12, seed=0)
     loop = LoopSection(max_steps=max_steps, eval_interval=1000, log_interval=1, progress=False, out_dir=str(out_dir),
-                       health_interval=health_interval, grad_accum_steps=grad_accum_steps)
+                       health_interval=health_interval, grad_accum_steps=grad_accum_steps, precision=precision)
     schedule = CosineSchedule(lr, lr / 10, warmup_steps=2, total_steps=max_steps)
     return Trainer(model, optimizer, schedule, loop, language_model_loss, loader, tokens_per_batch=48)
 
@@ -146,13 +146,18 @@ def test_health_steps_are_the_first_and_every_nth():
 
 
 # -- observing changes nothing -------------------------------------------------------------------
-@pytest.mark.parametrize("preset, dropout, accum", [("llama", 0.0, 1), ("gpt2", 0.1, 2)])
-def test_health_on_and_off_train_identically(tmp_path, preset, dropout, accum):
+@pytest.mark.parametrize("preset, dropout, accum, precision", [("llama", 0.0, 1, "fp32"), ("gpt2", 0.1, 2, "fp32"),
+                                                              ("llama", 0.0, 1, "fp16")])
+def test_health_on_and_off_train_identically(tmp_path, preset, dropout, accum, precision):
     runs = {}
     for interval in (0, 3):
         trainer = make_trainer(tmp_path / str(interval), interval, preset=preset, max_steps=7, dropout=dropout,
-                               grad_accum_steps=accum)
+                               grad_accum_steps=accum, precision=precision)
         records = trainer.fit()
+        train = {r["step"]: r for r in records if r["kind"] == "train"}
+        for health in (r for r in records if r["kind"] == "health"):   # gradients read unscaled, before clipping
+            total = math.sqrt(sum(p["grad_norm"] ** 2 for p in health["params"].values()))
+            assert total == pytest.approx(train[health["step"]]["grad_norm"], rel=1e-5)
         runs[interval] = ([r["loss"] for r in records if r["kind"] == "train"],
                           {n: p.data.copy() for n, p in trainer.model.named_parameters()},
                           [r["step"] for r in records if r["kind"] == "health"])

@@ -227,7 +227,7 @@ def summary_table(record: dict) -> str:
         if len(stats.get("shape", [0, 0])) >= 2:
             ratios.setdefault(layer_of(name), []).append(stats.get("update_ratio"))
     activations, attention = record.get("activations", {}), record.get("attention", {})
-    header = ["layer", "grad norm", "weight norm", "update ratio", "out std", "out dead", "mlp dead",
+    header = ["layer", "grad norm", "weight norm", "median update", "out std", "out dead", "mlp dead",
               "entropy min/mean"]
     rows = []
     for layer in grads:
@@ -276,9 +276,11 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def line_chart(title: str, series: list[tuple[str, list, list]], log_y: bool = False, y_label: str = "",
-               reference: tuple[float, str] | None = None, width: int = 470, height: int = 230) -> str:
+               reference: tuple[float, str] | None = None, include: tuple = (), width: int = 470,
+               height: int = 230) -> str:
     """An inline SVG line chart: ``series`` of (label, xs, ys) (None ys leave gaps); ``log_y`` a
-    log10 axis (non-positive values are left out); ``reference`` a dashed level with its label."""
+    log10 axis (non-positive values are left out); ``reference`` a dashed level with its label;
+    ``include`` y values the axis spans whatever the data (a fraction's 0 and a visible top)."""
     left, right, top, bottom = 58, 10, 24, 34
     legend_rows = (len(series) + 3) // 4
     height += 14 * legend_rows
@@ -290,6 +292,8 @@ def line_chart(title: str, series: list[tuple[str, list, list]], log_y: bool = F
     ys = [math.log10(y) if log_y else y for _, sx, sy in series for y in sy if usable(y)]
     if reference and (reference[0] > 0 or not log_y):
         ys.append(math.log10(reference[0]) if log_y else reference[0])
+    if ys and not log_y:
+        ys += list(include)
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
              f'<text x="{left}" y="15" class="title">{html.escape(title)}</text>']
     if not xs or not ys:
@@ -300,7 +304,8 @@ def line_chart(title: str, series: list[tuple[str, list, list]], log_y: bool = F
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:
-        y0, y1 = y0 - (0.5 if log_y else abs(y0) * 0.1 + 1e-12), y1 + (0.5 if log_y else abs(y1) * 0.1 + 1e-12)
+        half = 0.5 if log_y else (abs(y0) * 0.1 or 0.5)
+        y0, y1 = y0 - half, y1 + half
     pad = (y1 - y0) * 0.05
     y0, y1 = y0 - pad, y1 + pad
 
@@ -467,9 +472,10 @@ def render_html(run_dir: str, records: list[dict], flags: list[Flag]) -> str:
     out.append(line_chart("MLP hidden std", _series(records, hidden,
                                                     lambda r, n: r.get("activations", {}).get(n, {}).get("std"))))
     out.append(line_chart("dead units (fraction)", _series(
-        records, activations, lambda r, n: r.get("activations", {}).get(n, {}).get("dead"))))
+        records, activations, lambda r, n: r.get("activations", {}).get(n, {}).get("dead")),
+        reference=(DEAD_UNITS, "flag"), include=(0.0, 2 * DEAD_UNITS)))
     out.append(line_chart("outliers (|h| > 10 RMS, fraction)", _series(
-        records, activations, lambda r, n: r.get("activations", {}).get(n, {}).get("outliers"))))
+        records, activations, lambda r, n: r.get("activations", {}).get(n, {}).get("outliers")), include=(0.0,)))
     out.append("</div>")
 
     heads = [(layer, h) for layer in attention for h in range(len(last["attention"][layer].get("entropy") or []))]
