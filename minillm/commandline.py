@@ -18,7 +18,7 @@ and is run as ``minillm train [--config FILE.toml] [--key VALUE | --section.key 
 exit status 0 success; 2 a known failure -- anything wrong with the input (a bad option, value or
 file), a file that cannot be written, a missing device -- as one line ``minillm COMMAND: error:
 ...`` on stderr, never a traceback; 3 a training run that diverged; 4 a ``minillm doctor`` check
-failed; 130 after Ctrl-C; 141 (quietly)
+failed; 5 ``minillm health`` raised a flag; 130 after Ctrl-C; 141 (quietly)
 when the reader of the output went away (``| head``); 1 an unexpected exception (a bug), reported
 in one line naming the log file that holds its traceback;
 a training run stopped by a signal exits 128 + the signal (130 SIGINT, 143 SIGTERM) after saving

@@ -26,6 +26,13 @@ The learning rate belongs to the schedule alone (a :class:`~minillm.optim.Cosine
 then cosine decay); the gradient is that of the mean loss over the micro-batches (equal-sized
 micro-batches assumed, as the loaders produce).
 
+With ``health_interval`` N > 0 (``minillm train --health_interval N``), step 1 and every N-th step
+are observed by a :class:`minillm.health.HealthObserver`: per-parameter gradient and weight norms
+and update ratios, activation statistics, attention entropy per head and the logit scale, written
+to the metrics log as a ``"kind": "health"`` record (read by ``minillm health RUN_DIR``). The
+observer only reads arrays, so the run is the same as without it; with N = 0 the only cost is one
+integer test per step.
+
 With ``profile`` N > 0 (``minillm train --profile N``), the N steps after the first one of a
 :meth:`Trainer.fit` (the first warms up: allocations, caches) run inside one
 :class:`minillm.profiler.Profile`; its tables, by op and by module, are printed once and it is
@@ -57,6 +64,7 @@ checkpoint in the folder is fine) and removes temporary files left by interrupte
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -72,6 +80,7 @@ from minillm.amp import GradScaler, autocast
 from minillm.backend import get_array_module, get_rng_state, item, set_rng_state, to_device, to_numpy
 from minillm.errors import TrainingDiverged
 from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
+from minillm.health import HealthObserver, is_health_step
 from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -81,7 +90,7 @@ from minillm.train.metrics import MetricsLog, plot_loss_curve
 # A run's outputs in out_dir: any of these means the folder holds a run (prepare_run_folder).
 RUN_FILES = ("last.safetensors", "best.safetensors", "model.safetensors", "adapters.safetensors", "metrics.jsonl",
              "summary.json")
-DERIVED_FILES = ("loss.png", "profile.json")       # also removed by --overwrite
+DERIVED_FILES = ("loss.png", "profile.json", "health.html")   # also removed by --overwrite
 MAX_WEIGHT_NORM_GROWTH = 100.0    # a save needs |weights| <= this x |weights at the start| (module docstring)
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -225,6 +234,7 @@ class Trainer:
         self.nonfinite_val_loss: float | None = None     # a NaN/Inf validation loss at the current weights
         self.reference_weight_norm, _ = self.weight_norm()
         self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if loop.out_dir else None)
+        self.health = HealthObserver(model) if loop.health_interval else None
         for note in self.metrics.notes:
             print(note, file=sys.stderr)
 
@@ -317,10 +327,13 @@ class Trainer:
         lr = self.schedule(self.step)
         set_lr(self.optimizer, lr)
         self.model.train()
+        health = self.health if self.health is not None and is_health_step(self.step + 1, loop.health_interval) \
+            else None
         total_loss, extra = 0.0, {}
-        for _ in range(loop.grad_accum_steps):
+        for micro_batch in range(loop.grad_accum_steps):
             batch = self._to_device(self.batches.next_batch())
-            with autocast(loop.precision):
+            watch = health.watch() if health is not None and micro_batch == 0 else contextlib.nullcontext()
+            with autocast(loop.precision), watch:
                 loss, metrics = self.compute_loss(self.model, batch)
             self._backward(loss)
             total_loss += loss.item() / loop.grad_accum_steps
@@ -328,20 +341,29 @@ class Trainer:
                 extra[key] = extra.get(key, 0.0) + value / loop.grad_accum_steps
         params = [p for p in self.model.parameters() if p.requires_grad]
         overflow = scaler is not None and scaler.unscale_(self.optimizer)   # fp16: grads / scale, inf/NaN check
+        if health is not None:
+            health.read_gradients()                                         # before clipping
         grad_norm = math.inf if overflow else clip_grad_norm_(params, self.grad_clip or math.inf)
         record = {"kind": "train", "step": self.step + 1, "loss": total_loss, "lr": lr, "grad_norm": grad_norm, **extra}
         if scaler is not None:
             record["loss_scale"] = scaler.get_scale()
+        if health is not None and (overflow or not (math.isfinite(total_loss) and math.isfinite(grad_norm))):
+            health.discard()                                                # the step is not applied
+            health = None
         if overflow and math.isfinite(total_loss):
             return self._skip_overflow(record)
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             return self._handle_nonfinite(record, total_loss, grad_norm)
         self._note_spike(record, grad_norm)
+        if health is not None:
+            health.before_update()
         self.optimizer.step()
         self.optimizer.zero_grad()
         if scaler is not None:
             scaler.update()
         self.step += 1
+        if health is not None:
+            self.metrics.write(**health.record(self.step))
         self.consecutive_skips, self.nonfinite_val_loss = 0, None     # new weights
         return record
 
