@@ -18,6 +18,7 @@ from minillm.doctor import run_doctor
 from minillm.train.checkpoint import load_model
 from minillm.train.config import TrainConfig
 from minillm.train.evaluate import evaluate_language_model
+from minillm.train.multiple_choice import evaluate_multiple_choice, format_report, read_tasks
 from minillm.train.pretrain import run_pretraining
 
 
@@ -30,13 +31,19 @@ class EvalSection(Section):
     input: str = option("", "a text file or folder; empty = the embedded corpus's validation part")
     device: str = option("cpu", "where to run", choices=DEVICES)
     precision: str = option("fp32", "run the model under minillm.amp.autocast (mixed precision)", choices=PRECISIONS)
-    batch_size: int = option(16, "windows per batch", minimum=1)
+    batch_size: int = option(16, "windows per batch (with --tasks and --kv_cache false: choices per forward)",
+                             minimum=1)
     stride: int | None = option(None, "window stride; none = the block size (smaller gives more context)", minimum=1)
+    tasks: str = option("", "a JSONL file of multiple-choice questions {context, choices, label}: report accuracy "
+                            "and normalised accuracy instead of the loss")
+    kv_cache: bool = option(True, "with --tasks: compute each context once and share it across its choices")
+    json: bool = option(False, "with --tasks: print the result as JSON instead of a table")
 
 
 @dataclass
 class EvalConfig(Config):
-    description: ClassVar[str] = "Loss, perplexity and bits per byte of a checkpoint on a text."
+    description: ClassVar[str] = ("Loss, perplexity and bits per byte of a checkpoint on a text, or (--tasks) its "
+                                  "accuracy on multiple-choice questions.")
 
     eval: EvalSection = field(default_factory=EvalSection)
 
@@ -71,6 +78,8 @@ def run_eval(cfg: EvalConfig) -> int:
     model, tokenizer, checkpoint = load_model(args.checkpoint, device=args.device)
     if tokenizer is None:
         raise ValueError(f"checkpoint {args.checkpoint!r} holds no tokenizer; cannot encode text")
+    if args.tasks:
+        return run_multiple_choice(args, model, tokenizer, checkpoint)
     if args.input:
         text = "".join(read_corpus(args.input))
         source = args.input
@@ -88,6 +97,25 @@ def run_eval(cfg: EvalConfig) -> int:
                                          stride=args.stride, prefix="")
     result.update(checkpoint=args.checkpoint, text=source, step=checkpoint.step, precision=args.precision)
     print(json.dumps(finite_for_json(result), indent=2, allow_nan=False))
+    return 0
+
+
+def run_multiple_choice(args: EvalSection, model, tokenizer, checkpoint) -> int:
+    """``minillm eval --tasks FILE.jsonl``: accuracy on multiple-choice questions (see
+    :mod:`minillm.train.multiple_choice`)."""
+    for flag, value in (("--input", args.input), ("--stride", args.stride)):
+        if value:
+            raise ValueError(f"{flag}={value!r} is for the loss on a text; with --tasks {args.tasks!r} expected "
+                             f"no {flag}")
+    questions = read_tasks(args.tasks)
+    with autocast(args.precision):
+        result = evaluate_multiple_choice(model, tokenizer, questions, use_cache=args.kv_cache,
+                                          batch_size=args.batch_size)
+    if args.json:
+        result.update(checkpoint=args.checkpoint, tasks=args.tasks, step=checkpoint.step, precision=args.precision)
+        print(json.dumps(finite_for_json(result), indent=2, allow_nan=False))
+    else:
+        print(format_report(result, f"{args.tasks} (checkpoint {args.checkpoint}, step {checkpoint.step})"))
     return 0
 
 
