@@ -304,6 +304,12 @@ def skip_random_init():
         _skip_random_init = previous
 
 
+def random_init_skipped() -> bool:
+    """Whether a :func:`skip_random_init` block is running (initialisers then skip their arithmetic
+    on the uninitialised arrays too: it would only touch memory the load is about to replace)."""
+    return _skip_random_init
+
+
 def random_normal(shape, dtype, device: str = "cpu", std: float = 1.0):
     """Normal(0, std²) samples of ``shape`` on ``device``, drawn from the global generator."""
     if _skip_random_init:

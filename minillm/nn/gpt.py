@@ -437,14 +437,15 @@ class GPT(Module):
     # -- Hugging Face model directories (minillm.nn.pretrained does the work) ---------------------
     @classmethod
     def from_pretrained(cls, path_or_name, dtype=np.float32, device: str = "cpu", block_size: int | None = None,
-                        verify: bool = True) -> "GPT":
+                        verify: bool = True, dropout: float = 0.0) -> "GPT":
         """A GPT with the weights of a Hugging Face model directory (``config.json`` +
         ``model.safetensors`` or a sharded index) or hub name such as ``"gpt2"`` (downloaded once
         into ``~/.cache/minillm/hub``): GPT-2, Llama and Mistral. In eval mode. Anything the model
         cannot represent is refused naming the config field. See :mod:`minillm.nn.pretrained`."""
         from minillm.nn.pretrained import from_pretrained  # noqa: PLC0415  (pretrained imports this module)
 
-        return from_pretrained(path_or_name, dtype=dtype, device=device, block_size=block_size, verify=verify)
+        return from_pretrained(path_or_name, dtype=dtype, device=device, block_size=block_size, verify=verify,
+                               dropout=dropout)
 
     def save_pretrained(self, directory, tokenizer=None, overwrite: bool = False, dtype: str | None = None) -> list:
         """Write this model as a Hugging Face directory (config.json, model.safetensors,

@@ -182,10 +182,12 @@ def _architecture(values: dict, source: str) -> str:
     return family
 
 
-def config_from_hf(values: dict, source: str = "config.json", block_size: int | None = None) -> GPTConfig:
+def config_from_hf(values: dict, source: str = "config.json", block_size: int | None = None,
+                   dropout: float = 0.0) -> GPTConfig:
     """The :class:`GPTConfig` of a Hugging Face ``config.json`` (a dict); a ValueError naming the
     field for anything GPT cannot represent. ``block_size`` (optional) shortens the context below
-    the file's ``n_positions`` / ``max_position_embeddings`` (smaller RoPE tables or position table)."""
+    the file's ``n_positions`` / ``max_position_embeddings`` (smaller RoPE tables or position table);
+    ``dropout`` is the training-time dropout to build with (Hugging Face's *_pdrop fields are not read)."""
     fields = _Fields(values, source)
     family = _architecture(values, source)
     if family == "gpt2":
@@ -202,7 +204,7 @@ def config_from_hf(values: dict, source: str = "config.json", block_size: int | 
         values_ = dict(vocab_size=fields.int("vocab_size"), block_size=positions, n_layer=fields.int("n_layer"),
                        n_head=heads, n_embd=c, mlp_hidden=None if hidden is None else fields.int("n_inner"),
                        norm_eps=fields.number("layer_norm_epsilon", 1e-5), gelu_approximate=GPT2_ACTIVATIONS[activation],
-                       tie_weights=fields.flag("tie_word_embeddings", True), dropout=0.0)
+                       tie_weights=fields.flag("tie_word_embeddings", True), dropout=dropout)
         make = GPTConfig.gpt2
     else:
         c, heads = fields.int("hidden_size"), fields.int("num_attention_heads")
@@ -226,7 +228,7 @@ def config_from_hf(values: dict, source: str = "config.json", block_size: int | 
         values_ = dict(vocab_size=fields.int("vocab_size"), block_size=positions, n_layer=fields.int("num_hidden_layers"),
                        n_head=heads, n_kv_head=kv_heads, n_embd=c, mlp_hidden=fields.int("intermediate_size"),
                        norm_eps=fields.number("rms_norm_eps", 1e-6), rope_theta=theta,
-                       tie_weights=fields.flag("tie_word_embeddings", False), dropout=0.0)
+                       tie_weights=fields.flag("tie_word_embeddings", False), dropout=dropout)
         make = GPTConfig.llama
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or not 0 < block_size <= positions:
@@ -453,17 +455,17 @@ def _resolve_dtype(dtype):
 
 
 def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, device: str = "cpu",
-                    block_size: int | None = None, verify: bool = True) -> GPT:
+                    block_size: int | None = None, verify: bool = True, dropout: float = 0.0) -> GPT:
     """A :class:`GPT` with the weights of a Hugging Face model directory (or hub name, downloaded
     into the cache once: see the module docstring), in eval mode. ``dtype``: the parameters'
     dtype; ``block_size``: a shorter context than the config's; ``verify``: check minillm's
-    SHA-256 checksums where the file has them."""
+    SHA-256 checksums where the file has them; ``dropout``: for fine-tuning (0 by default)."""
     directory = resolve_pretrained(path_or_name)
     source = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{os.fspath(path_or_name)!r} has no {CONFIG_FILE}; expected a Hugging Face model "
                                 "directory (config.json + model.safetensors) or a minillm checkpoint file")
-    config = config_from_hf(_read_json(source, "model config"), source, block_size)
+    config = config_from_hf(_read_json(source, "model config"), source, block_size, dropout)
     family = "gpt2" if config.pos == "learned" else "llama"
     dtype = _resolve_dtype(dtype)
     files = _WeightFiles(directory, verify)
