@@ -108,7 +108,7 @@ def _load(args: GenerationSection):
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer is None:
-        raise ValueError(f"{source!r} holds no tokenizer that minillm reads; pass --tokenizer PATH")
+        raise ValueError(f"checkpoint {source!r} holds no tokenizer; pass --tokenizer PATH")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"vocab_size={model.config.vocab_size}; expected the tokenizer the model was trained with")

@@ -319,7 +319,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dropout: float | No
     """(model, tokenizer or None, checkpoint) from a minillm checkpoint file or a Hugging Face model
     directory, the model in eval mode: the one loader of every command that takes a model.
 
-    A directory is read as a Hugging Face model (``GPT.from_pretrained``; its tokenizer from the
+    A directory with a config.json is read as a Hugging Face model (``GPT.from_pretrained``; its tokenizer from the
     files beside it, see :func:`minillm.nn.pretrained.load_pretrained_tokenizer`); with ``hub``, a
     path that does not exist is a hub name (downloaded into the cache). The returned
     :class:`Checkpoint` of a Hugging Face model has step 0, its config and no tensors (they are in
@@ -328,7 +328,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dropout: float | No
     from minillm.nn.pretrained import from_pretrained, load_pretrained_tokenizer, resolve_pretrained  # noqa: PLC0415
 
     source = os.fspath(path)
-    if os.path.isdir(source) or (hub and not os.path.exists(source)):
+    huggingface = os.path.isfile(os.path.join(source, "config.json")) if os.path.isdir(source) else not os.path.exists(source)
+    if huggingface and (hub or os.path.isdir(source)):      # (a directory without config.json: load_checkpoint says so)
         directory = resolve_pretrained(source)
         model = from_pretrained(directory, device=device, dropout=0.0 if dropout is None else float(dropout))
         tokenizer = load_pretrained_tokenizer(directory)

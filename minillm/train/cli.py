@@ -103,7 +103,7 @@ def run_eval(cfg: EvalConfig) -> int:
     source, hub = model_source(args)
     model, tokenizer, checkpoint = load_model(source, device=args.device, hub=hub)
     if tokenizer is None:
-        raise ValueError(f"{source!r} holds no tokenizer that minillm reads; cannot encode text")
+        raise ValueError(f"checkpoint {source!r} holds no tokenizer; cannot encode text")
     if args.input:
         text = "".join(read_corpus(args.input))
         text_source = args.input
