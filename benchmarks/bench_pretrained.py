@@ -28,6 +28,12 @@ verify=False: the structural checks only). Parity: the max absolute difference o
 libraries' logits at five positions of the 1024-token forward, and the share of identical greedy
 tokens (random weights give flat logits: near-ties may differ in the last bits).
 
+``--parity`` instead prints the parity table of the small shapes the reference tests build with
+transformers (tests/reference/test_pretrained_transformers.py: GPT-2, Llama with GQA + untied head
++ rope_theta 500, Llama tied, Mistral with one key/value head), in one process: the max absolute
+logit difference of minillm loading transformers' files, of transformers loading minillm's export,
+and whether 20 greedy tokens agree.
+
 Targets (issue 14): load <= 2 s, peak extra memory <= 2x the weights, tokens/s >= 1.0x HF.
 Results: benchmarks/results/pretrained_<time>.json and .md, or ``--out DIR``.
 """
@@ -61,6 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--model-dir", default=None, help="use this model directory (default: write a random one)")
     parser.add_argument("--out", default=None, help="write the JSON and Markdown results here")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per contender process")
+    parser.add_argument("--parity", action="store_true", help="only the parity table of the test shapes")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--logits-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -158,10 +165,54 @@ def write_model(directory: str) -> None:
     GPT(GPTConfig.gpt2(**MODEL)).save_pretrained(directory)
 
 
+def parity() -> str:
+    """The parity table of the reference tests' shapes (module docstring)."""
+    import numpy as np
+    import torch
+    from common import format_table
+
+    from tests.reference import test_pretrained_transformers as shapes
+
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in sorted(shapes.BUILDERS):
+            for dtype in (torch.float32, torch.bfloat16) if name.startswith("llama-gqa") else (torch.float32,):
+                reference = shapes.build(name).to(dtype)
+                folder = os.path.join(scratch, f"{name}-{dtype}")
+                reference.save_pretrained(folder)
+                reference = shapes.transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+                from minillm.nn import GPT
+
+                ours = GPT.from_pretrained(folder)
+                expected = shapes.hf_logits(reference)
+                loaded = np.abs(shapes.our_logits(ours) - expected).max()
+                ours.save_pretrained(folder + "-out")
+                back = shapes.transformers.AutoModelForCausalLM.from_pretrained(folder + "-out").eval()
+                exported = np.abs(shapes.hf_logits(back) - shapes.our_logits(ours)).max()
+                prompt = shapes.IDS[:1, :5]
+                with torch.no_grad():
+                    theirs = reference.generate(torch.from_numpy(prompt), attention_mask=torch.ones(1, 5, dtype=torch.long),
+                                                max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+                from minillm.backend import to_numpy
+
+                same = np.array_equal(to_numpy(ours.generate(prompt, 20, temperature=0.0)), theirs.numpy())
+                c = ours.config
+                shape = (f"{c.n_layer}L {c.n_embd}w {c.n_head}/{c.n_kv_head} heads, "
+                         f"{'tied' if c.tie_weights else 'untied'}" + (f", θ {c.rope_theta:g}" if c.pos == "rope" else ""))
+                rows.append([name, shape, str(dtype).replace("torch.", ""), f"{np.abs(expected).max():.2f}",
+                             f"{loaded:.1e}", f"{exported:.1e}", "yes" if same else "NO"])
+    return format_table(["model", "shape", "file dtype", "largest logit", "HF files -> minillm: max abs diff",
+                         "minillm export -> HF: max abs diff", "20 greedy tokens equal"], rows)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         child(args)
+        return 0
+    if args.parity:
+        print(parity())
         return 0
     import numpy as np
     from common import alternate_rounds, format_table, run_script_child, save_results, spread
@@ -223,7 +274,7 @@ def main(argv=None) -> int:
         a = np.load(good["minillm"][0]["logits_file"])
         b = np.load(good["hf"][0]["logits_file"])
         same = np.mean([x == y for x, y in zip(good["minillm"][0]["tokens"], good["hf"][0]["tokens"])])
-        ratios.append(["parity", f"max |logit diff| {np.abs(a - b).max():.2e}", f"{100 * same:.0f}% same greedy tokens",
+        ratios.append(["parity", f"max abs logit diff {np.abs(a - b).max():.2e}", f"{100 * same:.0f}% same greedy tokens",
                        ""])
         text += "\n\n" + format_table(["measure", "minillm", "beside", "target"], ratios)
         summary["parity"] = {"max_abs_logit_diff": float(np.abs(a - b).max()), "same_tokens": float(same)}
