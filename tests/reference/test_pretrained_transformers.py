@@ -156,3 +156,23 @@ def test_unknown_model_type_is_refused(tmp_path):
     transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type='qwen2' is not supported"):
         GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("config", [
+    dict(preset="gpt2", tie_weights=False, gelu_approximate="none", mlp_hidden=40),
+    dict(preset="llama", n_kv_head=1, rope_theta=123.0, norm_eps=1e-6, tie_weights=True, mlp_multiple_of=16),
+], ids=["gpt2-untied-erf-gelu-n_inner", "llama-mqa-tied-theta123"])
+def test_minillm_models_export_to_transformers(tmp_path, config):
+    """Models minillm built itself (fields transformers' defaults would not guess) load in transformers."""
+    from minillm.nn import GPTConfig
+
+    values = dict(config)
+    make = getattr(GPTConfig, values.pop("preset"))
+    mm.manual_seed(0)
+    ours = GPT(make(vocab_size=VOCAB, block_size=CONTEXT, n_layer=2, n_head=4, n_embd=32, init_std=INIT_STD,
+                    **values)).eval()
+    ours.save_pretrained(tmp_path)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    expected = our_logits(ours)
+    assert np.abs(expected).max() > 1.0
+    np.testing.assert_allclose(hf_logits(back), expected, atol=1e-4, rtol=0)
