@@ -52,7 +52,8 @@ https://huggingface.co; ``$HF_TOKEN`` is sent for gated models) the first time, 
 afterwards. Without a network the error says to pass a local directory.
 
 Out: :func:`save_pretrained` writes ``config.json``, ``model.safetensors`` (with ``{"format": "pt"}``
-metadata, as transformers expects) and ``generation_config.json`` in the layout above, so that
+metadata, as transformers expects) and ``generation_config.json`` (bos/eos: the tokenizer's ``<|endoftext|>``; a chat-tuned tokenizer's
+``<|end|>`` joins the stop ids) in the layout above, so that
 ``transformers.AutoModelForCausalLM.from_pretrained(dir)`` computes the same logits. A tokenizer,
 when given, is written as ``minillm_tokenizer.json`` (minillm's own format, read back exactly) and,
 when it has a ``save_pretrained`` method, through that too (``tokenizer.json``).
@@ -692,12 +693,17 @@ def save_pretrained(model: GPT, directory: str | os.PathLike, tokenizer=None, ov
         target = DTYPES[dtype]
         tensors = {k: v if v.dtype == target else v.astype(target) for k, v in tensors.items()}
     bos = eos = _special_id(tokenizer) if tokenizer is not None else None
+    stops = [eos] if eos is not None else []
+    end_of_turn = _special_id(tokenizer, ("<|end|>",)) if tokenizer is not None else None
+    if end_of_turn is not None and end_of_turn != eos:   # a chat-tuned model: generation stops at a reply's end too
+        stops.append(end_of_turn)
     config = hf_config_from(model.config, bos, eos, dtype)
     written = []
     save_safetensors(os.path.join(directory, WEIGHTS_FILE), tensors, {"format": "pt"}, bf16_names=bf16_names)
     written.append(WEIGHTS_FILE)
     atomic_write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
-    generation = {key: value for key, value in (("bos_token_id", bos), ("eos_token_id", eos)) if value is not None}
+    generation = {key: value for key, value in (("bos_token_id", bos), ("eos_token_id", stops[0] if len(stops) == 1
+                                                                         else stops or None)) if value is not None}
     atomic_write_text(os.path.join(directory, GENERATION_CONFIG_FILE), json.dumps(generation, indent=2) + "\n")
     written += [CONFIG_FILE, GENERATION_CONFIG_FILE]
     if tokenizer is not None:
