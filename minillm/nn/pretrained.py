@@ -473,9 +473,11 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, device: s
     names = files.where
     base = {"gpt2": "transformer.", "llama": "model."}[family]
     prefix = base if any(name.startswith(base) for name in names) else ""
-    plan = list(weight_plan(config, family, prefix))
+    plan = []
     stored = 0
-    for hf_name, shape, _ in plan:                         # everything checked before anything is allocated
+    # Everything is checked before anything is allocated, lazily: a config claiming 10**9 layers
+    # stops at the first tensor the file lacks (the plan never outgrows the file's tensors).
+    for hf_name, shape, targets in weight_plan(config, family, prefix):
         if hf_name not in names:
             raise ValueError(f"{directory!r}: the weights lack tensor {hf_name!r}, which {CONFIG_FILE} implies "
                              f"({family}, {config.n_layer} layers); config and weights do not belong together")
@@ -489,6 +491,7 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, device: s
             raise ValueError(f"{directory!r}: tensor {hf_name!r} has shape {info.shape}; {CONFIG_FILE} implies "
                              f"{shape}: config and weights do not belong together")
         stored += math.prod(info.shape)
+        plan.append((hf_name, shape, targets))
     used = {hf_name for hf_name, _, _ in plan}
     if config.tie_weights:
         used.add("lm_head.weight")                         # a tied head some files store anyway: the embedding's copy

@@ -152,6 +152,7 @@ def _config(tmp_path, **changes):
     ({"attention_bias": True}, "attention_bias=True"),
     ({"head_dim": 16}, "head_dim=16"),
     ({"num_hidden_layers": 3}, "lack tensor 'model.layers.2.input_layernorm.weight'"),
+    ({"num_hidden_layers": 10 ** 9}, "lack tensor 'model.layers.2.input_layernorm.weight'"),
     ({"vocab_size": 10 ** 9}, "has shape"),
     ({"num_attention_heads": 0}, "num_attention_heads=0"),
 ])
