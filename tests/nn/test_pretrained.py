@@ -310,3 +310,20 @@ def test_cli_export_then_generate_with_model_dir(tmp_path, capsys):
     assert "are both given" in capsys.readouterr().err
     assert main(["export", os.fspath(tmp_path / "ckpt.safetensors")]) == 2
     assert "expected two: CKPT DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loading_allocates_about_one_copy_of_the_weights(tmp_path, dtype):
+    """The file is memory-mapped and converted tensor by tensor into the parameters: Python-side
+    allocations peak at the parameters plus about one tensor in flight (the biggest, the embedding,
+    is allocated twice while GPT's initialiser replaces it), not at the file plus the parameters."""
+    from tests.peak_memory import peak_allocation
+
+    mm.manual_seed(0)
+    model = GPT(GPTConfig.gpt2(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256))
+    model.save_pretrained(tmp_path, dtype=dtype)
+    weights = 4 * model.num_parameters()                       # the float32 parameters, bytes
+    error, peak = peak_allocation(lambda: GPT.from_pretrained(tmp_path))
+    assert error is None
+    largest = 4 * 4096 * 256                                   # the embedding table, bytes
+    assert peak < weights + 1.2 * largest, (peak, weights)      # (file + parameters: twice the weights)
