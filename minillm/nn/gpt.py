@@ -20,7 +20,7 @@ import numpy as np
 
 from minillm import functional as F
 from minillm.autograd import is_grad_enabled
-from minillm.backend import device_of, get_array_module, random_normal, to_device, to_numpy
+from minillm.backend import device_of, get_array_module, random_init_skipped, random_normal, to_device, to_numpy
 from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
 from minillm.nn.mlp import swiglu_hidden
@@ -273,6 +273,8 @@ class GPT(Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if random_init_skipped():            # a load overwrites every weight next (GPT.from_pretrained)
+            return
         c = self.config
         residual_std = c.init_std / math.sqrt(2 * c.n_layer)
         for name, module in self.named_modules():

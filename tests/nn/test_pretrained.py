@@ -315,8 +315,7 @@ def test_cli_export_then_generate_with_model_dir(tmp_path, capsys):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_loading_allocates_about_one_copy_of_the_weights(tmp_path, dtype):
     """The file is memory-mapped and converted tensor by tensor into the parameters: Python-side
-    allocations peak at the parameters plus about one tensor in flight (the biggest, the embedding,
-    is allocated twice while GPT's initialiser replaces it), not at the file plus the parameters."""
+    allocations peak at the parameters (plus small change), not at the file plus the parameters."""
     from tests.peak_memory import peak_allocation
 
     mm.manual_seed(0)
@@ -325,5 +324,4 @@ def test_loading_allocates_about_one_copy_of_the_weights(tmp_path, dtype):
     weights = 4 * model.num_parameters()                       # the float32 parameters, bytes
     error, peak = peak_allocation(lambda: GPT.from_pretrained(tmp_path))
     assert error is None
-    largest = 4 * 4096 * 256                                   # the embedding table, bytes
-    assert peak < weights + 1.2 * largest, (peak, weights)      # (file + parameters: twice the weights)
+    assert peak < 1.1 * weights, (peak, weights)                # (file + parameters: twice the weights)
