@@ -714,7 +714,8 @@ def save_pretrained(model: GPT, directory: str | os.PathLike, tokenizer=None, ov
             tokenizer.save(os.path.join(directory, MINILLM_TOKENIZER_FILE))
             written.append(MINILLM_TOKENIZER_FILE)
         if hasattr(tokenizer, "save_pretrained"):          # tokenizer.json (the tokenizer package's writer)
-            tokenizer.save_pretrained(directory)
-            written.append("tokenizer.save_pretrained")
+            # The directory was checked above (empty, or overwrite given), so its files may be replaced.
+            paths = tokenizer.save_pretrained(directory, overwrite=True)
+            written += [os.path.basename(path) for path in paths]
     return written
 

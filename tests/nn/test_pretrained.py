@@ -212,13 +212,17 @@ def test_tokenizer_travels_with_the_model_and_the_hook_is_called(tmp_path):
     calls = []
 
     class WithHook(BPETokenizer):
-        def save_pretrained(self, directory):
-            calls.append(directory)
+        def save_pretrained(self, directory, overwrite=False):
+            calls.append((directory, overwrite))
+            return []
 
     hooked = WithHook.from_dict(tokenizer.to_dict())
     model = make_model("gpt2")
     written = model.save_pretrained(tmp_path, tokenizer=hooked)
-    assert calls == [os.fspath(tmp_path)] and "minillm_tokenizer.json" in written
+    # the model's writer checked the folder already, so the tokenizer's may replace its own files
+    assert calls == [(os.fspath(tmp_path), True)] and "minillm_tokenizer.json" in written
+    real = model.save_pretrained(tmp_path / "real", tokenizer=tokenizer)
+    assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= set(real)
     end = tokenizer.special_tokens["<|endoftext|>"]
     assert json.loads((tmp_path / "generation_config.json").read_text()) == {"bos_token_id": end, "eos_token_id": end}
     back = pretrained.load_pretrained_tokenizer(os.fspath(tmp_path))
