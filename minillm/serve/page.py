@@ -4,7 +4,9 @@ external assets, no build step).
 It keeps the conversation in the page, sends it to ``/v1/chat/completions`` with
 ``"stream": true`` and appends each streamed delta to the reply as it arrives. "New chat" forgets
 the conversation; the temperature control sets the request's ``temperature``. ``/?say=TEXT``
-sends TEXT once the page has loaded (a link that opens a conversation; the browser test uses it).
+sends TEXT once the page has loaded, ``say`` repeated sends each after the previous reply, and
+``temperature=T`` presets the control (a link that opens a conversation; the browser test uses
+them). ``body[data-idle]`` is set once those messages are answered.
 A reply that fails shows the server's error message in place of the reply.
 """
 from __future__ import annotations
@@ -17,15 +19,16 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>minillm chat</title>
 <style>
-  body { font: 15px/1.45 system-ui, sans-serif; margin: 0; background: #f4f4f1; color: #1d1d1b; }
+  * { box-sizing: border-box; }
+  body { font: 15px/1.45 system-ui, sans-serif; margin: 0; background: #f4f4f1; color: #1d1d1b;
+         display: flex; flex-direction: column; height: 100vh; }
   header { display: flex; gap: 1em; align-items: center; padding: .6em 1em; background: #24323d; color: #fff; }
   header b { flex: 1; } header label { font-size: 13px; }
-  #log { max-width: 46em; margin: 0 auto; padding: 1em; min-height: calc(100vh - 9em); }
+  main { flex: 1; overflow-y: auto; } #log { max-width: 46em; margin: 0 auto; padding: 1em; }
   .msg { margin: .6em 0; padding: .55em .8em; border-radius: 8px; white-space: pre-wrap; word-wrap: break-word; }
   .user { background: #dde8f0; margin-left: 4em; } .assistant { background: #fff; margin-right: 4em; }
   .error { background: #f6dada; } .who { font-size: 11px; color: #667; display: block; }
-  form { position: sticky; bottom: 0; display: flex; gap: .5em; max-width: 46em; margin: 0 auto; padding: .8em 1em;
-         background: #f4f4f1; }
+  form { display: flex; gap: .5em; width: 100%; max-width: 46em; margin: 0 auto; padding: .8em 1em; }
   textarea { flex: 1; font: inherit; padding: .4em; border-radius: 6px; border: 1px solid #aab; resize: vertical; }
   button { font: inherit; padding: .4em .9em; border-radius: 6px; border: 1px solid #567; background: #fff; }
 </style></head>
@@ -34,7 +37,7 @@ PAGE = """<!doctype html>
   <label>temperature <input id="temperature" type="range" min="0" max="2" step="0.1" value="0.7">
     <output id="tvalue">0.7</output></label>
   <button id="new" type="button">New chat</button></header>
-<div id="log"></div>
+<main id="scroller"><div id="log"></div></main>
 <form id="form"><textarea id="input" rows="2" placeholder="Message (Enter sends, Shift+Enter: new line)"></textarea>
   <button id="send" type="submit">Send</button></form>
 <script>
@@ -44,6 +47,8 @@ const log = document.getElementById("log"), input = document.getElementById("inp
 const temperature = document.getElementById("temperature"), tvalue = document.getElementById("tvalue");
 temperature.oninput = () => { tvalue.textContent = temperature.value; };
 
+const scroller = document.getElementById("scroller");
+function follow() { scroller.scrollTop = scroller.scrollHeight; }
 function bubble(role, text) {
   const div = document.createElement("div");
   div.className = "msg " + role;
@@ -51,7 +56,7 @@ function bubble(role, text) {
   who.className = "who"; who.textContent = role === "user" ? "you" : "model";
   const body = document.createElement("span");
   body.className = "text"; body.textContent = text;
-  div.append(who, body); log.append(div); div.scrollIntoView();
+  div.append(who, body); log.append(div); follow();
   return body;
 }
 
@@ -88,7 +93,7 @@ async function send(text) {
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message);
         for (const choice of chunk.choices) {
-          if (choice.delta && choice.delta.content) { reply += choice.delta.content; out.textContent = reply; }
+          if (choice.delta && choice.delta.content) { reply += choice.delta.content; out.textContent = reply; follow(); }
           if (choice.finish_reason) out.parentElement.dataset.finish = choice.finish_reason;
         }
       }
@@ -115,8 +120,9 @@ document.getElementById("new").onclick = () => {
   if (controller) controller.abort();
   messages = []; log.textContent = ""; input.focus();
 };
-const say = new URLSearchParams(location.search).get("say");
-if (say) send(say);
+const params = new URLSearchParams(location.search);
+if (params.has("temperature")) { temperature.value = params.get("temperature"); tvalue.textContent = temperature.value; }
+(async () => { for (const text of params.getAll("say")) await send(text); document.body.dataset.idle = "1"; })();
 </script>
 </body></html>
 """
