@@ -235,3 +235,58 @@ class DecodeBatch:
         y = F.transpose(y, (0, 2, 1, 3))                         # (R, 1, H, D)
         y = F.reshape(y, (r, 1, attn.n_embd))                    # (R, 1, C)
         return attn.o_proj(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling many rows, each with its own sampler
+# ---------------------------------------------------------------------------------------------
+def choose_rows(samplers: list, logits) -> list[int]:
+    """One token per row of the host logits (R, V): row i as ``samplers[i].choose([0], logits[i:i+1])``
+    (each a one-row :class:`~minillm.generation.sampling.Sampler`) would choose it.
+
+    Rows whose samplers share temperature and top-p, with no top-k and no repetition penalty (the
+    usual server request), are filtered together: one float64 conversion, one stable sort per row
+    in a single call, softmax and cumulative sums over (G, V) at once; then each row draws from its
+    own generator exactly as :func:`~minillm.generation.sampling.draw` does. The arithmetic per
+    row is the per-row path's (the same operations in the same order along each row), so the
+    tokens are the same; tests/generation/test_batch.py compares them. Other rows, and any
+    logits holding NaN (so the per-row path raises its error), go through ``choose`` itself.
+    """
+    from minillm.generation.sampling import draw  # noqa: PLC0415
+
+    tokens: list[int | None] = [None] * len(samplers)
+    groups: dict[tuple, list[int]] = {}
+    for i, sampler in enumerate(samplers):
+        if sampler.penalty is None and sampler.top_k is None:
+            groups.setdefault((sampler.temperature, sampler.top_p), []).append(i)
+        else:
+            tokens[i] = sampler.choose([0], logits[i:i + 1])[0]
+    for (temperature, top_p), rows in groups.items():
+        block = logits[rows].astype(np.float64)                 # (G, V) host
+        if np.isnan(block).any():                                # host: the per-row path names the rows
+            for i in rows:
+                tokens[i] = samplers[i].choose([0], logits[i:i + 1])[0]
+            continue
+        if temperature == 0.0:
+            for i, token in zip(rows, np.argmax(block, axis=-1).tolist()):
+                tokens[i] = int(token)
+            continue
+        scaled = block / temperature                             # (G, V)
+        nucleus = top_p is not None and top_p < 1.0
+        if nucleus:
+            order = np.argsort(-scaled, axis=-1, kind="stable")  # host: most likely first, per row
+            values = np.take_along_axis(scaled, order, axis=-1)  # host: (G, V) sorted
+        else:
+            order, values = None, scaled
+        probs = np.exp(values - values.max(axis=-1, keepdims=True))   # host: (G, V)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        mass = np.cumsum(probs, axis=-1) if nucleus else None    # host: (G, V)
+        width = scaled.shape[1]
+        for g, i in enumerate(rows):
+            if nucleus:
+                keep = min(int(np.searchsorted(mass[g], top_p)) + 1, width)   # host: smallest prefix
+                ids, p = order[g, :keep], probs[g, :keep] / mass[g, keep - 1]
+            else:
+                ids, p = np.arange(width), probs[g]              # host: every id
+            tokens[i] = draw(ids, p, samplers[i].generators[0])
+    return tokens

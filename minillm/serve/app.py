@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 
@@ -53,6 +54,28 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
+class Outbox:
+    """Events from the scheduler thread to the event loop's queues, with one wake-up of the loop
+    per burst (a decode step emits one event per row; waking the loop for each would cost a
+    self-pipe write and a loop iteration per token)."""
+
+    def __init__(self, loop):
+        self.loop, self.items, self.lock = loop, [], threading.Lock()
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            first = not self.items
+            self.items.append((queue, item))
+        if first:
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Server:
     """The app's state: the model id, the request reader and the scheduler."""
 
@@ -63,6 +86,7 @@ class Server:
                                     tokenizer.special_tokens.get(END_OF_TEXT))
         self.scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
         self.fingerprint = f"minillm-{minillm.__version__}"
+        self.outbox: Outbox | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
     async def _body(self, request: Request) -> dict:
@@ -88,6 +112,9 @@ class Server:
     def _submit(self, generation: Generation):
         """Queue one job per (prompt, choice); returns (jobs, asyncio queue of (index, kind, value))."""
         loop = asyncio.get_running_loop()
+        if self.outbox is None or self.outbox.loop is not loop:
+            self.outbox = Outbox(loop)
+        outbox = self.outbox
         events: asyncio.Queue = asyncio.Queue()
         jobs = []
         for prompt_index, prompt in enumerate(generation.prompts):
@@ -95,7 +122,7 @@ class Server:
                 index = prompt_index * generation.n + choice
 
                 def emit(kind, value, index=index):
-                    loop.call_soon_threadsafe(events.put_nowait, (index, kind, value))
+                    outbox.put(events, (index, kind, value))
 
                 seed = None if generation.seed is None else (generation.seed + choice) % MAX_SEED
                 jobs.append(Job(prompt, generation.max_tokens, emit, generation.stop_ids, generation.stop_strings,

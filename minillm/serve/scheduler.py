@@ -6,7 +6,8 @@ thread loops:
 1. admit: take waiting jobs while rows are free (cancelled ones are dropped), prefill them into
    the running :class:`~minillm.generation.batch.DecodeBatch` and sample each one's first token;
 2. step: feed every row its newest token at its own position, one batched forward for all,
-   and sample each row's next token with the row's own sampler;
+   and sample each row's next token with the row's own sampler (rows with equal settings are
+   filtered together, :func:`~minillm.generation.batch.choose_rows`);
 3. a job leaves the batch when it emits a stop id, its text reaches a stop string, it has
    produced ``max_tokens`` tokens, or its client went away (``cancel()``); its row is reused at
    once by the next waiting job.
@@ -28,7 +29,7 @@ import itertools
 import threading
 import time
 
-from minillm.generation.batch import DecodeBatch
+from minillm.generation.batch import DecodeBatch, choose_rows
 from minillm.generation.sampling import Sampler
 from minillm.generation.text import IncrementalDetokenizer
 
@@ -164,23 +165,22 @@ class Scheduler:
                 job.sampler = Sampler([job.prompt], self.model.config.vocab_size, **job.sampling)
                 job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.stop_strings)
             logits = self.batch.add([(job.id, job.prompt) for job in admitted])
-            for job, row in zip(admitted, logits):
+            for job in admitted:
                 self.jobs[job.id] = job
-                self._accept(job, job.sampler.choose([0], row[None]))
+            for job, token in zip(admitted, choose_rows([job.sampler for job in admitted], logits)):
+                self._accept(job, token)
         self._drop_cancelled()
         if not self.jobs:
             return
         keys = list(self.batch.keys)
         logits = self.batch.step([self.jobs[key].pending for key in keys])
         self.steps += 1
-        for key, row in zip(keys, logits):
-            job = self.jobs[key]
-            self._accept(job, job.sampler.choose([0], row[None]))
+        for key, token in zip(keys, choose_rows([self.jobs[key].sampler for key in keys], logits)):
+            self._accept(self.jobs[key], token)
         self._drop_cancelled()
 
-    def _accept(self, job: Job, tokens: list[int]) -> None:
+    def _accept(self, job: Job, token: int) -> None:
         """The job's newly sampled token: emit its text, and end the job when it is done."""
-        token = tokens[0]
         job.completion_tokens += 1
         self.tokens_generated += 1
         if job.first_token_time is None:

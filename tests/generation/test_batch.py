@@ -106,3 +106,37 @@ def test_bad_use_is_refused_with_the_reason():
         batch.step([1])
     with pytest.raises(ValueError, match="max_rows=0"):
         DecodeBatch(model, max_rows=0)
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k,penalty", [
+    (1.0, None, None, None), (0.8, 0.95, None, None), (0.7, 0.5, None, None), (0.0, None, None, None),
+    (1.0, 0.9, 5, None), (1.0, None, None, 1.3)])
+def test_choose_rows_picks_what_each_rows_sampler_would(temperature, top_p, top_k, penalty):
+    """Grouped sampling (one set of array operations for the rows that share settings) draws the
+    very tokens of each row's own Sampler.choose, step after step (the generators advance alike)."""
+    from minillm.generation.batch import choose_rows
+    from minillm.generation.sampling import Sampler
+
+    rng = np.random.Generator(np.random.PCG64(5))
+    rows, vocab = 7, 300
+    settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=penalty)
+    grouped = [Sampler([[1, 2]], vocab, seed=s, **settings) for s in range(rows)]
+    alone = [Sampler([[1, 2]], vocab, seed=s, **settings) for s in range(rows)]
+    mixed = Sampler([[3]], vocab, temperature=0.9, top_p=0.8, seed=99)   # a row with other settings
+    mixed_alone = Sampler([[3]], vocab, temperature=0.9, top_p=0.8, seed=99)
+    for _ in range(5):
+        logits = (rng.standard_normal((rows + 1, vocab)) * 3).astype(np.float32)
+        got = choose_rows(grouped + [mixed], logits)
+        want = [s.choose([0], logits[i:i + 1])[0] for i, s in enumerate(alone + [mixed_alone])]
+        assert got == want
+
+
+def test_choose_rows_reports_nan_logits_like_the_sampler():
+    from minillm.errors import NumericalError
+    from minillm.generation.batch import choose_rows
+    from minillm.generation.sampling import Sampler
+
+    logits = np.zeros((2, 10), dtype=np.float32)
+    logits[1, 3] = np.nan
+    with pytest.raises(NumericalError, match="NaN"):
+        choose_rows([Sampler([[1]], 10, seed=s) for s in range(2)], logits)
