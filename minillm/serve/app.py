@@ -127,6 +127,10 @@ class Server:
                 seed = None if generation.seed is None else (generation.seed + choice) % MAX_SEED
                 jobs.append(Job(prompt, generation.max_tokens, emit, generation.stop_ids, generation.stop_strings,
                                 seed=seed, **generation.sampling))
+        if len(jobs) > self.scheduler.max_queue:
+            raise ApiError(400, f"The request asks for {len(jobs)} sequences (prompts x n); this server queues at "
+                           f"most {self.scheduler.max_queue} at once (--max-queue). Lower 'n'.", param="n",
+                           code="invalid_value")
         try:
             self.scheduler.submit(jobs)
         except QueueFull as error:

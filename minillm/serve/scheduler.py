@@ -168,7 +168,7 @@ class Scheduler:
             for job in admitted:
                 self.jobs[job.id] = job
             for job, token in zip(admitted, choose_rows([job.sampler for job in admitted], logits)):
-                self._accept(job, token)
+                self._accept_or_fail(job, token)
         self._drop_cancelled()
         if not self.jobs:
             return
@@ -176,8 +176,20 @@ class Scheduler:
         logits = self.batch.step([self.jobs[key].pending for key in keys])
         self.steps += 1
         for key, token in zip(keys, choose_rows([self.jobs[key].sampler for key in keys], logits)):
-            self._accept(self.jobs[key], token)
+            self._accept_or_fail(self.jobs[key], token)
         self._drop_cancelled()
+
+    def _accept_or_fail(self, job: Job, token: int) -> None:
+        """_accept, but a failure with this job's token (e.g. an id its tokenizer cannot decode,
+        from a model whose vocabulary is larger) ends this job only, not the batch."""
+        try:
+            self._accept(job, token)
+        except Exception as error:                               # the job's boundary
+            self.failures += 1
+            if job.id in self.jobs:
+                self.batch.remove(job.id)
+                del self.jobs[job.id]
+            self._finish(job, "error", f"generation failed: {type(error).__name__}: {error}")
 
     def _accept(self, job: Job, token: int) -> None:
         """The job's newly sampled token: emit its text, and end the job when it is done."""

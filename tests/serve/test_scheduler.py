@@ -119,3 +119,30 @@ def test_a_failing_step_ends_its_jobs_with_an_error_and_the_scheduler_goes_on(ti
     finally:
         weight.data[:] = saved
         scheduler.close()
+
+
+def test_a_token_its_tokenizer_cannot_decode_ends_that_job_only(tiny):
+    model, tok = tiny
+
+    class Picky:
+        """The tokenizer, except that it cannot decode the id 'z' has."""
+        special_tokens = tok.special_tokens
+
+        def decode_bytes(self, ids):
+            if tok.encode("z")[0] in ids:
+                raise KeyError("no bytes for this id")
+            return tok.decode_bytes(ids)
+
+    scheduler = Scheduler(model, Picky(), max_batch=4).start()
+    try:
+        greedy = model.generate(tok.encode("ab"), 40, temperature=0.0)[2:]
+        assert tok.encode("z")[0] in greedy, "premise: the greedy continuation of 'ab' holds a 'z'"
+        z = tok.encode("z")[0]
+        fine = [p for p in ("q", "k", "m", "b", "c", "e") if z not in model.generate(tok.encode(p), 3, temperature=0.0)[1:]][:2]
+        assert len(fine) == 2, "premise: two one-letter prompts whose 3 greedy tokens hold no 'z'"
+        specs = [(tok.encode("ab"), 40, {"temperature": 0.0})] + [(tok.encode(p), 3, {"temperature": 0.0}) for p in fine]
+        results, _ = run_jobs(scheduler, specs)
+    finally:
+        scheduler.close()
+    assert results[0].end[0] == "error" and "KeyError" in results[0].end[1]
+    assert [r.end for r in results[1:]] == [("done", "length")] * 2      # the batch went on without it

@@ -149,6 +149,8 @@ BAD_REQUESTS = [
     ("five stop strings", "/v1/completions", b'{"prompt": "ab", "stop": ["a","b","c","d","e"]}', 400, "stop"),
     ("negative seed", "/v1/completions", b'{"prompt": "ab", "seed": -1}', 400, "seed"),
     ("n = 0", "/v1/completions", b'{"prompt": "ab", "n": 0}', 400, "n"),
+    ("more sequences than the queue holds", "/v1/completions",
+     b'{"prompt": ["ab", "ab", "ab", "ab", "ab", "ab", "ab", "ab"], "n": 8}', 400, "n"),
     ("stream not a bool", "/v1/completions", b'{"prompt": "ab", "stream": "yes"}', 400, "stream"),
     ("a character the tokenizer lacks", "/v1/completions", b'{"prompt": "ABC"}', 400, "prompt"),
     ("unknown model", "/v1/completions", b'{"model": "gpt-4", "prompt": "ab"}', 404, "model"),
@@ -189,14 +191,35 @@ def test_unknown_routes_and_methods_are_json_errors(live):
 
 
 def test_full_queue_answers_429(live):
-    scheduler = live.state.scheduler
-    saved = scheduler.max_queue
-    scheduler.max_queue = 0                                      # every submission now overflows the queue
+    """max_queue 1 for this test and slow steps: of 11 requests at once, the ones that find a request
+    waiting already get 429 (how many depends on how arrivals fall between steps), the others run."""
+    scheduler, batch = live.state.scheduler, live.state.scheduler.batch
+    saved, real_step = scheduler.max_queue, batch.step
+
+    def slow_step(tokens):                                       # 90 tokens take > 3 s: all 11 arrive first
+        time.sleep(0.04)
+        return real_step(tokens)
+
+    scheduler.max_queue, batch.step = 1, slow_step
+    statuses = []
+
+    def run():
+        response = httpx.post(live.url + "/v1/completions", timeout=60,
+                              json={"prompt": "a", "max_tokens": 90, "temperature": 1.0, "seed": 3})
+        statuses.append((response.status_code, response.json()))
+
     try:
-        response = httpx.post(live.url + "/v1/completions", json={"prompt": "ab", "max_tokens": 2}, timeout=10)
+        threads = [threading.Thread(target=run) for _ in range(11)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
     finally:
-        scheduler.max_queue = saved
-    assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
+        scheduler.max_queue, batch.step = saved, real_step
+    codes = sorted(code for code, _ in statuses)
+    assert len(codes) == 11 and set(codes) == {200, 429}, codes
+    refused = [body for code, body in statuses if code == 429]
+    assert all(body["error"]["type"] == "rate_limit_error" and "busy" in body["error"]["message"] for body in refused)
 
 
 def test_a_client_that_disconnects_stops_its_generation(live):
