@@ -268,7 +268,8 @@ def choose_rows(samplers: list, logits) -> list[int]:
                 tokens[i] = samplers[i].choose([0], logits[i:i + 1])[0]
             continue
         if temperature == 0.0:
-            for i, token in zip(rows, np.argmax(block, axis=-1).tolist()):
+            greedy = np.argmax(block, axis=-1).tolist()          # host: the logits are host arrays here
+            for i, token in zip(rows, greedy):
                 tokens[i] = int(token)
             continue
         scaled = block / temperature                             # (G, V)
