@@ -140,3 +140,19 @@ def test_choose_rows_reports_nan_logits_like_the_sampler():
     logits[1, 3] = np.nan
     with pytest.raises(NumericalError, match="NaN"):
         choose_rows([Sampler([[1]], 10, seed=s) for s in range(2)], logits)
+
+
+@pytest.mark.parametrize("name", ["gpt2-learned", "llama-gqa-rope"])
+def test_the_batched_step_runs_on_the_gpu_path(gpu_device, name):
+    """On the device (strict emulation without a GPU: no implicit host conversion), the batched
+    rows give the host model's logits."""
+    host = make_model(name)
+    model = make_model(name).to(gpu_device)
+    texts = prompts([3, 6], seed=4)
+    on_device, on_host = DecodeBatch(model, max_rows=2), DecodeBatch(host, max_rows=2)
+    first = on_device.add(list(enumerate(texts)))
+    np.testing.assert_allclose(first, on_host.add(list(enumerate(texts))), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(on_device.step([1, 2]), on_host.step([1, 2]), rtol=1e-10, atol=1e-10)
+    on_device.remove(0)
+    on_host.remove(0)
+    np.testing.assert_allclose(on_device.step([3]), on_host.step([3]), rtol=1e-10, atol=1e-10)
