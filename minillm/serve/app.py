@@ -136,6 +136,8 @@ class Server:
         except QueueFull as error:
             raise ApiError(429, f"The server is busy: {error}. Retry shortly.", code="queue_full",
                            kind="rate_limit_error") from None
+        except (ValueError, TypeError) as error:                 # sampling settings the API let through
+            raise ApiError(400, f"Invalid sampling settings: {error}", code="invalid_value") from None
         return jobs, events
 
     def _usage(self, generation: Generation, jobs) -> dict:

@@ -103,7 +103,12 @@ class Scheduler:
 
     # -- the other threads' side -----------------------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
-        """Queue ``jobs`` (all or none); raises QueueFull when they do not fit."""
+        """Queue ``jobs`` (all or none); raises QueueFull when they do not fit, and ValueError or
+        TypeError (from the Sampler) for sampling settings that are not valid, here in the caller's
+        thread rather than in the batch."""
+        for job in jobs:
+            job.sampler = Sampler([job.prompt], self.model.config.vocab_size, **job.sampling)
+            job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.stop_strings)
         with self.wake:
             if not self.running:
                 raise RuntimeError("Scheduler: not running (start() it first)")
@@ -161,9 +166,6 @@ class Scheduler:
 
     def _iteration(self, admitted: list[Job]) -> None:
         if admitted:
-            for job in admitted:
-                job.sampler = Sampler([job.prompt], self.model.config.vocab_size, **job.sampling)
-                job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.stop_strings)
             logits = self.batch.add([(job.id, job.prompt) for job in admitted])
             for job in admitted:
                 self.jobs[job.id] = job

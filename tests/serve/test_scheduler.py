@@ -146,3 +146,16 @@ def test_a_token_its_tokenizer_cannot_decode_ends_that_job_only(tiny):
         scheduler.close()
     assert results[0].end[0] == "error" and "KeyError" in results[0].end[1]
     assert [r.end for r in results[1:]] == [("done", "length")] * 2      # the batch went on without it
+
+
+def test_bad_sampling_settings_are_refused_at_submit_not_in_the_batch(tiny):
+    model, tok = tiny
+    scheduler = Scheduler(model, tok, max_batch=2).start()
+    try:
+        with pytest.raises(ValueError, match="top_k"):
+            scheduler.submit([Job([1], 3, Collector(), top_k=0)])
+        assert not scheduler.waiting
+        (fine,), _ = run_jobs(scheduler, [(tok.encode("ab"), 3, {"temperature": 0.0})])
+        assert fine.end == ("done", "length")
+    finally:
+        scheduler.close()
