@@ -196,7 +196,7 @@ def test_full_queue_answers_429(live):
     scheduler, batch = live.state.scheduler, live.state.scheduler.batch
     saved, real_step = scheduler.max_queue, batch.step
 
-    def slow_step(tokens):                                       # 90 tokens take > 3 s: all 11 arrive first
+    def slow_step(tokens):                                       # 30 tokens take > 1 s: all 11 arrive first
         time.sleep(0.04)
         return real_step(tokens)
 
@@ -205,7 +205,7 @@ def test_full_queue_answers_429(live):
 
     def run():
         response = httpx.post(live.url + "/v1/completions", timeout=60,
-                              json={"prompt": "a", "max_tokens": 90, "temperature": 1.0, "seed": 3})
+                              json={"prompt": "a", "max_tokens": 30, "temperature": 1.0, "seed": 3})
         statuses.append((response.status_code, response.json()))
 
     try:
