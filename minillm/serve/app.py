@@ -220,10 +220,13 @@ class Server:
         return JSONResponse(body)
 
     async def _stream(self, generation, jobs, events, head, chat):
-        extra = {"usage": None} if generation.include_usage else {}
+        # every chunk is {head..., "choices": [...](, "usage": ...)}: the head is serialised once
+        compact = (",", ":")
+        opening = "data: " + json.dumps(head, separators=compact)[:-1] + ',"choices":'
+        closing = (',"usage":null' if generation.include_usage else "") + "}\n\n"
 
-        def event(choices, **more) -> str:
-            return "data: " + json.dumps({**head, "choices": choices, **extra, **more}, separators=(",", ":")) + "\n\n"
+        def event(choices) -> str:
+            return opening + json.dumps(choices, separators=compact) + closing
 
         def choice(index, text=None, finish=None, role=False) -> dict:
             if chat:
@@ -236,22 +239,31 @@ class Server:
         left = len(jobs)
         try:
             if chat:
-                for index in range(len(jobs)):
-                    yield event([choice(index, role=True)])
+                yield "".join(event([choice(index, role=True)]) for index in range(len(jobs)))
             while left:
-                index, kind, value = await events.get()
-                if kind == "text":
-                    yield event([choice(index, value)])
-                elif kind == "done":
-                    left -= 1
-                    yield event([choice(index, finish=value)])
-                else:
-                    error = ApiError(500, value, code="generation_failed", kind="server_error")
-                    yield "data: " + json.dumps(error.body()) + "\n\n"
-                    return
+                # the events waiting now (several when this stream fell behind the batch) are
+                # written together: each is still its own SSE chunk, but one send for all
+                burst = [await events.get()]
+                while not events.empty():
+                    burst.append(events.get_nowait())
+                out = []
+                for index, kind, value in burst:
+                    if kind == "text":
+                        out.append(event([choice(index, value)]))
+                    elif kind == "done":
+                        left -= 1
+                        out.append(event([choice(index, finish=value)]))
+                    else:
+                        error = ApiError(500, value, code="generation_failed", kind="server_error")
+                        out.append("data: " + json.dumps(error.body()) + "\n\n")
+                        yield "".join(out)
+                        return
+                yield "".join(out)
+            tail = []
             if generation.include_usage:
-                yield event([], usage=self._usage(generation, jobs))
-            yield "data: [DONE]\n\n"
+                usage = json.dumps(self._usage(generation, jobs), separators=compact)
+                tail.append(opening + '[],"usage":' + usage + "}\n\n")
+            yield "".join(tail) + "data: [DONE]\n\n"
         finally:                                                 # also when the client went away
             for job in jobs:
                 job.cancel()

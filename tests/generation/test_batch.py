@@ -156,3 +156,22 @@ def test_the_batched_step_runs_on_the_gpu_path(gpu_device, name):
     on_device.remove(0)
     on_host.remove(0)
     np.testing.assert_allclose(on_device.step([3]), on_host.step([3]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.9, 0.999])
+@pytest.mark.parametrize("kind", ["peaked", "flat", "ties"])
+def test_nucleus_is_the_samplers_candidate_set(top_p, kind):
+    """Partial selection gives the ids of the full stable sort (ties: smaller id first, also at
+    the cut) and their probabilities to rounding; flat rows make the search grow past k = 64."""
+    from minillm.generation.batch import nucleus
+    from minillm.generation.sampling import candidates
+
+    rng = np.random.Generator(np.random.PCG64(9))
+    for _ in range(5):
+        row = rng.standard_normal(1000) * {"peaked": 4.0, "flat": 0.05, "ties": 1.0}[kind]
+        if kind == "ties":
+            row = np.round(row * 2) / 2                          # many ids share each value
+        ids, probs = nucleus(row / 0.7, top_p)
+        want_ids, want_probs = candidates(row, 0.7, None, top_p)
+        assert ids.tolist() == want_ids.tolist()
+        np.testing.assert_allclose(probs, want_probs, rtol=1e-12, atol=0)
