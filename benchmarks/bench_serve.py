@@ -15,8 +15,8 @@ Method
 - The server is ``python -m minillm serve`` in a fresh process per measurement (``--max-batch
   16``, ``--threads`` BLAS threads); the clients are this process: asyncio + httpx, each client
   sends its requests one after the other, streamed (``"stream": true``, ``include_usage``), all
-  clients at once. Request: a 30-odd-token prompt (a different one per client), ``max_tokens``
-  64, temperature 0.8, top_p 0.95, a seed per request.
+  clients at once. Request: a Shakespeare prompt (22-27 tokens with the main job's tokenizer; a
+  different one per client), ``max_tokens`` 64, temperature 0.8, top_p 0.95, a seed per request.
 - Per request: time to first token (TTFT: request sent -> first non-empty text chunk) and the
   per-token latency ((last chunk - first chunk) / (tokens - 1): the pace of one stream). Per
   level: total tokens/s = completion tokens of all requests / wall time from the first request
