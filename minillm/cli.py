@@ -1,4 +1,4 @@
-"""The ``minillm`` command: prepare | tokenizer | train | eval | export | doctor | health | sample | generate | chat | sft | dpo.
+"""The ``minillm`` command: prepare | tokenizer | train | eval | export | doctor | health | sample | generate | chat | sft | dpo | serve.
 
 Each family declares its commands next to its code (a config class and a handler, through
 :func:`minillm.commandline.register`); this module only collects them and routes the arguments, so
@@ -21,6 +21,7 @@ from minillm.data import cli as data_cli
 from minillm.generation import cli as generation_cli
 from minillm.health import report as health_report
 from minillm.posttrain import cli as posttrain_cli
+from minillm.serve import cli as serve_cli
 from minillm.tokenizer import cli as tokenizer_cli
 from minillm.train import cli as train_cli
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     health_report.register(subparsers)
     generation_cli.register(subparsers)
     posttrain_cli.register(subparsers)
+    serve_cli.register(subparsers)
     return parser
 
 
