@@ -54,6 +54,8 @@ def run_train(cfg: TrainConfig) -> int:
         run_doctor(cfg)                 # a failed check raises DoctorFailed: exit 4, nothing trained
         print()
     summary = run_pretraining(cfg)
+    if "final" not in summary:          # a rank other than 0 of an mpiexec job: rank 0 reports
+        return 0
     final = summary["final"]
     print(f"\nfinal validation: loss {final['val_loss']:.4f} nats/token, perplexity {final['val_ppl']:.2f}, "
           f"{final.get('val_bpb', float('nan')):.4f} bits/byte after {summary['steps']} steps "

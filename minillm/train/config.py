@@ -157,6 +157,8 @@ class LoopSection(Section):
                           "(exit status 4) if one fails")
     profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
                           "0 = off", minimum=0)
+    zero: int = option(0, "(under mpiexec) ZeRO stage: 1 shards AdamW's moments across the ranks; 0 = every rank "
+                       "holds all of them", choices=(0, 1))
 
 
 @dataclass
