@@ -74,10 +74,6 @@ class World:
         """The host transport (scalars, JSON objects, barriers): MPI under a launcher."""
         return self.transport("cpu")
 
-    def mpi_started(self) -> bool:
-        """Whether MPI was initialised in this process (a collective may be pending)."""
-        return "cpu" in self._transports and self.under_mpi
-
     def __repr__(self) -> str:
         return f"World(rank={self.rank}, size={self.size}, under_mpi={self.under_mpi})"
 
@@ -116,10 +112,12 @@ def refuse_data_parallel(command: str, zero: int = 0) -> None:
 
 def abort_on_failure(error: BaseException, command: str, exit_status: int) -> None:
     """Called by the command-line error boundary after it reported ``error``: in a job of more
-    than one rank whose MPI is running, say which rank failed and abort the whole job (the other
-    ranks would otherwise wait for this one in their next collective, forever)."""
+    than one rank, say which rank failed and abort the whole job with ``exit_status`` (the other
+    ranks would otherwise wait for this one in their next collective, forever). MPI is started
+    here if nothing had started it yet (an error every rank meets alike, such as a bad option,
+    then ends the job once, with its status)."""
     world = _world
-    if world is None or not world.distributed or not world.mpi_started():
+    if world is None or not world.distributed:
         return
     print(f"minillm {command}: rank {world.rank} of {world.size} failed ({type(error).__name__}: {error}); "
           f"aborting all ranks (MPI_Abort, exit status {exit_status or 1})", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ from minillm.amp import PRECISIONS, autocast
 from minillm.backend import DEVICES, check_device
 from minillm.config import Config, Section, option
 from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val
+from minillm.distributed import current_world
 from minillm.doctor import run_doctor
 from minillm.train.checkpoint import load_model
 from minillm.train.config import TrainConfig
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
 
 def run_train(cfg: TrainConfig) -> int:
     check_device(cfg.loop.device)       # now, not after the corpus is read and the tokenizer trained
-    if cfg.loop.doctor:
+    if cfg.loop.doctor and current_world().is_main:   # under mpiexec rank 0 checks; a failure aborts the job
         run_doctor(cfg)                 # a failed check raises DoctorFailed: exit 4, nothing trained
         print()
     summary = run_pretraining(cfg)

@@ -81,7 +81,7 @@ from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_array_module, get_rng_state, item, set_rng_state, to_device, to_numpy
-from minillm.distributed import DataParallel, ShardedAdamW, current_world, split_rows
+from minillm.distributed import DataParallel, ShardedAdamW, World, current_world, split_rows
 from minillm.errors import TrainingDiverged
 from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 from minillm.optim import clip_grad_norm_, set_lr
@@ -211,12 +211,15 @@ class Trainer:
         checkpoint_metadata: extra things stored in every checkpoint (``tokenizer``, ``train_config``).
         grad_scaler: the fp16 loss scaler; None builds ``GradScaler()`` when ``loop.precision``
             is "fp16" (bf16 and fp32 use none).
+        data_parallel: under an MPI launcher, train data-parallel across the ranks (the default);
+            False trains this process alone (the doctor's private checks).
     """
 
     def __init__(self, model, optimizer, schedule: Callable[[int], float], loop: LoopSection, compute_loss: Callable,
                  batches, evaluate: Callable | None = None, grad_clip: float = 1.0, tokens_per_batch: int = 0,
                  flops_per_token: float | None = None, peak_flops: float | None = None,
-                 checkpoint_metadata: dict | None = None, grad_scaler: GradScaler | None = None):
+                 checkpoint_metadata: dict | None = None, grad_scaler: GradScaler | None = None,
+                 data_parallel: bool = True):
         if not isinstance(loop, LoopSection):
             raise TypeError(f"Trainer: loop must be a LoopSection, got {type(loop).__name__}")
         self.model, self.optimizer, self.schedule, self.loop = model, optimizer, schedule, loop
@@ -235,7 +238,7 @@ class Trainer:
         self.last_good_step: int | None = None
         self.consecutive_skips = 0
         self.nonfinite_val_loss: float | None = None     # a NaN/Inf validation loss at the current weights
-        self.world = current_world()
+        self.world = current_world() if data_parallel else World()
         self.parallel = self._data_parallel()
         self.reference_weight_norm, _ = self.weight_norm()
         writes = loop.out_dir and self.world.is_main
