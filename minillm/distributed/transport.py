@@ -131,7 +131,7 @@ class MpiTransport(Transport):
 
     def allreduce_host(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
         send = np.ascontiguousarray(values, dtype=np.float64)  # host: a few scalars
-        recv = np.empty_like(send)
+        recv = np.empty_like(send)  # host: a few scalars
         self.comm.Allreduce(send, recv, op=self.MPI.MAX if op == "max" else self.MPI.SUM)
         return recv
 
@@ -139,8 +139,10 @@ class MpiTransport(Transport):
         data = json.dumps(value).encode("utf-8") if self.rank == root else b""
         length = np.array([len(data)], dtype=np.int64)  # host: a message length
         self.comm.Bcast(length, root=root)
-        buffer = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else \
-            np.empty(int(length[0]), dtype=np.uint8)  # host: JSON bytes
+        if self.rank == root:
+            buffer = np.frombuffer(data, dtype=np.uint8).copy()  # host: JSON bytes
+        else:
+            buffer = np.empty(int(length[0]), dtype=np.uint8)  # host: JSON bytes
         self.comm.Bcast(buffer, root=root)
         return json.loads(buffer.tobytes().decode("utf-8"))
 
@@ -183,9 +185,10 @@ class NcclTransport(Transport):
     name = "nccl"
 
     def __init__(self, control: Transport):
-        import cupy  # noqa: PLC0415  (GPU only)
-        from cupy.cuda import nccl  # noqa: PLC0415
+        from minillm.backend import cupy_module, nccl_module  # noqa: PLC0415
 
+        nccl = nccl_module()                             # raises, saying what is missing
+        cupy = cupy_module()
         self.cupy, self.nccl, self.control = cupy, nccl, control
         self.rank, self.size = control.rank, control.size
         cupy.cuda.Device(self.rank % cupy.cuda.runtime.getDeviceCount()).use()
