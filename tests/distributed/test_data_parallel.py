@@ -164,3 +164,11 @@ def test_zero_1_in_one_process_trains_like_the_plain_loop(tmp_path):
 def test_zero_1_refuses_the_fp16_loss_scaler(tmp_path):
     with pytest.raises(ValueError, match="ZeRO-1 does not support the fp16 loss scaler"):
         make_trainer(tmp_path, zero=1, precision="fp16")
+
+
+def test_each_rank_has_its_own_repeatable_generator():
+    from minillm.train.trainer import rank_rng_state
+
+    assert rank_rng_state(7, 1) == rank_rng_state(7, 1)
+    assert rank_rng_state(7, 1) != rank_rng_state(7, 2) != rank_rng_state(8, 2)
+    assert rank_rng_state(7, 1, step=3) != rank_rng_state(7, 1)

@@ -115,3 +115,17 @@ def test_a_batch_the_ranks_cannot_share_is_refused(corpus, tmp_path):
     assert done.returncode == 2, done.stderr
     assert "loop.batch_size=3 is not divisible by the 2 ranks" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_with_dropout_two_ranks_repeat_and_resume_on_two_bit_exactly(corpus, tmp_path):
+    """Dropout masks come from per-rank generators (seed, rank); a checkpoint keeps every rank's
+    state, so pausing and resuming on as many ranks continues the very same run."""
+    dropout = ("--dropout", "0.2")
+    straight = launch(tiny(corpus, tmp_path / "straight", *dropout), ranks=2)
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "paused"
+    paused = launch(tiny(corpus, out, *dropout), ranks=2, MINILLM_TEST_STOP_AT=3)
+    assert paused.returncode == 0, paused.stderr
+    resumed = launch(tiny(corpus, out, *dropout, "--resume", str(out / "last.safetensors")), ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert train_losses(out) == train_losses(tmp_path / "straight")        # bit for bit
