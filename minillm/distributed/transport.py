@@ -18,8 +18,19 @@ Objects travel as JSON text in byte buffers, never pickled.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
+
+
+def local_rank(rank: int) -> int:
+    """This process's rank among the ranks on its machine (MPICH's hydra: ``MPI_LOCALRANKID``,
+    Open MPI: ``OMPI_COMM_WORLD_LOCAL_RANK``), else its world rank."""
+    for name in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return rank
 
 
 class Handle:
@@ -176,7 +187,7 @@ class _NcclHandle(Handle):
 class NcclTransport(Transport):
     """Device (CuPy) buffers through NCCL, one rank per GPU (``cupy.cuda.nccl``).
 
-    Bootstrap: rank r selects GPU ``r % device_count``; rank 0 calls ``nccl.get_unique_id()``
+    Bootstrap: a rank selects the GPU of its local rank on its machine (modulo the GPUs there); rank 0 calls ``nccl.get_unique_id()``
     and the id is broadcast over ``control`` (MPI); every rank then builds
     ``NcclCommunicator(size, unique_id, rank)``. Host-side helpers (scalars, JSON, barrier,
     abort) go through ``control``.
@@ -191,7 +202,7 @@ class NcclTransport(Transport):
         cupy = cupy_module()
         self.cupy, self.nccl, self.control = cupy, nccl, control
         self.rank, self.size = control.rank, control.size
-        cupy.cuda.Device(self.rank % cupy.cuda.runtime.getDeviceCount()).use()
+        cupy.cuda.Device(local_rank(self.rank) % cupy.cuda.runtime.getDeviceCount()).use()
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
         # The id is bytes in recent CuPy and a tuple of ints in older ones: sent as a list of ints
         # with its kind, rebuilt in the same kind.
