@@ -82,7 +82,8 @@ class DataParallel:
         self.transport = transport
         self.rank, self.size = transport.rank, transport.size
         self.shard = bool(shard)
-        self.params = [p for p in params if p.requires_grad]
+        unique = {id(p): p for p in params if p.requires_grad}       # a parameter listed twice counts once
+        self.params = list(unique.values())
         if not self.params:
             raise ValueError("DataParallel: the model has no trainable parameters")
         self.buckets: list[_Bucket] = []
