@@ -225,6 +225,7 @@ class ShardedAdamW(Optimizer):
         self.step_count = 0
         self._segments = self._make_segments()
         self.moments: dict[int, tuple] = {}                  # bucket index -> (exp_avg, exp_avg_sq) slices
+        self._shard_params: dict[int, object] = {}
 
     @property
     def param_groups(self):
@@ -288,7 +289,9 @@ class ShardedAdamW(Optimizer):
             if bucket.index not in self.moments:
                 self.moments[bucket.index] = (xp.zeros(k, dtype=bucket.flat.dtype), xp.zeros(k, dtype=bucket.flat.dtype))
             exp_avg, exp_avg_sq = self.moments[bucket.index]
-            shard_param = xp.zeros(k, dtype=bucket.flat.dtype)
+            shard_param = self._shard_params.get(bucket.index)
+            if shard_param is None:               # this rank's slice of the parameters, reused every step
+                shard_param = self._shard_params[bucket.index] = xp.zeros(k, dtype=bucket.flat.dtype)
             for p, in_param, in_shard, count in self._segments[bucket.index]:
                 part = slice(in_shard, in_shard + count)
                 shard_param[part] = p.data.reshape(-1)[in_param:in_param + count]
