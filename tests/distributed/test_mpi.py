@@ -86,6 +86,9 @@ def test_two_ranks_give_the_single_process_curve_and_gradient_accumulation(corpu
     assert accumulated.returncode == 0, accumulated.stderr
     assert_same_curve(train_losses(tmp_path / "accum"), one_process)
     assert len(one_process) == 6 and one_process[6] < one_process[1]      # it trained
+    both = launch(tiny(corpus, tmp_path / "both", "--batch_size", "2", "--grad_accum_steps", "2"), ranks=2)
+    assert both.returncode == 0, both.stderr                  # 2 ranks x 2 micro-batches of 1 row each
+    assert_same_curve(train_losses(tmp_path / "both"), one_process)
 
 
 def test_zero_stage_1_gives_the_same_curve(corpus, tmp_path, one_process):
