@@ -190,7 +190,9 @@ class NcclTransport(Transport):
     Bootstrap: a rank selects the GPU of its local rank on its machine (modulo the GPUs there); rank 0 calls ``nccl.get_unique_id()``
     and the id is broadcast over ``control`` (MPI); every rank then builds
     ``NcclCommunicator(size, unique_id, rank)``. Host-side helpers (scalars, JSON, barrier,
-    abort) go through ``control``.
+    abort) go through ``control``. Make it (``current_world().transport("cuda")``) before the
+    model moves to the GPU, so the parameters land on this rank's device (``minillm train``
+    does).
     """
 
     name = "nccl"

@@ -120,6 +120,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
                          f"expected a multiple of {world.size} (batch_size is the global batch, each rank takes an "
                          "equal share of its rows)")
     manual_seed(loop.seed)
+    if world.under_mpi and loop.device == "cuda":
+        world.transport("cuda")          # this rank's GPU selected (and NCCL bootstrapped) before any allocation
     resume_from = load_checkpoint(loop.resume) if loop.resume else None
     if world.is_main:
         prepare_run_folder(loop, log)        # refuses to replace an earlier run (unless --overwrite)
