@@ -65,7 +65,7 @@ class _Bucket:
     def __init__(self, index: int, params: list, offsets: list, numel: int, padded: int, xp, dtype):
         self.index, self.params, self.offsets, self.numel = index, params, offsets, numel
         self.flat = xp.zeros(padded, dtype=dtype)            # padded to a multiple of the world size
-        self.shard = None                                    # ZeRO: this rank's reduced slice
+        self.shard = None                                    # ZeRO: this rank's reduced slice (a view of flat)
         self.filled: set = set()
         self.handle = None
 
@@ -174,11 +174,8 @@ class DataParallel:
                         size = p.data.size
                         bucket.flat[offset:offset + size] = 0 if p.grad is None else p.grad.reshape(-1)
             bucket.flat[bucket.numel:] = 0
-            if self.shard:
-                if bucket.shard is None:
-                    xp = get_array_module(bucket.flat)
-                    bucket.shard = xp.empty(bucket.flat.size // self.size, dtype=bucket.flat.dtype)
-                bucket.handle = self.transport.reduce_scatter_sum_start(bucket.flat, bucket.shard)
+            if self.shard:                        # in place: the reduced slice is a view of the flat buffer
+                bucket.handle, bucket.shard = self.transport.reduce_scatter_sum_start(bucket.flat)
             else:
                 bucket.handle = self.transport.allreduce_sum_start(bucket.flat)
             self._next_to_start += 1
@@ -298,7 +295,7 @@ class ShardedAdamW(Optimizer):
                 state = {"step": self.step_count, "exp_avg": exp_avg[part], "exp_avg_sq": exp_avg_sq[part]}
                 self.base._update(shard_param[part], bucket.shard[part], state, group_of[id(p)],
                                   self._scratch_for(shard_param[part]))
-            # The gradients were reduce-scattered already: the flat buffer receives the parameters.
+            # The gradient slice was used: the flat buffer (which holds it) receives the parameters.
             self.parallel.transport.allgather(shard_param, bucket.flat)
             for p, offset in zip(bucket.params, bucket.offsets):
                 p.data[...] = bucket.flat[offset:offset + p.data.size].reshape(p.data.shape)

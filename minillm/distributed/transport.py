@@ -55,10 +55,11 @@ class Transport:
         """Start summing ``buffer`` across ranks in place; returns a Handle."""
         return Handle()
 
-    def reduce_scatter_sum_start(self, send, recv) -> Handle:
-        """Start: rank r receives in ``recv`` the sum over ranks of ``send[r*k:(r+1)*k]``, k = recv.size."""
-        recv[...] = send[:recv.size]
-        return Handle()
+    def reduce_scatter_sum_start(self, buffer):
+        """Start, in place: rank r's result is the sum over ranks of ``buffer[r*k:(r+1)*k]``
+        (k = buffer.size / size). Returns (Handle, the view of ``buffer`` that holds the result
+        once waited for: where the engine leaves it, no extra buffer)."""
+        return Handle(), buffer
 
     def allgather(self, send, recv) -> None:
         """``recv[r*k:(r+1)*k]`` = rank r's ``send`` (k = send.size), on every rank."""
@@ -123,10 +124,11 @@ class MpiTransport(Transport):
         self._pending.append(request)
         return _MpiHandle(request)
 
-    def reduce_scatter_sum_start(self, send, recv) -> Handle:
-        request = self.comm.Ireduce_scatter_block(send, recv, op=self.MPI.SUM)
+    def reduce_scatter_sum_start(self, buffer):
+        # MPI_IN_PLACE: the input is the whole buffer, the result lands in its first k elements
+        request = self.comm.Ireduce_scatter_block(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
         self._pending.append(request)
-        return _MpiHandle(request)
+        return _MpiHandle(request), buffer[:buffer.size // self.size]
 
     def allgather(self, send, recv) -> None:
         self.comm.Allgather(send, recv)
@@ -235,9 +237,13 @@ class NcclTransport(Transport):
         return self._launch(lambda stream: self.comm.allReduce(
             buffer.data.ptr, buffer.data.ptr, buffer.size, self._dtype(buffer), self.nccl.NCCL_SUM, stream))
 
-    def reduce_scatter_sum_start(self, send, recv) -> Handle:
-        return self._launch(lambda stream: self.comm.reduceScatter(
-            send.data.ptr, recv.data.ptr, recv.size, self._dtype(send), self.nccl.NCCL_SUM, stream))
+    def reduce_scatter_sum_start(self, buffer):
+        # in place for NCCL: the result goes to this rank's own slice of the buffer
+        k = buffer.size // self.size
+        result = buffer[self.rank * k:(self.rank + 1) * k]
+        handle = self._launch(lambda stream: self.comm.reduceScatter(
+            buffer.data.ptr, result.data.ptr, k, self._dtype(buffer), self.nccl.NCCL_SUM, stream))
+        return handle, result
 
     def allgather(self, send, recv) -> None:
         self._launch(lambda stream: self.comm.allGather(
