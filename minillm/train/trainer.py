@@ -562,7 +562,8 @@ class Trainer:
                     tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
                     record["tokens_per_s"] = tokens_per_s
                     if self.flops_per_token and self.peak_flops:
-                        record["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
+                        # tokens/s is the job's (the global batch); the peak is one rank's
+                        record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world.size)
                     self.metrics.write(**record)
                     window_start, window_tokens = time.perf_counter(), 0
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.1e}",
