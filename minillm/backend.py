@@ -58,6 +58,20 @@ def cupy_module():
     return _cupy or None
 
 
+def nccl_module():
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``), for the data-parallel NCCL transport; raises
+    RuntimeError saying what is missing where CuPy or its NCCL library is not usable."""
+    cupy = cupy_module()
+    if cupy is None:
+        raise RuntimeError("the NCCL transport needs CuPy and a GPU (pip install -e '.[cuda13]' or '.[cuda12]')")
+    try:
+        from cupy.cuda import nccl  # noqa: PLC0415  (GPU only)
+    except ImportError as error:
+        raise RuntimeError(f"CuPy has no usable NCCL here ({error}); install NCCL for CuPy (pip install "
+                           "nvidia-nccl-cu12 or the CUDA 13 one)") from error
+    return nccl
+
+
 def cuda_available() -> bool:
     """True when CuPy is importable and sees a GPU."""
     return cupy_module() is not None

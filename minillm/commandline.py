@@ -32,6 +32,7 @@ import sys
 
 from minillm import errors
 from minillm.config import Config, _kind
+from minillm.distributed.world import abort_on_failure
 from minillm.errors import EXIT_DIVERGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (re-exported)
 
 DEBUG_FLAG = "--debug"
@@ -164,7 +165,10 @@ def run(config_class: type[Config], handler, command: str, tokens: list[str], ou
             return EXIT_OK
         return handler(cfg)
     except (Exception, KeyboardInterrupt) as error:     # the boundary: every kind is reported, none escapes
-        return errors.handle(error, command, err, debug=debug, log_dir=_out_dir(cfg))
+        status = errors.handle(error, command, err, debug=debug, log_dir=_out_dir(cfg))
+        # Under mpiexec the other ranks would wait for this one forever: name it, abort the job.
+        abort_on_failure(error, command, status)
+        return status
 
 
 def _out_dir(cfg) -> str | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm.config import Config, Section, option
+from minillm.distributed.world import refuse_data_parallel
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.nn.vocab import resize_token_embeddings
@@ -253,6 +254,7 @@ def train_stage(stage: str, cfg, model, optimizer, schedule, compute_loss, sampl
     final model (LoRA adapters saved separately and merged first) as ``out_dir/model.safetensors``."""
     loop = cfg.loop
     extra = {"stage": stage, "base_vocab_size": base_vocab, "lora": counts if cfg.stage.lora_rank else None}
+    refuse_data_parallel(stage, getattr(loop, "zero", 0))
     trainer = Trainer(model, optimizer, schedule, loop, compute_loss, sampler, evaluate=evaluate,
                       grad_clip=cfg.optim.grad_clip, tokens_per_batch=tokens_per_batch,
                       checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra})

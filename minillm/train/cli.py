@@ -14,6 +14,7 @@ from minillm.amp import PRECISIONS, autocast
 from minillm.backend import DEVICES, check_device
 from minillm.config import Config, Section, option
 from minillm.data import clean_documents, default_corpus_path, read_corpus, split_train_val
+from minillm.distributed import current_world
 from minillm.doctor import run_doctor
 from minillm.nn.pretrained import save_pretrained
 from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model, model_source
@@ -89,10 +90,12 @@ def register(subparsers) -> None:
 
 def run_train(cfg: TrainConfig) -> int:
     check_device(cfg.loop.device)       # now, not after the corpus is read and the tokenizer trained
-    if cfg.loop.doctor:
+    if cfg.loop.doctor and current_world().is_main:   # under mpiexec rank 0 checks; a failure aborts the job
         run_doctor(cfg)                 # a failed check raises DoctorFailed: exit 4, nothing trained
         print()
     summary = run_pretraining(cfg)
+    if "final" not in summary:          # a rank other than 0 of an mpiexec job: rank 0 reports
+        return 0
     final = summary["final"]
     print(f"\nfinal validation: loss {final['val_loss']:.4f} nats/token, perplexity {final['val_ppl']:.2f}, "
           f"{final.get('val_bpb', float('nan')):.4f} bits/byte after {summary['steps']} steps "
