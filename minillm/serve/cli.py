@@ -23,7 +23,8 @@ from minillm.errors import MinillmError
 @dataclass
 class ServeSection(Section):
     name: ClassVar[str] = "serve"
-    model: str = option("", "the model: a checkpoint (.safetensors) written by training", required=True)
+    model: str = option("", "the model: a checkpoint (.safetensors) written by training, a Hugging Face model "
+                        "directory, or a hub name such as gpt2 (downloaded on request)", required=True)
     tokenizer: str = option("", "a tokenizer file; empty = the tokenizer stored in the checkpoint")
     host: str = option("127.0.0.1", "the address to listen on (127.0.0.1: this machine only)")
     port: int = option(8000, "the TCP port (0 = any free port)", minimum=0, maximum=65535)
@@ -52,7 +53,7 @@ def load_served_model(args: ServeSection):
     from minillm.tokenizer import load_tokenizer  # noqa: PLC0415
     from minillm.train.checkpoint import load_model  # noqa: PLC0415
 
-    model, tokenizer, _ = load_model(args.model, device=args.device)
+    model, tokenizer, _ = load_model(args.model, device=args.device, hub=True)
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer is None:

@@ -328,7 +328,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dropout: float | No
     from minillm.nn.pretrained import from_pretrained, load_pretrained_tokenizer, resolve_pretrained  # noqa: PLC0415
 
     source = os.fspath(path)
-    huggingface = os.path.isfile(os.path.join(source, "config.json")) if os.path.isdir(source) else not os.path.exists(source)
+    # A missing path named *.safetensors is a checkpoint that is not there (never a hub name to download).
+    huggingface = (os.path.isfile(os.path.join(source, "config.json")) if os.path.isdir(source)
+                   else not os.path.exists(source) and not source.endswith(".safetensors"))
     if huggingface and (hub or os.path.isdir(source)):      # (a directory without config.json: load_checkpoint says so)
         directory = resolve_pretrained(source)
         model = from_pretrained(directory, device=device, dropout=0.0 if dropout is None else float(dropout))

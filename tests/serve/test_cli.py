@@ -64,3 +64,12 @@ def test_a_busy_port_exits_2(tmp_path, capsys):
 def test_a_bad_port_exits_2(tmp_path, capsys):
     assert main(["serve", "--model", "x", "--port", "70000"]) == 2
     assert "port" in capsys.readouterr().err
+
+
+def test_a_missing_relative_checkpoint_is_not_taken_for_a_hub_name(tmp_path, capsys, monkeypatch):
+    """--model accepts hub names too, but a missing *.safetensors is a missing file: no download."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINILLM_HUB_URL", "http://127.0.0.1:9")        # would fail differently if tried
+    assert main(["serve", "--model", "best.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "best.safetensors" in err and "hub" not in err
