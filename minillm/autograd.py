@@ -17,6 +17,7 @@ import contextlib
 import heapq
 import itertools
 import traceback
+import weakref
 from typing import TYPE_CHECKING
 
 from minillm.backend import device_of, get_array_module
@@ -29,6 +30,9 @@ _anomaly_mode = False
 _creation_counter = itertools.count()
 _profiler = None             # a minillm.profiler.Profile while one records (else one check per op
                              # and per Module call)
+# id(leaf) -> (weakref to the leaf, [hook, ...]): "this leaf's gradient is complete" hooks
+# (register_grad_ready_hook). Empty (the usual case), backward does no extra work at all.
+_grad_ready_hooks: dict = {}
 
 
 def set_profiler(profiler):
@@ -211,6 +215,87 @@ def _check_finite(fn: Function, array, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Gradient-ready hooks
+# ---------------------------------------------------------------------------------------------
+class _ReadyHookHandle:
+    """What :func:`register_grad_ready_hook` returns: ``remove()`` takes the hook off again."""
+
+    def __init__(self, key: int, hook):
+        self.key, self.hook = key, hook
+
+    def remove(self) -> None:
+        entry = _grad_ready_hooks.get(self.key)
+        if entry is None:
+            return
+        hooks = entry[1]
+        if self.hook in hooks:
+            hooks.remove(self.hook)
+        if not hooks:
+            del _grad_ready_hooks[self.key]
+
+
+def register_grad_ready_hook(leaf: "Tensor", hook) -> _ReadyHookHandle:
+    """Call ``hook(leaf)`` during a backward pass as soon as ``leaf.grad`` holds its last
+    contribution of that pass (data-parallel training starts communicating it then).
+
+    A leaf used k times in the graph (a tied weight, a reused parameter) receives k gradient
+    contributions; the engine counts them before it starts (one walk over the graph, done only
+    while some hook is registered) and fires the hook after the k-th. A leaf whose op returned
+    no gradient for some use is fired at the end of the pass; a leaf the graph never reaches is
+    not fired. Returns a handle whose ``remove()`` unregisters the hook.
+    """
+    if leaf.grad_fn is not None:
+        raise ValueError("register_grad_ready_hook: the tensor is not a leaf (it has a grad_fn); "
+                         "gradient-ready hooks are for parameters")
+    key = id(leaf)
+    entry = _grad_ready_hooks.get(key)
+    if entry is None or entry[0]() is not leaf:          # a new leaf (or a dead one's reused id)
+        entry = _grad_ready_hooks[key] = (weakref.ref(leaf, lambda _, key=key: _forget_ready(key)), [])
+    entry[1].append(hook)
+    return _ReadyHookHandle(key, hook)
+
+
+def _forget_ready(key: int) -> None:
+    """The leaf died: drop its entry (unless the id was reused by a live leaf already)."""
+    entry = _grad_ready_hooks.get(key)
+    if entry is not None and entry[0]() is None:
+        del _grad_ready_hooks[key]
+
+
+def _count_ready_leaf_uses(start: Function) -> dict:
+    """id(leaf) -> how many gradient contributions each hooked leaf gets in a backward from
+    ``start`` (one walk over the recorded graph)."""
+    counts: dict = {}
+    seen = {start}
+    stack = [start]
+    while stack:
+        fn = stack.pop()
+        if fn.inputs is None:
+            continue
+        for tensor, needed in zip(fn.inputs, fn.needs_input_grad):
+            if not needed:
+                continue
+            producer = tensor.grad_fn
+            if producer is None:
+                if id(tensor) in _grad_ready_hooks:
+                    counts[id(tensor)] = counts.get(id(tensor), 0) + 1
+            elif producer not in seen:
+                seen.add(producer)
+                stack.append(producer)
+    return counts
+
+
+def _fire_ready(key: int) -> None:
+    entry = _grad_ready_hooks.get(key)
+    if entry is None:
+        return
+    leaf = entry[0]()
+    if leaf is not None:
+        for hook in list(entry[1]):
+            hook(leaf)
+
+
+# ---------------------------------------------------------------------------------------------
 # The backward engine
 # ---------------------------------------------------------------------------------------------
 def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
@@ -228,6 +313,7 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
         raise RuntimeError(
             f"backward through {start.label()} a second time: the graph was freed after the first "
             "backward; call backward(retain_graph=True) the first time to keep it")
+    ready_counts = _count_ready_leaf_uses(start) if _grad_ready_hooks else None
     pending = {start: grad}
     tie = itertools.count()
     heap = [(-start.generation, next(tie), start)]
@@ -271,6 +357,11 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
             producer = tensor.grad_fn
             if producer is None:
                 _accumulate_leaf(tensor, gx)
+                if ready_counts and id(tensor) in ready_counts:
+                    ready_counts[id(tensor)] -= 1
+                    if ready_counts[id(tensor)] == 0:
+                        del ready_counts[id(tensor)]
+                        _fire_ready(id(tensor))
             elif producer in pending:
                 pending[producer] = pending[producer] + gx
             else:
@@ -278,6 +369,9 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
                 heapq.heappush(heap, (-producer.generation, next(tie), producer))
         if not retain_graph:
             fn.release()
+    if ready_counts:                      # leaves an op gave no gradient for some use: complete now
+        for key in list(ready_counts):
+            _fire_ready(key)
 
 
 def _apply_hook(hook, gradient):

@@ -23,6 +23,7 @@ refuse implicit conversion to NumPy and refuse mixing with host arrays. Turn it 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any
@@ -55,6 +56,20 @@ def cupy_module():
         except Exception:  # ImportError, or CUDA driver missing
             _cupy = False
     return _cupy or None
+
+
+def nccl_module():
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``), for the data-parallel NCCL transport; raises
+    RuntimeError saying what is missing where CuPy or its NCCL library is not usable."""
+    cupy = cupy_module()
+    if cupy is None:
+        raise RuntimeError("the NCCL transport needs CuPy and a GPU (pip install -e '.[cuda13]' or '.[cuda12]')")
+    try:
+        from cupy.cuda import nccl  # noqa: PLC0415  (GPU only)
+    except ImportError as error:
+        raise RuntimeError(f"CuPy has no usable NCCL here ({error}); install NCCL for CuPy (pip install "
+                           "nvidia-nccl-cu12 or the CUDA 13 one)") from error
+    return nccl
 
 
 def cuda_available() -> bool:
@@ -285,8 +300,34 @@ def set_rng_state(state: dict) -> None:
     _generator.bit_generator.state = state
 
 
+_skip_random_init = False     # set by skip_random_init(): allocate without drawing
+
+
+@contextlib.contextmanager
+def skip_random_init():
+    """Inside this block, :func:`random_normal` and :func:`random_uniform` return uninitialised
+    arrays of the right shape, dtype and device and draw nothing: for building a model whose
+    every weight a load overwrites next (``GPT.from_pretrained``). It saves drawing hundreds of
+    millions of numbers, and it leaves the global generator where it was, so loading a model does
+    not shift a seeded run's random stream. Not thread-safe (a module-level flag)."""
+    global _skip_random_init
+    previous, _skip_random_init = _skip_random_init, True
+    try:
+        yield
+    finally:
+        _skip_random_init = previous
+
+
+def random_init_skipped() -> bool:
+    """Whether a :func:`skip_random_init` block is running (initialisers then skip their arithmetic
+    on the uninitialised arrays too: it would only touch memory the load is about to replace)."""
+    return _skip_random_init
+
+
 def random_normal(shape, dtype, device: str = "cpu", std: float = 1.0):
     """Normal(0, std²) samples of ``shape`` on ``device``, drawn from the global generator."""
+    if _skip_random_init:
+        return module_for_device(device).empty(shape, dtype=dtype)
     host = _generator.standard_normal(size=shape, dtype=np.float64 if np.dtype(dtype) == np.float64 else np.float32)
     if std != 1.0:
         host *= std
@@ -295,6 +336,8 @@ def random_normal(shape, dtype, device: str = "cpu", std: float = 1.0):
 
 def random_uniform(shape, dtype, device: str = "cpu"):
     """Uniform[0, 1) samples of ``shape`` on ``device``, drawn from the global generator."""
+    if _skip_random_init:
+        return module_for_device(device).empty(shape, dtype=dtype)
     host = _generator.random(size=shape, dtype=np.float64 if np.dtype(dtype) == np.float64 else np.float32)
     return to_device(host.astype(dtype, copy=False), device)
 

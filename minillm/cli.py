@@ -1,4 +1,4 @@
-"""The ``minillm`` command: prepare | tokenizer | train | eval | memory | doctor | sample | generate | chat | sft | dpo.
+"""The ``minillm`` command: prepare | tokenizer | train | eval | export | memory | doctor | health | sample | generate | chat | sft | dpo | serve.
 
 Each family declares its commands next to its code (a config class and a handler, through
 :func:`minillm.commandline.register`); this module only collects them and routes the arguments, so
@@ -6,7 +6,7 @@ Each family declares its commands next to its code (a config class and a handler
 ``--config FILE.toml`` and ``--key value`` options the same way and runs inside one error boundary
 (:func:`minillm.commandline.run`, :mod:`minillm.errors`): 0 success; 2 bad input or another known
 failure (one clear line, no traceback); 3 a training run that diverged; 4 a ``minillm doctor`` check
-failed (``train --doctor`` too); 130 after Ctrl-C; 141
+failed (``train --doctor`` too); 5 ``minillm health`` raised a flag; 130 after Ctrl-C; 141
 when the reader of the output went away (``| head``); 1 an unexpected exception, in one line naming
 the log file with its traceback (``--debug``, before or after the command, prints the traceback
 instead).
@@ -19,7 +19,9 @@ import sys
 from minillm import commandline, doctor
 from minillm.data import cli as data_cli
 from minillm.generation import cli as generation_cli
+from minillm.health import report as health_report
 from minillm.posttrain import cli as posttrain_cli
+from minillm.serve import cli as serve_cli
 from minillm.tokenizer import cli as tokenizer_cli
 from minillm.train import cli as train_cli
 
@@ -33,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_cli.register(subparsers)
     train_cli.register(subparsers)
     doctor.register(subparsers)
+    health_report.register(subparsers)
     generation_cli.register(subparsers)
     posttrain_cli.register(subparsers)
+    serve_cli.register(subparsers)
     return parser
 
 

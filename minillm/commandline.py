@@ -18,7 +18,7 @@ and is run as ``minillm train [--config FILE.toml] [--key VALUE | --section.key 
 exit status 0 success; 2 a known failure -- anything wrong with the input (a bad option, value or
 file), a file that cannot be written, a missing device -- as one line ``minillm COMMAND: error:
 ...`` on stderr, never a traceback; 3 a training run that diverged; 4 a ``minillm doctor`` check
-failed; 130 after Ctrl-C; 141 (quietly)
+failed; 5 ``minillm health`` raised a flag; 130 after Ctrl-C; 141 (quietly)
 when the reader of the output went away (``| head``); 1 an unexpected exception (a bug), reported
 in one line naming the log file that holds its traceback;
 a training run stopped by a signal exits 128 + the signal (130 SIGINT, 143 SIGTERM) after saving
@@ -32,6 +32,7 @@ import sys
 
 from minillm import errors
 from minillm.config import Config, _kind
+from minillm.distributed.world import abort_on_failure
 from minillm.errors import EXIT_DIVERGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (re-exported)
 
 DEBUG_FLAG = "--debug"
@@ -164,7 +165,10 @@ def run(config_class: type[Config], handler, command: str, tokens: list[str], ou
             return EXIT_OK
         return handler(cfg)
     except (Exception, KeyboardInterrupt) as error:     # the boundary: every kind is reported, none escapes
-        return errors.handle(error, command, err, debug=debug, log_dir=_out_dir(cfg))
+        status = errors.handle(error, command, err, debug=debug, log_dir=_out_dir(cfg))
+        # Under mpiexec the other ranks would wait for this one forever: name it, abort the job.
+        abort_on_failure(error, command, status)
+        return status
 
 
 def _out_dir(cfg) -> str | None:

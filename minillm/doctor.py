@@ -214,7 +214,7 @@ def check_overfit(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
     batch = (ids[:, :-1], ids[:, 1:])
     optimizer = cfg.optim.optimizer(decay_groups(model.named_parameters(), 0.0), lambda step: OVERFIT_LR)
     trainer = Trainer(model, optimizer, lambda step: OVERFIT_LR, _quiet_loop(), language_model_loss,
-                      _Batches([batch]), grad_clip=1.0)
+                      _Batches([batch]), grad_clip=1.0, data_parallel=False)
     first = last = math.nan
     for step in range(OVERFIT_STEPS):
         last = trainer.train_step()["loss"]
@@ -240,7 +240,8 @@ def check_grad_accumulation(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
         model = build(twin, dtype=np.float64)
         before = {name: array.copy() for name, array in model.state_dict().items()}
         trainer = Trainer(model, SGD(model.parameters(), lr=1.0), lambda step: 1.0,
-                          _quiet_loop(grad_accum_steps=accum), language_model_loss, _Batches(batches), grad_clip=0.0)
+                          _quiet_loop(grad_accum_steps=accum), language_model_loss, _Batches(batches), grad_clip=0.0,
+                          data_parallel=False)
         losses.append(trainer.train_step()["loss"])
         updates.append({name: before[name] - array for name, array in model.state_dict().items()})
     scale = max(float(np.max(np.abs(u))) for u in updates[1].values()) or 1.0
@@ -300,7 +301,7 @@ def check_resume(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
         optimizer = cfg.optim.optimizer(decay_groups(model.named_parameters(), cfg.optim.weight_decay), schedule)
         loader = RandomWindowLoader(data, batch_size=2, block_size=twin.block_size, seed=seed)
         return Trainer(model, optimizer, schedule, _quiet_loop(precision=precision), language_model_loss, loader,
-                       grad_clip=cfg.optim.grad_clip)
+                       grad_clip=cfg.optim.grad_clip, data_parallel=False)
 
     straight = trainer(SEED)
     straight_losses = [straight.train_step()["loss"] for _ in range(6)]

@@ -17,6 +17,8 @@ Exit status of every command (``minillm``, ``python -m minillm.data.cli``, ...):
     4    a preflight check failed (``minillm doctor``, ``minillm train --doctor``:
          :class:`~minillm.doctor.DoctorFailed`); the table printed above says which check, what
          such a failure usually means and what to look at
+    5    ``minillm health`` raised a flag (an exploding or vanishing layer, a dead head, ...): the
+         flags are printed, and the dashboard is written all the same
     130  interrupted (Ctrl-C)
     141  the reader of the output went away (``minillm ... | head``): nothing is printed; 141 is
          what a shell reports for a program the closed pipe stopped (128 + SIGPIPE)
@@ -40,7 +42,7 @@ import tempfile
 import time
 import traceback
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOCTOR = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOCTOR, EXIT_UNHEALTHY = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 

@@ -620,3 +620,64 @@ def load_safetensors(
         raise TypeError(f"load_safetensors: verify must be a bool, got {verify!r}")
     infos, metadata, data_start = read_safetensors_header(path, max_header_bytes=max_header_bytes)
     return _read_tensors(os.fspath(path), infos, data_start, mmap=mmap, bf16_as=bf16_as, verify=verify), metadata
+
+
+class SafetensorsMap:
+    """One safetensors file, memory-mapped and read tensor by tensor, for loads that convert each
+    tensor into its destination as they go (``GPT.from_pretrained``).
+
+    The header is read and fully validated when the map is opened (:func:`read_safetensors_header`:
+    the structural checks always apply). :meth:`tensor` returns a read-only view of one tensor's
+    bytes in the mapped file (BF16 as raw ``uint16`` bits), checked against its stored SHA-256 the
+    first time when the file carries checksums and ``verify`` is on (files from other tools carry
+    none and load with the structural checks only). :meth:`release` tells the kernel this process no
+    longer needs that tensor's pages, so the mapped file never sits in the process's resident
+    memory beside the converted copy: a load that converts and releases tensor by tensor holds
+    about one copy of the weights plus the tensor in flight.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = True, max_header_bytes: int = MAX_HEADER_BYTES):
+        import mmap as _mmap  # noqa: PLC0415  (only this reader maps files)
+
+        if not isinstance(verify, bool):
+            raise TypeError(f"SafetensorsMap: verify must be a bool, got {verify!r}")
+        self.path = os.fspath(path)
+        self.infos, self.metadata, self.data_start = read_safetensors_header(self.path, max_header_bytes=max_header_bytes)
+        self.verify = verify
+        self._verified: set[str] = set()
+        self._map = None
+        if os.path.getsize(self.path) > self.data_start:
+            with open(self.path, "rb") as handle:
+                self._map = _mmap.mmap(handle.fileno(), 0, access=_mmap.ACCESS_READ)
+        self._page = _mmap.PAGESIZE
+        self._dontneed = getattr(_mmap, "MADV_DONTNEED", None)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a read-only array viewing the mapped file (its header dtype;
+        BF16 as uint16 bits)."""
+        info = self.infos.get(name)
+        if info is None:
+            raise KeyError(f"safetensors file {self.path!r} has no tensor {name!r}")
+        dtype = DTYPE_TO_NUMPY[info.dtype]
+        begin, end = info.data_offsets
+        if begin == end:
+            return np.zeros(info.shape, dtype=dtype)
+        raw = np.frombuffer(self._map, dtype=np.uint8, count=end - begin, offset=self.data_start + begin)
+        if self.verify and info.sha256 is not None and name not in self._verified:
+            _verify_sha256(self.path, name, info.sha256, raw)
+            self._verified.add(name)
+        return raw.view(dtype).reshape(info.shape)
+
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor ``name`` from this process's memory (best effort: the data stays
+        in the file and the page cache; a later :meth:`tensor` maps it in again)."""
+        info = self.infos.get(name)
+        if info is None or self._map is None or self._dontneed is None:
+            return
+        begin, end = (self.data_start + offset for offset in info.data_offsets)
+        start = begin - begin % self._page
+        if end > start:
+            try:
+                self._map.madvise(self._dontneed, start, end - start)
+            except (OSError, ValueError):      # advice only: a kernel that refuses it costs memory, not correctness
+                pass

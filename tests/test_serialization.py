@@ -482,3 +482,31 @@ def test_the_checksum_key_is_reserved_for_the_writer(tmp_path):
         save_safetensors(tmp_path / "x.safetensors", {"w": np.zeros(1, np.float32)}, checksum="yes")
     with pytest.raises(TypeError, match="verify must be a bool"):
         load_safetensors(tmp_path / "x.safetensors", verify=1)
+
+
+def test_safetensors_map_reads_releases_and_reads_again(tmp_path):
+    """SafetensorsMap: read-only views of the mapped file, checksums checked on first read, and a
+    released tensor reads the same bytes again (release only drops this process's pages)."""
+    from minillm.serialization import SafetensorsMap
+
+    rng = np.random.default_rng(0)
+    tensors = {"big": rng.standard_normal((300, 1000)).astype(np.float32), "small": np.arange(5, dtype=np.int64),
+               "empty": np.zeros((0, 3), np.float16)}
+    save_safetensors(tmp_path / "t.safetensors", tensors)
+    mapped = SafetensorsMap(tmp_path / "t.safetensors")
+    for name, value in tensors.items():
+        view = mapped.tensor(name)
+        np.testing.assert_array_equal(view, value)
+        assert not view.flags.writeable or view.size == 0
+        mapped.release(name)
+        np.testing.assert_array_equal(mapped.tensor(name), value)
+    with pytest.raises(KeyError, match="no tensor 'nope'"):
+        mapped.tensor("nope")
+    data = bytearray((tmp_path / "t.safetensors").read_bytes())
+    data[-50] ^= 1                                                  # a flipped bit near the end of the data
+    (tmp_path / "t.safetensors").write_bytes(bytes(data))
+    damaged = SafetensorsMap(tmp_path / "t.safetensors")
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
+        for name in tensors:
+            damaged.tensor(name)
+    assert SafetensorsMap(tmp_path / "t.safetensors", verify=False).tensor("small").shape == (5,)

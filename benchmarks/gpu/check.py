@@ -9,6 +9,8 @@ in this order (a part that cannot finish inside ``--budget`` seconds is skipped,
 
   env            GPU, driver, CUDA, CuPy, NumPy, PyTorch versions; whether CuPy takes bfloat16
   tests          pytest --backend cupy --device-tests-only (every device-parametrised test)
+  nccl           nccl_smoke.py: the NCCL transport as rank 0 of 1 (collectives checked) and four
+                 training steps over it (plain vs data-parallel vs ZeRO-1: the same losses)
   train_g_fp32   bench_train_step.py, GPT-2 small (config G), fp32: minillm, minillm-composed, torch
   train_g_fp16   config G in fp16 (loss scaling): minillm, torch
   train_g_bf16   config G in bf16: minillm, torch
@@ -285,6 +287,21 @@ def part_profile(check: Check) -> None:
     check.record("profile", {"status": "ok" if entry else "skipped", **entry}, "\n".join(tables) or None)
 
 
+def part_nccl(check: Check) -> None:
+    """The data-parallel NCCL transport with a world of one GPU (benchmarks/gpu/nccl_smoke.py)."""
+    status, output, seconds = check.run("nccl", [PY, os.path.join(BENCH, "gpu", "nccl_smoke.py")], 120)
+    if status == "skipped":
+        return
+    result = _result_line(output) or {}
+    if "skipped" in result:
+        check.record("nccl", {"status": "skipped", "why": result["skipped"]})
+        return
+    table = (f"NCCL world of one: collectives {result.get('collectives')}; 4 training steps plain vs data-parallel "
+             f"over NCCL vs ZeRO-1 over NCCL: largest relative loss difference "
+             f"{result.get('max_relative_difference', float('nan')):.2e} (ok: {result.get('ok')})")
+    check.record("nccl", {"status": status, "seconds": seconds, **result}, table)
+
+
 def part_kernels(check: Check) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = check.run("kernels", [PY, os.path.join(BENCH, "gpu", "kernels.py"), "--out", tmp], 150)
@@ -298,6 +315,7 @@ def part_kernels(check: Check) -> None:
 PARTS = {
     "env": part_env,
     "tests": part_tests,
+    "nccl": part_nccl,
     "train_g_fp32": lambda c: part_train(c, "train_g_fp32", "G", "fp32", "minillm,torch,minillm-composed", 150),
     "train_g_fp16": lambda c: part_train(c, "train_g_fp16", "G", "fp16", "minillm,torch", 100),
     "train_g_bf16": lambda c: part_train(c, "train_g_bf16", "G", "bf16", "minillm,torch", 100),

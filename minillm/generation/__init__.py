@@ -5,10 +5,12 @@
     for text in stream_text(model, tokenizer, ids, 100, stop=["\\n\\n"]): print(text, end="")
 
 Modules: ``sampling`` (choosing a token from logits), ``decode`` (the decoding loop, ragged
-batches, the context-overflow policy), ``text`` (incremental UTF-8 decoding, stop strings),
+batches, the context-overflow policy), ``batch`` (a running batch whose rows sit at their own
+positions: continuous batching for ``minillm serve``), ``text`` (incremental UTF-8 decoding, stop strings),
 ``chat`` (an interactive session: conversation, context budget, Ctrl-C; ``minillm chat``).
 The key/value cache itself is :class:`minillm.nn.KVCache` (attention reads and writes it).
 """
+from minillm.generation.batch import DecodeBatch, choose_rows
 from minillm.generation.chat import ChatSession, chat_loop
 from minillm.generation.decode import as_prompts, decode_steps, generate, stream
 from minillm.generation.sampling import (
@@ -22,7 +24,7 @@ from minillm.generation.sampling import (
 from minillm.generation.text import IncrementalDetokenizer, split_stop, stream_text
 
 __all__ = [
-    "ChatSession", "IncrementalDetokenizer", "Sampler", "chat_loop", "apply_repetition_penalty", "as_prompts", "candidates",
-    "check_sampling_args", "decode_steps", "draw", "generate", "make_generators", "split_stop", "stream",
+    "ChatSession", "DecodeBatch", "IncrementalDetokenizer", "Sampler", "chat_loop", "apply_repetition_penalty", "as_prompts", "candidates",
+    "check_sampling_args", "choose_rows", "decode_steps", "draw", "generate", "make_generators", "split_stop", "stream",
     "stream_text",
 ]

@@ -24,14 +24,15 @@ from minillm.generation.chat import ChatSession, chat_loop
 from minillm.generation.sampling import MIN_TEMPERATURE, temperature_too_small
 from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT
-from minillm.train.checkpoint import load_model
+from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model, model_source
 
 
 @dataclass
 class GenerationSection(Section):
     """What every text command takes: the checkpoint, the sampling and the stops."""
 
-    checkpoint: str = option("", "a checkpoint (.safetensors) written by training", required=True)
+    checkpoint: str = option("", "a checkpoint (.safetensors) written by training")
+    model: str = option("", MODEL_HELP)
     tokenizer: str = option("", "a tokenizer file; empty = the tokenizer stored in the checkpoint")
     max_new_tokens: int = option(200, "tokens to generate at most", minimum=0)
     temperature: float = option(0.8, f"softmax temperature; 0 = greedy, else >= {MIN_TEMPERATURE:g}", minimum=0.0)
@@ -48,6 +49,7 @@ class GenerationSection(Section):
     cache: bool = option(True, "decode with the key/value cache (--no-cache recomputes every step: slow)")
 
     def check(self) -> None:
+        check_model_choice(self)
         if 0 < self.temperature < MIN_TEMPERATURE:     # the option's bounds cannot say "0, or >= 1e-3"
             raise ValueError(temperature_too_small(f"{self.name}.temperature", self.temperature))
 
@@ -101,11 +103,12 @@ def register(subparsers) -> None:
 
 
 def _load(args: GenerationSection):
-    model, tokenizer, _ = load_model(args.checkpoint, device=args.device)
+    source, hub = model_source(args)
+    model, tokenizer, _ = load_model(source, device=args.device, hub=hub)
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer is None:
-        raise ValueError(f"checkpoint {args.checkpoint!r} holds no tokenizer; pass --tokenizer PATH")
+        raise ValueError(f"checkpoint {source!r} holds no tokenizer; pass --tokenizer PATH")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"vocab_size={model.config.vocab_size}; expected the tokenizer the model was trained with")

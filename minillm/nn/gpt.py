@@ -20,7 +20,7 @@ import numpy as np
 
 from minillm import functional as F
 from minillm.autograd import is_grad_enabled
-from minillm.backend import device_of, get_array_module, random_normal, to_device, to_numpy
+from minillm.backend import device_of, get_array_module, random_init_skipped, random_normal, to_device, to_numpy
 from minillm.nn.block import Block, make_norm
 from minillm.nn.layers import Dropout, Embedding, Linear
 from minillm.nn.mlp import swiglu_hidden
@@ -281,6 +281,8 @@ class GPT(Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if random_init_skipped():            # a load overwrites every weight next (GPT.from_pretrained)
+            return
         c = self.config
         residual_std = c.init_std / math.sqrt(2 * c.n_layer)
         for name, module in self.named_modules():
@@ -445,6 +447,28 @@ class GPT(Module):
 
         return stream(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                       repetition_penalty=repetition_penalty, stop=stop, seed=seed, **options)
+
+    # -- Hugging Face model directories (minillm.nn.pretrained does the work) ---------------------
+    @classmethod
+    def from_pretrained(cls, path_or_name, dtype=np.float32, device: str = "cpu", block_size: int | None = None,
+                        verify: bool = True, dropout: float = 0.0) -> "GPT":
+        """A GPT with the weights of a Hugging Face model directory (``config.json`` +
+        ``model.safetensors`` or a sharded index) or hub name such as ``"gpt2"`` (downloaded once
+        into ``~/.cache/minillm/hub``): GPT-2, Llama and Mistral. In eval mode. Anything the model
+        cannot represent is refused naming the config field. See :mod:`minillm.nn.pretrained`."""
+        from minillm.nn.pretrained import from_pretrained  # noqa: PLC0415  (pretrained imports this module)
+
+        return from_pretrained(path_or_name, dtype=dtype, device=device, block_size=block_size, verify=verify,
+                               dropout=dropout)
+
+    def save_pretrained(self, directory, tokenizer=None, overwrite: bool = False, dtype: str | None = None) -> list:
+        """Write this model as a Hugging Face directory (config.json, model.safetensors,
+        generation_config.json; the tokenizer's files when given) that
+        ``transformers.AutoModelForCausalLM.from_pretrained`` loads: GPT-2 preset -> GPT2LMHeadModel,
+        Llama preset -> LlamaForCausalLM. See :func:`minillm.nn.pretrained.save_pretrained`."""
+        from minillm.nn.pretrained import save_pretrained  # noqa: PLC0415
+
+        return save_pretrained(self, directory, tokenizer=tokenizer, overwrite=overwrite, dtype=dtype)
 
     # -- accounting -----------------------------------------------------------------------------
     def num_parameters(self, non_embedding: bool = False, trainable_only: bool = False) -> int:

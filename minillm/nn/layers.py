@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from minillm import functional as F
-from minillm.backend import module_for_device, random_normal, random_uniform
+from minillm.backend import module_for_device, random_init_skipped, random_normal, random_uniform
 from minillm.nn.module import Module, Parameter
 from minillm.tensor import Tensor
 
@@ -25,6 +25,8 @@ def _positive_int(value, what: str, layer: str) -> int:
 def _uniform(shape, bound: float, dtype, device: str):
     """U(-bound, bound) samples from the global generator."""
     array = random_uniform(shape, dtype, device)                 # U[0, 1)
+    if random_init_skipped():                                    # a load overwrites it next (skip_random_init)
+        return array
     array *= 2 * bound
     array -= bound
     return array

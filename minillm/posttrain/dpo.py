@@ -51,6 +51,7 @@ from minillm.posttrain.stage import (
     check_paths,
     load_chat_model,
     load_eval_prompts,
+    model_source,
     prepare_task_data,
     setup_lora,
     train_stage,
@@ -250,10 +251,11 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     stage, optim, loop = cfg.dpo, cfg.optim, cfg.loop
     started = time.perf_counter()
     manual_seed(loop.seed)
-    prepare_run_folder(loop, log, reads=(stage.checkpoint, stage.data, stage.eval_data))   # no silent overwrite
-    model, tokenizer, template, base_vocab, _ = load_chat_model(stage.checkpoint, loop.device, stage.dropout)
+    source, hub = model_source(stage)
+    prepare_run_folder(loop, log, reads=(source, stage.data, stage.eval_data))   # no silent overwrite
+    model, tokenizer, template, base_vocab, _ = load_chat_model(source, loop.device, stage.dropout, hub)
     reference = frozen_copy(model)
-    log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {stage.checkpoint}")
+    log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {source}")
 
     data_path, eval_data = stage.data, stage.eval_data
     if not data_path:

@@ -42,6 +42,7 @@ from minillm.posttrain.stage import (
     check_paths,
     load_chat_model,
     load_eval_prompts,
+    model_source,
     prepare_task_data,
     setup_lora,
     train_stage,
@@ -102,8 +103,9 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
     stage, optim, loop = cfg.sft, cfg.optim, cfg.loop
     started = time.perf_counter()
     manual_seed(loop.seed)
-    prepare_run_folder(loop, log, reads=(stage.checkpoint, stage.data, stage.eval_data))   # no silent overwrite
-    model, tokenizer, template, base_vocab, _ = load_chat_model(stage.checkpoint, loop.device, stage.dropout)
+    source, hub = model_source(stage)
+    prepare_run_folder(loop, log, reads=(source, stage.data, stage.eval_data))   # no silent overwrite
+    model, tokenizer, template, base_vocab, _ = load_chat_model(source, loop.device, stage.dropout, hub)
     log(f"model: {model.num_parameters():,} parameters; vocabulary {base_vocab} -> {tokenizer.vocab_size} "
         f"(chat markers {sorted(template.marker_ids)}; model rows {model.config.vocab_size})")
 

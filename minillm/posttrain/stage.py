@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm.config import Config, Section, option
+from minillm.distributed.world import refuse_data_parallel
 from minillm.fileio import atomic_write_text
-from minillm.nn import GPT, GPTConfig
+from minillm.nn import GPT
 from minillm.nn.vocab import resize_token_embeddings
 from minillm.optim import decay_groups
 from minillm.posttrain.lora import (
@@ -31,9 +32,8 @@ from minillm.posttrain.lora import (
     train_rows_from,
 )
 from minillm.posttrain.tasks import DEFAULT_NOISE, load_eval_jsonl, make_eval_prompts, write_task_files
-from minillm.tokenizer import tokenizer_from_dict
 from minillm.tokenizer.chat import ChatTemplate, ensure_chat_tokens
-from minillm.train.checkpoint import load_checkpoint, save_checkpoint
+from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model, model_source, save_checkpoint
 from minillm.train.config import LoopSection, OptimSection
 from minillm.train.trainer import Trainer
 
@@ -47,8 +47,8 @@ PROGRESS_PROMPTS_PER_TASK = 10     # held-out prompts per task decoded at each e
 class PostTrainSection(Section):
     """The stage options SFT and DPO share."""
 
-    checkpoint: str = option("", "the checkpoint to start from (pretrained for sft, an sft model.safetensors for dpo)",
-                             required=True)
+    checkpoint: str = option("", "the checkpoint to start from (pretrained for sft, an sft model.safetensors for dpo)")
+    model: str = option("", MODEL_HELP)
     data: str = option("", "a JSON-lines data file (SFT: messages or Alpaca; DPO: prompt/chosen/rejected); empty = "
                        "generate the seeded task files into out_dir/data")
     eval_data: str = option("", "held-out task prompts (eval.jsonl: prompt, task, answer, mistake); empty = "
@@ -66,6 +66,9 @@ class PostTrainSection(Section):
     n_sft: int = option(20000, "SFT examples to generate when data is empty", minimum=1)
     n_dpo: int = option(4000, "preference pairs to generate when data is empty", minimum=1)
     clean_data: bool = option(False, "generate SFT data without the deliberate noise")
+
+    def check(self) -> None:
+        check_model_choice(self)
 
 
 @dataclass
@@ -129,8 +132,9 @@ class DPOConfig(Config):
 
 def check_paths(where: str, cfg) -> None:
     """The files a run reads must exist before anything is written."""
-    if not os.path.exists(cfg.stage.checkpoint):
-        raise FileNotFoundError(f"{where}: checkpoint {cfg.stage.checkpoint!r} does not exist")
+    source, hub = model_source(cfg.stage)
+    if not os.path.exists(source) and not hub:
+        raise FileNotFoundError(f"{where}: checkpoint {source!r} does not exist")
     if cfg.loop.resume and not os.path.exists(cfg.loop.resume):
         raise FileNotFoundError(f"{where}: resume checkpoint {cfg.loop.resume!r} does not exist")
 
@@ -138,8 +142,9 @@ def check_paths(where: str, cfg) -> None:
 # ------------------------------------------------------------------------------------------------
 # set-up
 # ------------------------------------------------------------------------------------------------
-def load_chat_model(checkpoint: str, device: str = "cpu", dropout: float | None = 0.0):
-    """The model and tokenizer of ``checkpoint``, ready for chat data.
+def load_chat_model(checkpoint: str, device: str = "cpu", dropout: float | None = 0.0, hub: bool = False):
+    """The model and tokenizer of ``checkpoint`` (a minillm checkpoint or a Hugging Face model
+    directory; with ``hub``, a hub name: see ``load_model``), ready for chat data.
 
     Rebuilds the GPT from the checkpoint's config (with ``dropout`` replaced unless None:
     post-training runs default to 0, see ``PostTrainSection.dropout``), loads the weights, adds the chat
@@ -149,17 +154,12 @@ def load_chat_model(checkpoint: str, device: str = "cpu", dropout: float | None 
     ever trained (the model's own vocabulary may be padded beyond the tokenizer's: its unused rows
     then take the new ids, and nothing is resized).
     """
-    loaded = load_checkpoint(checkpoint)
-    if loaded.tokenizer is None:
+    model, tokenizer, loaded = load_model(checkpoint, device, dropout=dropout, hub=hub)
+    model.train()
+    if tokenizer is None:
         raise ValueError(f"checkpoint {checkpoint!r} holds no tokenizer; post-training needs the tokenizer the "
-                         "model was pretrained with (checkpoints written by minillm train have it)")
-    values = dict(loaded.model_config)
-    if dropout is not None:
-        values["dropout"] = float(dropout)
-    model = GPT(GPTConfig.from_dict(values))
-    model.load_state_dict(loaded.model_state)
-    model.to(device)
-    tokenizer = tokenizer_from_dict(loaded.tokenizer)
+                         "model was pretrained with (checkpoints written by minillm train have it; a Hugging Face "
+                         "directory needs tokenizer files beside the weights)")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"checkpoint {checkpoint!r}: the tokenizer has {tokenizer.vocab_size} ids but the model "
                          f"only {model.config.vocab_size} rows; expected a tokenizer no larger than the model's "
@@ -254,6 +254,7 @@ def train_stage(stage: str, cfg, model, optimizer, schedule, compute_loss, sampl
     final model (LoRA adapters saved separately and merged first) as ``out_dir/model.safetensors``."""
     loop = cfg.loop
     extra = {"stage": stage, "base_vocab_size": base_vocab, "lora": counts if cfg.stage.lora_rank else None}
+    refuse_data_parallel(stage, getattr(loop, "zero", 0))
     trainer = Trainer(model, optimizer, schedule, loop, compute_loss, sampler, evaluate=evaluate,
                       grad_clip=cfg.optim.grad_clip, tokens_per_batch=tokens_per_batch,
                       checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra})

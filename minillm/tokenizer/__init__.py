@@ -9,6 +9,7 @@ Modules, one concept each:
     bpe        BPETokenizer
     char       CharTokenizer
     formats    minillm JSON, tiktoken rank files, GPT-2's encoder.json + vocab.bpe
+    huggingface  Hugging Face tokenizer.json (and vocab.json + merges.txt): from_pretrained, save_pretrained
     display    visualize(), compression_report()
     cli        the ``minillm tokenizer`` command
 """

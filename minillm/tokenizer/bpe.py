@@ -24,7 +24,7 @@ import threading
 from itertools import chain, islice
 from typing import Iterable, Iterator
 
-from . import formats
+from . import formats, huggingface
 from .base import TokenizerBase
 from .checks import (
     assign_special_ids,
@@ -363,6 +363,25 @@ class BPETokenizer(TokenizerBase):
         tokens = formats.read_tiktoken_ranks(path)
         byte_ids, merges = merges_from_ranked_tokens(tokens, f"tiktoken file {os.fspath(path)!r}")
         return cls(merges, pattern=pattern, special_tokens=special_tokens, byte_ids=byte_ids)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "BPETokenizer":
+        """A Hugging Face byte-level BPE tokenizer: a folder with ``tokenizer.json`` (GPT-2, Llama 3,
+        Qwen2 style) or ``vocab.json`` + ``merges.txt`` (GPT-2's layout), or the ``tokenizer.json``
+        file itself. Ids equal HF's ``encode(text, add_special_tokens=False)`` with the added tokens
+        allowed (``encode(text, allowed_special="all")``). What minillm cannot reproduce (another
+        model type, a normalizer, byte fallback...) is refused naming the field; see ``huggingface``."""
+        byte_ids, merges, special_tokens, pattern = huggingface.read_pretrained(path)
+        try:
+            return cls(merges, pattern=pattern, special_tokens=special_tokens, byte_ids=byte_ids)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"tokenizer {os.fspath(path)!r}: {exc}") from None
+
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> list[str]:
+        """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into
+        ``directory`` so that ``transformers.AutoTokenizer.from_pretrained(directory)`` gives these
+        ids; existing files are kept unless ``overwrite``. Returns the paths written."""
+        return huggingface.save_pretrained(self, directory, overwrite=overwrite)
 
     @classmethod
     def from_gpt2(cls, encoder_json_path: str | os.PathLike, vocab_bpe_path: str | os.PathLike,

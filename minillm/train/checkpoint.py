@@ -296,10 +296,53 @@ def _check_optimizer(bad, state) -> None:
         bad(what, "has steps that are not a list of non-negative integers")
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu"):
-    """(model, tokenizer or None, checkpoint) from a checkpoint file, the model in eval mode."""
-    checkpoint = load_checkpoint(path)
-    model = GPT(GPTConfig.from_dict(checkpoint.model_config))
+MODEL_HELP = ("a Hugging Face model directory (config.json + model.safetensors: GPT-2, Llama, Mistral) or a hub name "
+              "such as gpt2 (downloaded once into ~/.cache/minillm/hub); instead of --checkpoint")
+
+
+def check_model_choice(section) -> None:
+    """A command section with both ``checkpoint`` and ``model`` options takes exactly one of them."""
+    if section.checkpoint and section.model:
+        raise ValueError(f"{section.name}: --checkpoint={section.checkpoint!r} and --model={section.model!r} are both "
+                         "given; expected one of them (the model to start from)")
+    if not section.checkpoint and not section.model:
+        raise ValueError(f"--checkpoint is required: {section.option('checkpoint').metadata['help']}; or pass --model "
+                         "DIR, a Hugging Face model directory or hub name")
+
+
+def model_source(section) -> tuple[str, bool]:
+    """(path or name, whether a hub name may be downloaded) from a section's --model / --checkpoint."""
+    return (section.model, True) if section.model else (section.checkpoint, False)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", dropout: float | None = None, hub: bool = False):
+    """(model, tokenizer or None, checkpoint) from a minillm checkpoint file or a Hugging Face model
+    directory, the model in eval mode: the one loader of every command that takes a model.
+
+    A directory with a config.json is read as a Hugging Face model (``GPT.from_pretrained``; its tokenizer from the
+    files beside it, see :func:`minillm.nn.pretrained.load_pretrained_tokenizer`); with ``hub``, a
+    path that does not exist is a hub name (downloaded into the cache). The returned
+    :class:`Checkpoint` of a Hugging Face model has step 0, its config and no tensors (they are in
+    the model). ``dropout`` (None: the saved value) replaces the model's dropout probability.
+    """
+    from minillm.nn.pretrained import from_pretrained, load_pretrained_tokenizer, resolve_pretrained  # noqa: PLC0415
+
+    source = os.fspath(path)
+    # A missing path named *.safetensors is a checkpoint that is not there (never a hub name to download).
+    huggingface = (os.path.isfile(os.path.join(source, "config.json")) if os.path.isdir(source)
+                   else not os.path.exists(source) and not source.endswith(".safetensors"))
+    if huggingface and (hub or os.path.isdir(source)):      # (a directory without config.json: load_checkpoint says so)
+        directory = resolve_pretrained(source)
+        model = from_pretrained(directory, device=device, dropout=0.0 if dropout is None else float(dropout))
+        tokenizer = load_pretrained_tokenizer(directory)
+        checkpoint = Checkpoint(path=directory, step=0, model_config=model.config.to_dict(), model_state={},
+                                extra={"source": "huggingface"})
+        return model.eval(), tokenizer, checkpoint
+    checkpoint = load_checkpoint(source)
+    values = dict(checkpoint.model_config)
+    if dropout is not None:
+        values["dropout"] = float(dropout)
+    model = GPT(GPTConfig.from_dict(values))
     model.load_state_dict(checkpoint.model_state)
     model.to(device)
     model.eval()

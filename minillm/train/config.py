@@ -159,6 +159,11 @@ class LoopSection(Section):
                           "0 = off", minimum=0)
     recompute: bool = option(False, "recompute each block's activations in backward instead of keeping them "
                              "(less memory, more time; the same gradients)")
+    health_interval: int = option(0, "record per-layer health (gradient/weight norms, update ratios, activations, "
+                                  "attention entropy, logit scale) at step 1 and every this many steps into "
+                                  "metrics.jsonl, for `minillm health`; 0 = off", minimum=0)
+    zero: int = option(0, "(under mpiexec) ZeRO stage: 1 shards AdamW's moments across the ranks; 0 = every rank "
+                       "holds all of them", choices=(0, 1))
 
 
 @dataclass

@@ -36,25 +36,8 @@ class MetricsLog:
                 self._read_existing(path)
 
     def _read_existing(self, path: str) -> None:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        lines = raw.split(b"\n")
-        numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-        for index, (number, line) in enumerate(numbered):
-            try:
-                record = json.loads(line.decode("utf-8"))
-                if not isinstance(record, dict):
-                    raise ValueError(f"a JSON {type(record).__name__}, not an object")
-            except ValueError as error:          # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                reason = f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError) else str(error)
-                if index == len(numbered) - 1:
-                    self.notes.append(f"metrics log {path!r}: line {number} was cut short ({reason}), the "
-                                      "end of an interrupted write; dropped it")
-                    break
-                raise ValueError(f"metrics log {path!r} line {number} is not a JSON object ({reason}); fix or "
-                                 "delete that line, or start a new run (another --out_dir, or --overwrite)") from None
-            self.records.append(record)
-        if self.notes or (raw.strip() and not raw.endswith(b"\n")):   # appends must start on a fresh line
+        self.records, self.notes, rewrite = read_metrics(path)
+        if rewrite:                              # appends must start on a fresh line
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, **record) -> None:
@@ -69,6 +52,35 @@ class MetricsLog:
         self.records = [r for r in self.records if r.get("step", 0) <= step]
         if self.path is not None:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def read_metrics(path: str) -> tuple[list[dict], list[str], bool]:
+    """The records of the metrics log ``path``, read without changing it: ``(records, notes,
+    needs_rewrite)``. A torn *last* line (an append cut short) is dropped and said in ``notes``;
+    any other line that is not a JSON object is a ValueError naming the file and the line.
+    ``needs_rewrite``: the file should be rewritten before anything is appended (a torn line, or
+    no newline at the end). Readers of a run (``minillm health``) use this; :class:`MetricsLog`
+    also rewrites."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    records, notes = [], []
+    lines = raw.split(b"\n")
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    for index, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as error:          # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError) else str(error)
+            if index == len(numbered) - 1:
+                notes.append(f"metrics log {path!r}: line {number} was cut short ({reason}), the "
+                             "end of an interrupted write; dropped it")
+                break
+            raise ValueError(f"metrics log {path!r} line {number} is not a JSON object ({reason}); fix or "
+                             "delete that line, or start a new run (another --out_dir, or --overwrite)") from None
+        records.append(record)
+    return records, notes, bool(notes or (raw.strip() and not raw.endswith(b"\n")))
 
 
 def plot_loss_curve(records: list[dict], path: str) -> bool:

@@ -31,6 +31,7 @@ from minillm.data import (
     read_corpus,
     split_train_val,
 )
+from minillm.distributed import current_world
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.optim import decay_groups
@@ -96,13 +97,35 @@ def check_resume_data(checkpoint, resume_path: str, corpus_path: str, num_tokens
                          "trained on, or start a new run without --resume")
 
 
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def _barrier(world) -> None:
+    if world.distributed:
+        world.control().barrier()
+
+
 def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     """Run the whole pipeline for ``cfg``; returns the summary (also saved as summary.json)."""
     started = time.perf_counter()
     data, loop, optim = cfg.data, cfg.loop, cfg.optim
+    # Under mpiexec every rank runs this function; rank 0 alone prints and writes files (the
+    # others wait for them at the barriers and read them). Without MPI: one rank, no barriers.
+    world = current_world()
+    if not world.is_main:
+        log = _silent
+    if world.distributed and loop.batch_size % world.size:     # before any work (Trainer checks it too)
+        raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this job; "
+                         f"expected a multiple of {world.size} (batch_size is the global batch, each rank takes an "
+                         "equal share of its rows)")
     manual_seed(loop.seed)
+    if world.under_mpi and loop.device == "cuda":
+        world.transport("cuda")          # this rank's GPU selected (and NCCL bootstrapped) before any allocation
     resume_from = load_checkpoint(loop.resume) if loop.resume else None
-    prepare_run_folder(loop, log)            # refuses to replace an earlier run (unless --overwrite)
+    if world.is_main:
+        prepare_run_folder(loop, log)        # refuses to replace an earlier run (unless --overwrite)
+    _barrier(world)
 
     corpus_path = data.corpus or default_corpus_path()
     docs, cleaning = clean_documents(read_corpus(corpus_path), min_chars=data.min_chars)
@@ -113,15 +136,18 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     check_enough_text(docs, corpus_path, data.min_chars)
     train_docs, _ = split_train_val(docs, data.val_fraction)
 
+    data_dir = os.path.join(loop.out_dir, "data")
     if resume_from is not None and resume_from.tokenizer is not None:
         tokenizer = tokenizer_from_dict(resume_from.tokenizer)
-    else:
+    elif world.is_main:
         tokenizer = build_tokenizer(data, train_docs, docs, verbose=loop.progress, log=log)
-    tokenizer.save(os.path.join(loop.out_dir, "tokenizer.json"))
-
-    data_dir = os.path.join(loop.out_dir, "data")
-    prepare_dataset(docs, tokenizer, data_dir, val_fraction=data.val_fraction,
-                    eot_token_id=tokenizer.special_tokens.get(END_OF_TEXT), overwrite=True)
+    if world.is_main:
+        tokenizer.save(os.path.join(loop.out_dir, "tokenizer.json"))
+        prepare_dataset(docs, tokenizer, data_dir, val_fraction=data.val_fraction,
+                        eot_token_id=tokenizer.special_tokens.get(END_OF_TEXT), overwrite=True)
+    _barrier(world)
+    if not world.is_main:                # rank 0's tokenizer and shards
+        tokenizer = load_tokenizer(os.path.join(loop.out_dir, "tokenizer.json"))
     dataset = TokenDataset(data_dir)
     train_tokens, val_tokens = dataset.tokens("train"), dataset.tokens("val")
     if resume_from is not None:
@@ -155,6 +181,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
         trainer.resume(loop.resume)
         log(f"resumed from {loop.resume} at step {trainer.step}")
     records = trainer.fit()
+    if not world.is_main:                # rank 0 evaluates, samples and writes the summary
+        return {"steps": trainer.step, "records": records}
 
     evaluations = [r for r in records if r.get("kind") == "eval"]
     final = evaluations[-1] if evaluations else evaluate(model)

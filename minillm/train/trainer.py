@@ -30,6 +30,13 @@ With ``recompute`` (``minillm train --recompute``) the model's blocks recompute 
 in backward instead of keeping them (:mod:`minillm.nn.recompute`): less memory, more time, the same
 gradients bit for bit.
 
+With ``health_interval`` N > 0 (``minillm train --health_interval N``), step 1 and every N-th step
+are observed by a :class:`minillm.health.HealthObserver`: per-parameter gradient and weight norms
+and update ratios, activation statistics, attention entropy per head and the logit scale, written
+to the metrics log as a ``"kind": "health"`` record (read by ``minillm health RUN_DIR``). The
+observer only reads arrays, so the run is the same as without it; with N = 0 the only cost is one
+integer test per step.
+
 With ``profile`` N > 0 (``minillm train --profile N``), the N steps after the first one of a
 :meth:`Trainer.fit` (the first warms up: allocations, caches) run inside one
 :class:`minillm.profiler.Profile`; its tables, by op and by module, are printed once and it is
@@ -40,6 +47,17 @@ Every ``eval_interval`` steps (and at the end) ``evaluate(model)`` runs; the low
 loss is saved as ``best.safetensors``; ``last.safetensors`` holds the newest state and is what
 ``resume`` continues from, exactly: weights, optimizer moments, step, RNG state and the batch
 sampler's position all come back.
+
+Data parallelism (``mpiexec -n N minillm train ...``, :mod:`minillm.distributed`): under an MPI
+launcher every rank runs this same loop on the same global batches (same seed, same batch order)
+and takes its 1/N of each batch's rows; a :class:`~minillm.distributed.DataParallel` averages the
+gradients (bucketed non-blocking all-reduce started from gradient-ready hooks) before clipping and
+the step, and the logged loss is the mean over the ranks. ``loop.zero`` 1 shards AdamW's moments
+across the ranks (:class:`~minillm.distributed.ShardedAdamW`). Rank 0 alone logs, evaluates (the
+result is broadcast, so every rank takes the same decisions) and writes checkpoints; saving is
+called on every rank (gathering sharded optimizer state is a collective). Ranks other than 0
+draw dropout masks from a generator seeded with (seed, rank); checkpoints keep every rank's
+generator state.
 
 Only good states are saved (:meth:`Trainer.checkpoint_problem`): before every save the weights
 are checked, and a checkpoint is written only when every parameter is finite, their global L2
@@ -61,6 +79,7 @@ checkpoint in the folder is fine) and removes temporary files left by interrupte
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -74,8 +93,10 @@ from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_array_module, get_rng_state, item, set_rng_state, to_device, to_numpy
+from minillm.distributed import DataParallel, ShardedAdamW, World, current_world, split_rows
 from minillm.errors import TrainingDiverged
 from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
+from minillm.health import HealthObserver, is_health_step
 from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -85,7 +106,7 @@ from minillm.train.metrics import MetricsLog, plot_loss_curve
 # A run's outputs in out_dir: any of these means the folder holds a run (prepare_run_folder).
 RUN_FILES = ("last.safetensors", "best.safetensors", "model.safetensors", "adapters.safetensors", "metrics.jsonl",
              "summary.json")
-DERIVED_FILES = ("loss.png", "profile.json")       # also removed by --overwrite
+DERIVED_FILES = ("loss.png", "profile.json", "health.html")   # also removed by --overwrite
 MAX_WEIGHT_NORM_GROWTH = 100.0    # a save needs |weights| <= this x |weights at the start| (module docstring)
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -203,12 +224,15 @@ class Trainer:
         checkpoint_metadata: extra things stored in every checkpoint (``tokenizer``, ``train_config``).
         grad_scaler: the fp16 loss scaler; None builds ``GradScaler()`` when ``loop.precision``
             is "fp16" (bf16 and fp32 use none).
+        data_parallel: under an MPI launcher, train data-parallel across the ranks (the default);
+            False trains this process alone (the doctor's private checks).
     """
 
     def __init__(self, model, optimizer, schedule: Callable[[int], float], loop: LoopSection, compute_loss: Callable,
                  batches, evaluate: Callable | None = None, grad_clip: float = 1.0, tokens_per_batch: int = 0,
                  flops_per_token: float | None = None, peak_flops: float | None = None,
-                 checkpoint_metadata: dict | None = None, grad_scaler: GradScaler | None = None):
+                 checkpoint_metadata: dict | None = None, grad_scaler: GradScaler | None = None,
+                 data_parallel: bool = True):
         if not isinstance(loop, LoopSection):
             raise TypeError(f"Trainer: loop must be a LoopSection, got {type(loop).__name__}")
         self.model, self.optimizer, self.schedule, self.loop = model, optimizer, schedule, loop
@@ -232,10 +256,46 @@ class Trainer:
         self.last_good_step: int | None = None
         self.consecutive_skips = 0
         self.nonfinite_val_loss: float | None = None     # a NaN/Inf validation loss at the current weights
+        self.world = current_world() if data_parallel else World()
+        self.parallel = self._data_parallel()
         self.reference_weight_norm, _ = self.weight_norm()
-        self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if loop.out_dir else None)
+        writes = loop.out_dir and self.world.is_main
+        self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if writes else None)
+        # Only the rank that writes the metrics observes: the others' records would go nowhere.
+        self.health = HealthObserver(model) if loop.health_interval and self.world.is_main else None
         for note in self.metrics.notes:
             print(note, file=sys.stderr)
+
+    # -- data parallelism ---------------------------------------------------------------------------
+    def _data_parallel(self) -> DataParallel | None:
+        """Under an MPI launcher (or with ``loop.zero``): the gradient averager, the parameters made
+        rank 0's, AdamW wrapped for ZeRO-1 and this rank's own dropout generator. None otherwise:
+        one process trains exactly as without :mod:`minillm.distributed`."""
+        loop, world = self.loop, self.world
+        zero = getattr(loop, "zero", 0)
+        if not world.under_mpi and not zero:
+            return None
+        if loop.batch_size % world.size:
+            raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this "
+                             f"job; expected a multiple of {world.size} (batch_size is the global batch, each rank "
+                             "takes an equal share of its rows)")
+        if zero and self.scaler is not None:
+            raise ValueError(f"loop.zero={zero} with loop.precision={loop.precision!r}: ZeRO-1 does not support the "
+                             "fp16 loss scaler; use precision fp32 or bf16, or loop.zero 0")
+        parallel = DataParallel(self.model.parameters(), world.transport(self.device), shard=bool(zero))
+        if world.distributed:
+            parallel.broadcast_parameters()
+            if world.rank > 0:           # rank 0 keeps the seed's stream: one rank = one process
+                set_rng_state(rank_rng_state(loop.seed, world.rank))
+        if zero:
+            self.optimizer = ShardedAdamW(self.optimizer, parallel)
+        return parallel
+
+    def _all_ranks(self, values: list[float], op: str = "sum") -> list[float]:
+        """``values`` reduced over the ranks (identity in one process)."""
+        if self.parallel is None or not self.world.distributed:
+            return values
+        return [float(v) for v in self.parallel.transport.allreduce_host(np.array(values, dtype=np.float64), op)]  # host: scalars
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_path(self, kind: str) -> str | None:
@@ -283,7 +343,16 @@ class Trainer:
             raise NonFiniteLossError(
                 f"the run diverged at step {self.step}: {problem}; not saving {path}. The last good checkpoint is "
                 f"{self._last_good()}. Lower the learning rate (optim.lr) or warm up for longer")
-        save_checkpoint(path, model=self.model, step=self.step, optimizer=self.optimizer,
+        parallel_extra = {}
+        if self.parallel is not None and self.world.distributed:
+            # every rank's generator (a resume on as many ranks continues each exactly)
+            parallel_extra = {"world_size": self.world.size,
+                              "rank_rng_states": self.parallel.transport.allgather_json(get_rng_state())}
+        optimizer = _StateOnce(self.optimizer.state_dict()) if self.parallel is not None else self.optimizer
+        if not self.world.is_main:       # the state was gathered (a collective); rank 0 writes
+            self.last_good_checkpoint, self.last_good_step = path, self.step
+            return
+        save_checkpoint(path, model=self.model, step=self.step, optimizer=optimizer,
                         loader_state=self.batches.state_dict(), rng_state=get_rng_state(),
                         tokenizer=self.checkpoint_metadata.get("tokenizer"),
                         train_config=self.checkpoint_metadata.get("train_config"),
@@ -291,7 +360,7 @@ class Trainer:
                                "grad_norm_mean": self.grad_norm_mean,
                                "reference_weight_norm": self.reference_weight_norm,
                                **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
-                               **self.checkpoint_metadata.get("extra", {})})
+                               **parallel_extra, **self.checkpoint_metadata.get("extra", {})})
         self.last_good_checkpoint, self.last_good_step = path, self.step
 
     def resume(self, path: str) -> None:
@@ -308,6 +377,12 @@ class Trainer:
             self.batches.load_state_dict(checkpoint.loader_state)
         if checkpoint.rng_state is not None:
             set_rng_state(checkpoint.rng_state)
+        if self.world.rank > 0 and self.parallel is not None:
+            saved = checkpoint.extra.get("rank_rng_states")
+            if isinstance(saved, list) and len(saved) == self.world.size:
+                set_rng_state(saved[self.world.rank])
+            else:                        # another number of ranks wrote it: a fresh stream per (seed, rank, step)
+                set_rng_state(rank_rng_state(self.loop.seed, self.world.rank, checkpoint.step))
         self.step = checkpoint.step
         best = checkpoint.extra.get("best_val_loss")
         self.best_val_loss = math.inf if best is None else float(best)
@@ -326,31 +401,59 @@ class Trainer:
         lr = self.schedule(self.step)
         set_lr(self.optimizer, lr)
         self.model.train()
+        health = self.health if self.health is not None and is_health_step(self.step + 1, loop.health_interval) \
+            else None
         total_loss, extra = 0.0, {}
-        for _ in range(loop.grad_accum_steps):
-            batch = self._to_device(self.batches.next_batch())
-            with autocast(loop.precision):
+        parallel = self.parallel
+        if parallel is not None:
+            parallel.begin_step()
+        for micro_batch in range(loop.grad_accum_steps):
+            batch = self.batches.next_batch()
+            if parallel is not None:     # this rank's rows of the global batch; the last backward communicates
+                batch = split_rows(batch, self.world.rank, self.world.size)
+                parallel.collect(micro_batch == loop.grad_accum_steps - 1)
+            batch = self._to_device(batch)
+            watch = health.watch() if health is not None and micro_batch == 0 else contextlib.nullcontext()
+            with autocast(loop.precision), watch:
                 loss, metrics = self.compute_loss(self.model, batch)
             self._backward(loss)
             total_loss += loss.item() / loop.grad_accum_steps
             for key, value in metrics.items():
                 extra[key] = extra.get(key, 0.0) + value / loop.grad_accum_steps
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if parallel is not None:         # the mean over the ranks: the mean over the global batch
+            parallel.finish()
+            names = sorted(extra)
+            means = self._all_ranks([total_loss, *(extra[name] for name in names)])
+            total_loss = means[0] / self.world.size
+            extra = {name: value / self.world.size for name, value in zip(names, means[1:])}
         overflow = scaler is not None and scaler.unscale_(self.optimizer)   # fp16: grads / scale, inf/NaN check
-        grad_norm = math.inf if overflow else clip_grad_norm_(params, self.grad_clip or math.inf)
+        if health is not None:
+            health.read_gradients()                                         # before clipping
+        if isinstance(self.optimizer, ShardedAdamW):
+            grad_norm = self.optimizer.clip_grad_norm(self.grad_clip or math.inf)
+        else:
+            grad_norm = math.inf if overflow else clip_grad_norm_(params, self.grad_clip or math.inf)
         record = {"kind": "train", "step": self.step + 1, "loss": total_loss, "lr": lr, "grad_norm": grad_norm, **extra}
         if scaler is not None:
             record["loss_scale"] = scaler.get_scale()
+        if health is not None and (overflow or not (math.isfinite(total_loss) and math.isfinite(grad_norm))):
+            health.discard()                                                # the step is not applied
+            health = None
         if overflow and math.isfinite(total_loss):
             return self._skip_overflow(record)
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             return self._handle_nonfinite(record, total_loss, grad_norm)
         self._note_spike(record, grad_norm)
+        if health is not None:
+            health.before_update()
         self.optimizer.step()
         self.optimizer.zero_grad()
         if scaler is not None:
             scaler.update()
         self.step += 1
+        if health is not None:
+            self.metrics.write(**health.record(self.step))
         self.consecutive_skips, self.nonfinite_val_loss = 0, None     # new weights
         return record
 
@@ -424,8 +527,12 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run_evaluation(self) -> dict:
-        with autocast(self.loop.precision):
-            result = self.evaluate(self.model)
+        result = None
+        if self.world.is_main:
+            with autocast(self.loop.precision):
+                result = self.evaluate(self.model)
+        if self.parallel is not None and self.world.distributed:    # every rank decides alike
+            result = self.parallel.transport.broadcast_json(result, root=0)
         record = {"kind": "eval", "step": self.step, **result}
         self.metrics.write(**record)
         val = result.get("val_loss")
@@ -461,10 +568,11 @@ class Trainer:
         s = self.loop
         stop_at = s.max_steps if stop_at is None else min(stop_at, s.max_steps)
         self.metrics.truncate_after(self.step)
-        bar = tqdm(total=s.max_steps, initial=self.step, disable=not s.progress, dynamic_ncols=True,
+        main = self.world.is_main
+        bar = tqdm(total=s.max_steps, initial=self.step, disable=not (s.progress and main), dynamic_ncols=True,
                    desc="train", leave=True)
         window_start, window_tokens = time.perf_counter(), 0
-        profile = Profile(self.model) if s.profile else None
+        profile = Profile(self.model) if s.profile and main else None
         steps_run, profiled_from = 0, None       # steps of this call: the first warms up, unprofiled
         try:
             while self.step < stop_at:
@@ -486,7 +594,8 @@ class Trainer:
                     tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
                     record["tokens_per_s"] = tokens_per_s
                     if self.flops_per_token and self.peak_flops:
-                        record["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
+                        # tokens/s is the job's (the global batch); the peak is one rank's
+                        record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world.size)
                     self.metrics.write(**record)
                     window_start, window_tokens = time.perf_counter(), 0
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.1e}",
@@ -500,14 +609,18 @@ class Trainer:
                 at_eval = self.step % s.eval_interval == 0 or self.step == s.max_steps
                 if self.evaluate is not None and at_eval:
                     result = self.run_evaluation()
-                    bar.write(f"step {self.step}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+                    if main:
+                        bar.write(f"step {self.step}: " + ", ".join(
+                            f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
                 save_now = (s.save_interval and self.step % s.save_interval == 0) or \
                     (not s.save_interval and at_eval) or self.step in (stop_at, s.max_steps)
                 if save_now and s.out_dir:
                     self.save(self.checkpoint_path("last"))
-                if stop.received is not None:
-                    self._stop_on_signal(stop.received, saved=bool(save_now))
+                received = stop.received
+                if self.parallel is not None and self.world.distributed:   # all ranks stop at the same step
+                    received = int(self._all_ranks([received or 0], op="max")[0]) or None
+                if received is not None:
+                    self._stop_on_signal(received, saved=bool(save_now))
             if profile is not None:              # the run ended before N steps were profiled
                 bar.write(self._profile_report(profile, profiled_from) if profile.steps else
                           f"profile: nothing profiled (--profile {s.profile}): this run had no step after its first, "
@@ -516,6 +629,27 @@ class Trainer:
                 self._stop_on_signal(stop.received, saved=True)
         finally:
             bar.close()
-            if s.out_dir and self.metrics.records:
+            if s.out_dir and self.metrics.records and main:
                 plot_loss_curve(self.metrics.records, os.path.join(s.out_dir, "loss.png"))
         return self.metrics.records
+
+
+def rank_rng_state(seed: int, rank: int, step: int = 0) -> dict:
+    """The generator state for rank ``rank`` > 0 of a data-parallel run (dropout masks differ
+    across ranks and repeat across runs): PCG64 seeded with (seed, rank) -- and the step, for a
+    resume on another number of ranks, whose saved states do not map onto these ranks."""
+    generator = np.random.PCG64(np.random.SeedSequence([int(seed), int(rank), int(step)]))  # host: seeding
+    state = generator.state
+    return {"bit_generator": state["bit_generator"],
+            "state": {"state": int(state["state"]["state"]), "inc": int(state["state"]["inc"])},
+            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+
+class _StateOnce:
+    """An optimizer stand-in whose ``state_dict()`` is one already taken (the gathered ZeRO state)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state

@@ -80,3 +80,23 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, message):
 def test_a_missing_checkpoint_is_named(tmp_path, capsys):
     assert main(["dpo", "--checkpoint", os.fspath(tmp_path / "none.safetensors"), "--no-progress"]) == 2
     assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_sft_and_dpo_start_from_a_huggingface_directory(tmp_path, capsys):
+    """--model DIR: a Hugging Face directory (here minillm's own export) in place of --checkpoint,
+    LoRA fine-tuned, exported again, and taken by dpo the same way."""
+    pretrained = make_pretrained(tmp_path / "pre.safetensors")
+    assert main(["export", pretrained, os.fspath(tmp_path / "hf")]) == 0
+    assert main(["sft", "--model", os.fspath(tmp_path / "hf"), "--out-dir", os.fspath(tmp_path / "sft"),
+                 "--lora-rank", "2", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "sft: 2 steps" in out and "LoRA: rank 2" in out
+    assert main(["export", os.fspath(tmp_path / "sft" / "model.safetensors"), os.fspath(tmp_path / "hf-sft")]) == 0
+    assert main(["dpo", "--model", os.fspath(tmp_path / "hf-sft"), "--out-dir", os.fspath(tmp_path / "dpo"),
+                 "--eval-pairs", "4", *SMALL]) == 0
+    assert "dpo: 2 steps" in capsys.readouterr().out
+    sft_model, _, _ = load_model(tmp_path / "sft" / "model.safetensors")
+    exported, tokenizer, _ = load_model(tmp_path / "hf-sft")
+    assert exported.config.vocab_size == sft_model.config.vocab_size == tokenizer.vocab_size
+    assert main(["sft", "--model", os.fspath(tmp_path / "hf"), "--checkpoint", pretrained]) == 2
+    assert "are both given" in capsys.readouterr().err

@@ -13,7 +13,7 @@ TINY = ["--max_steps", "6", "--warmup_steps", "2", "--eval_interval", "3", "--ev
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", *TINY, "--profile", "2", "--out_dir", str(out)]) == 0   # profiling changes no result
+    assert main(["train", *TINY, "--profile", "2", "--health_interval", "3", "--out_dir", str(out)]) == 0
     return out
 
 
@@ -29,6 +29,15 @@ def test_train_profile_writes_the_profile_of_the_steps_after_the_first(tiny_run)
     profile = json.loads((tiny_run / "profile.json").read_text())
     assert profile["steps"] == 2 and profile["ops"]["ScaledDotProductAttention"]["calls"] == 2
     assert "blocks.0.attn" in profile["modules"] and profile["ops_s"] <= profile["wall_s"]
+
+
+def test_train_health_interval_writes_health_records_for_minillm_health(tiny_run):
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    health = [r for r in records if r["kind"] == "health"]
+    assert [r["step"] for r in health] == [1, 3, 6]
+    assert set(health[-1]["attention"]) == {"blocks.0.attn"} and len(health[-1]["attention"]["blocks.0.attn"]["entropy"]) == 2
+    assert main(["health", str(tiny_run), "--out", str(tiny_run / "dashboard.html")]) in (0, 5)
+    assert "<svg" in (tiny_run / "dashboard.html").read_text(encoding="utf-8")
 
 
 def test_eval_reports_loss_perplexity_and_bits_per_byte(tiny_run, tmp_path, capsys):

@@ -1,0 +1,124 @@
+"""Which process of a data-parallel job this is, and how it talks to the others.
+
+``current_world()`` reads the launcher's environment and nothing else until a communicator is
+needed: a process started without an MPI launcher (no ``PMI_RANK``/``PMI_SIZE`` from MPICH's
+hydra or Intel MPI, no ``OMPI_COMM_WORLD_*`` from Open MPI, no ``PMIX_RANK``) is the usual single
+process and ``mpi4py`` is never imported. Under ``mpiexec -n N`` the world has N ranks and the
+first use of its transport imports ``mpi4py`` (``MPI_Init`` happens at that import).
+
+Transports (:mod:`minillm.distributed.transport`) are the one small interface the training code
+calls: non-blocking sum all-reduce and reduce-scatter of flat buffers, all-gather, and a few
+host-side helpers (scalars, JSON objects, barrier, abort). :class:`MpiTransport` carries host
+(NumPy) buffers through MPI; :class:`NcclTransport` carries device (CuPy) buffers through NCCL,
+its communicator bootstrapped over MPI.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# (rank variable, size variable) pairs that MPI launchers set, first match wins.
+LAUNCHER_VARIABLES = (
+    ("PMI_RANK", "PMI_SIZE"),                              # MPICH (hydra), Intel MPI, MVAPICH
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),      # Open MPI
+    ("PMIX_RANK", "PMIX_SIZE"),                            # PMIx launchers (size not always set)
+)
+
+
+def launcher_rank_and_size() -> tuple[int, int] | None:
+    """(rank, size) from an MPI launcher's environment variables, or None outside a launcher."""
+    for rank_name, size_name in LAUNCHER_VARIABLES:
+        rank, size = os.environ.get(rank_name), os.environ.get(size_name)
+        if rank is not None and size is not None:
+            try:
+                return int(rank), int(size)
+            except ValueError:
+                continue
+    return None
+
+
+class World:
+    """This process's place in the job: ``rank`` of ``size``, ``under_mpi`` (started by an MPI
+    launcher), and ``transport`` (made on first use; ``device`` chooses MPI or NCCL)."""
+
+    def __init__(self, rank: int = 0, size: int = 1, under_mpi: bool = False):
+        self.rank, self.size, self.under_mpi = int(rank), int(size), bool(under_mpi)
+        self._transports: dict[str, object] = {}
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs, evaluates, samples and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """More than one rank: collectives are needed."""
+        return self.size > 1
+
+    def transport(self, device: str = "cpu"):
+        """The transport for arrays on ``device``: MPI for host arrays, NCCL for CUDA ones (one
+        rank per GPU); outside MPI a :class:`LocalTransport` (size 1, no communication)."""
+        from minillm.distributed import transport as transports  # noqa: PLC0415  (imports mpi4py lazily)
+
+        key = "cuda" if device == "cuda" else "cpu"
+        if key not in self._transports:
+            if not self.under_mpi:
+                self._transports[key] = transports.LocalTransport()
+            elif key == "cuda":
+                self._transports[key] = transports.NcclTransport(self.transport("cpu"))
+            else:
+                self._transports[key] = transports.MpiTransport()
+        return self._transports[key]
+
+    def control(self):
+        """The host transport (scalars, JSON objects, barriers): MPI under a launcher."""
+        return self.transport("cpu")
+
+    def __repr__(self) -> str:
+        return f"World(rank={self.rank}, size={self.size}, under_mpi={self.under_mpi})"
+
+
+_world: World | None = None
+
+
+def current_world() -> World:
+    """The process's :class:`World`, read from the environment once."""
+    global _world
+    if _world is None:
+        found = launcher_rank_and_size()
+        _world = World(*found, under_mpi=True) if found is not None else World()
+    return _world
+
+
+def set_world(world: World | None) -> World | None:
+    """Replace the process's world (tests); returns the previous one."""
+    global _world
+    previous, _world = _world, world
+    return previous
+
+
+def refuse_data_parallel(command: str, zero: int = 0) -> None:
+    """``sft`` and ``dpo`` do not run data-parallel yet: their losses are means over the scored
+    (masked) tokens or pairs of a batch, so the mean of the ranks' means is not the mean of the
+    global batch. Refused with a clear error rather than trained subtly wrong."""
+    world = current_world()
+    if world.distributed:
+        raise ValueError(f"minillm {command} under mpiexec with {world.size} ranks: {command} does not run "
+                         "data-parallel yet (its loss is a mean over masked tokens, which needs the global token "
+                         f"count); run it as one process (without mpiexec, or mpiexec -n 1)")
+    if zero:
+        raise ValueError(f"--zero {zero}: {command} does not support ZeRO sharding; expected --zero 0")
+
+
+def abort_on_failure(error: BaseException, command: str, exit_status: int) -> None:
+    """Called by the command-line error boundary after it reported ``error``: in a job of more
+    than one rank, say which rank failed and abort the whole job with ``exit_status`` (the other
+    ranks would otherwise wait for this one in their next collective, forever). MPI is started
+    here if nothing had started it yet (an error every rank meets alike, such as a bad option,
+    then ends the job once, with its status)."""
+    world = _world
+    if world is None or not world.distributed:
+        return
+    print(f"minillm {command}: rank {world.rank} of {world.size} failed ({type(error).__name__}: {error}); "
+          f"aborting all ranks (MPI_Abort, exit status {exit_status or 1})", file=sys.stderr, flush=True)
+    world.control().abort(exit_status or 1)
