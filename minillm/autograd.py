@@ -114,6 +114,7 @@ class Function:
     name: str | None = None
     created_at = None
     output_hooks: list | None = None     # hooks registered on the (non-leaf) output tensor
+    nests_ops = False                    # True for an op that runs other ops (minillm.nn.recompute)
     retained_output = None               # weakref to the output when retain_grad() was called
 
     def forward(self, *arrays):  # pragma: no cover - abstract

@@ -1,4 +1,4 @@
-"""The ``minillm`` command: prepare | tokenizer | train | eval | export | doctor | health | sample | generate | chat | sft | dpo | serve.
+"""The ``minillm`` command: prepare | tokenizer | train | eval | export | memory | doctor | health | sample | generate | chat | sft | dpo | serve.
 
 Each family declares its commands next to its code (a config class and a handler, through
 :func:`minillm.commandline.register`); this module only collects them and routes the arguments, so

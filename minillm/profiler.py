@@ -52,6 +52,15 @@ profiler's own bookkeeping (which runs between the timed intervals).
 
 When no profile records, the cost is one check of a module variable per op and one per module
 call; the profiler only reads arrays, so it changes no result.
+
+The memory ledger (:func:`memory_ledger`, ``minillm memory``) accounts for the bytes of one
+training step instead -- parameters, gradients, optimizer state, and the arrays each op keeps for
+backward per module path and op type, each buffer once -- against the live bytes measured at the
+step's peak (tracemalloc on the host)::
+
+    ledger = mm.profiler.memory_ledger(model, lambda: model(idx, targets)[1], optimizer)
+    print(ledger.table())                         # categories vs the measured peak; by module; by op
+    ledger.save_json("ledger.json")
 """
 from __future__ import annotations
 
@@ -59,7 +68,7 @@ import json
 import time
 
 from minillm import autograd
-from minillm.backend import device_of, get_array_module, synchronize
+from minillm.backend import cupy_module, device_of, get_array_module, synchronize
 from minillm.fileio import atomic_write_text, read_text_file
 
 SORT_KEYS = ("total", "forward", "backward", "calls", "bytes", "flops")
@@ -230,6 +239,8 @@ class Profile:
         outputs = outputs if type(outputs) is tuple else (outputs,)
         self._synchronize(outputs)
         elapsed = time.perf_counter() - started
+        if fn.nests_ops:                             # a Recompute: the ops inside were recorded themselves
+            elapsed, outputs = 0.0, ()
         if phase == "forward":
             path = self._stack[-1][1] if self._stack else None
             fn._profile_module = path                # its backward is attributed to the same module
@@ -372,3 +383,481 @@ def profile(model=None, sync: bool = True) -> Profile:
     module paths; without one the first module called is. ``sync``: synchronise the GPU around
     every op (per-op device times; no effect on the host)."""
     return Profile(model, sync)
+
+
+# ---------------------------------------------------------------------------------------------
+# The memory ledger: where the bytes of one training step go
+# ---------------------------------------------------------------------------------------------
+MIB = 2 ** 20
+CATEGORIES = {                # the ledger's rows, in order, and what each holds
+    "parameters": "the weights (under fp16/bf16 these are the float32 master weights: no "
+                  "low-precision copy outlives an op)",
+    "gradients": "one per trainable parameter, as backward leaves them",
+    "optimizer_state": "per parameter (AdamW: exp_avg m and exp_avg_sq v)",
+    "optimizer_scratch": "the optimizer's reusable temporary",
+    "buffers": "the modules' tables (RoPE, sinusoidal positions)",
+    "saved_activations": "what the graph keeps for backward, at the start of backward",
+    "recomputed_activations": "recompute: the largest block's graph, rebuilt in backward one block at a time",
+}
+
+
+def _is_array(value) -> bool:
+    return hasattr(value, "nbytes") and hasattr(value, "dtype") and hasattr(value, "shape")
+
+
+def _owner(array):
+    """The array whose memory ``array`` views (itself when it owns its memory): NumPy and CuPy
+    keep the owner in ``.base``. An owner that is not an array (a memory map, a bytes object)
+    ends the chain: then ``array`` is its own unit, counted by its own size."""
+    root = array
+    base = getattr(root, "base", None)
+    while base is not None and _is_array(base):
+        root = base
+        base = getattr(root, "base", None)
+    return root
+
+
+def _arrays_in(value, depth: int = 0):
+    """The arrays in an attribute an op saved: an array, a Tensor's array, those inside a list,
+    tuple or dict (two levels: attention keeps a list of per-chunk weights), or what a wrapped
+    op saved (mixed precision's InFloat32 runs the float32 op it holds)."""
+    if _is_array(value):
+        yield value
+    elif isinstance(value, autograd.Function) and depth < 2:
+        for name, item in value.__dict__.items():
+            if name not in _NOT_SAVED:
+                yield from _arrays_in(item, depth + 1)
+    elif hasattr(value, "data") and _is_array(getattr(value, "data", None)) and hasattr(value, "grad_fn"):
+        yield value.data
+    elif depth < 2 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _arrays_in(item, depth + 1)
+    elif depth < 2 and isinstance(value, dict):
+        for item in value.values():
+            yield from _arrays_in(item, depth + 1)
+
+
+_NOT_SAVED = frozenset({"inputs", "needs_input_grad", "output_hooks", "retained_output", "created_at", "module",
+                        "bindings", "_profile_module", "_ledger_order"})   # links, labels; a Recompute's parameters
+
+
+def saved_arrays(fn) -> list:
+    """The arrays a recorded op keeps for its backward: every array among its attributes (the
+    graph's links, ``inputs``, are not: the graph keeps leaves, never an intermediate's array)."""
+    found = []
+    for name, value in fn.__dict__.items():
+        if name not in _NOT_SAVED:
+            found.extend(_arrays_in(value))
+    return found
+
+
+def graph_nodes(root) -> list:
+    """Every recorded op behind ``root`` (a Tensor or a Function), each once, in the order the
+    forward pass created them where a ledger recorded it (else by generation)."""
+    start = root.grad_fn if hasattr(root, "grad_fn") else root
+    if start is None:
+        return []
+    nodes, seen, stack = [], {id(start)}, [start]
+    while stack:
+        fn = stack.pop()
+        nodes.append(fn)
+        for item in fn.inputs or ():
+            producer = getattr(item, "grad_fn", None)
+            if producer is not None and id(producer) not in seen:
+                seen.add(id(producer))
+                stack.append(producer)
+    nodes.sort(key=lambda fn: (fn.__dict__.get("_ledger_order", float("inf")), fn.generation))
+    return nodes
+
+
+class _Accounts:
+    """Unique buffers by owner: each owner's bytes go to the first (category, module, op) that
+    claims it; later claims (a view of it, the same array saved by another op) add nothing."""
+
+    def __init__(self):
+        self.owners: dict[int, tuple] = {}        # id(owner) -> (owner, category, module, op)
+        self.bytes: dict[tuple, int] = {}         # (category, module, op) -> bytes
+
+    def claim(self, array, category: str, module: str | None = None, op: str | None = None) -> int:
+        owner = _owner(array)
+        if getattr(getattr(owner, "flags", None), "owndata", True) is False:   # memory that is not an array's
+            owner = array
+        key = id(owner)
+        if key in self.owners:
+            return 0
+        self.owners[key] = (owner, category, module, op)
+        size = int(owner.nbytes)
+        self.bytes[(category, module, op)] = self.bytes.get((category, module, op), 0) + size
+        return size
+
+    def forget(self, category: str) -> None:
+        """Drop the references to ``category``'s buffers (their bytes stay counted), so the ledger
+        does not keep them alive: backward frees the saved activations as it goes."""
+        self.owners = {key: entry for key, entry in self.owners.items() if entry[1] != category}
+
+    def total(self, category: str) -> int:
+        return sum(v for (c, _, _), v in self.bytes.items() if c == category)
+
+
+def _status_kib(field: str) -> int | None:
+    """A field of /proc/self/status in KiB (Linux), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_resident_peak() -> bool:
+    """Reset the process's resident high-water mark (Linux: ``5`` into /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _HostMeter:
+    """Live bytes allocated on the host, as ``tracemalloc`` traces them (NumPy reports its array
+    memory to it; Python objects count too), and the resident set's high-water mark."""
+
+    kind = "tracemalloc"
+
+    def __enter__(self):
+        import tracemalloc  # noqa: PLC0415  (only the ledger needs it)
+
+        self.tracemalloc = tracemalloc
+        self.started_here = not tracemalloc.is_tracing()
+        if self.started_here:
+            tracemalloc.start()
+        self.rss_reset = _reset_resident_peak()
+        self.rss_start_kib = _status_kib("VmRSS")
+        tracemalloc.reset_peak()
+        return self
+
+    def current(self) -> int:
+        return self.tracemalloc.get_traced_memory()[0]
+
+    def peak(self) -> int:
+        return self.tracemalloc.get_traced_memory()[1]
+
+    def __exit__(self, *exc):
+        self.rss_peak_kib = _status_kib("VmHWM") if self.rss_reset else None
+        if self.started_here:
+            self.tracemalloc.stop()
+
+
+class _CupyMeter:
+    """Live bytes of CuPy's default memory pool (a ``cupy.cuda.MemoryHook`` follows every
+    allocation and free; sizes as the pool rounds them)."""
+
+    kind = "cupy memory pool"
+
+    def __enter__(self):
+        cupy = cupy_module()
+        meter = self
+        self.now = self.top = cupy.get_default_memory_pool().used_bytes()
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = "minillm_memory_ledger"
+
+            def malloc_postprocess(self, **kwargs):
+                meter.now += kwargs["mem_size"]
+                meter.top = max(meter.top, meter.now)
+
+            def free_postprocess(self, **kwargs):
+                meter.now -= kwargs["mem_size"]
+
+        self.hook = Hook()
+        self.hook.__enter__()
+        return self
+
+    def current(self) -> int:
+        return self.now
+
+    def peak(self) -> int:
+        return self.top
+
+    def __exit__(self, *exc):
+        self.hook.__exit__(*exc)
+        self.rss_reset, self.rss_start_kib, self.rss_peak_kib = False, None, None
+
+
+class _LedgerRecorder(Profile):
+    """A :class:`Profile` that also numbers the ops in the order they run (the ledger attributes
+    an array saved by several ops to the first), notes the op during which the measured peak
+    grew last, and weighs the graphs that recomputation rebuilds in backward."""
+
+    def __init__(self, model, meter, names: dict):
+        super().__init__(model, sync=False)
+        self.meter, self.names = meter, names
+        self.order = 0
+        self.peak_seen, self.peak_at = 0, None
+        self.recomputed_bytes: dict[str, int] = {}   # block path -> bytes of its rebuilt graph
+        self.known = None                            # _Accounts of the step, once forward is walked
+
+    def stop(self, fn, phase: str, token: tuple, outputs) -> None:
+        super().stop(fn, phase, token, outputs)
+        if phase == "forward":
+            fn._ledger_order = self.order
+            self.order += 1
+        peak = self.meter.peak()
+        if peak > self.peak_seen:
+            self.peak_seen = peak
+            self.peak_at = (fn.op_type(), _label(fn.__dict__.get("_profile_module")), phase)
+
+    def recomputed(self, fn, output) -> None:
+        """Called by :class:`minillm.nn.recompute.Recompute` before it back-propagates through
+        the graph it rebuilt: the bytes that graph keeps, other than the parameters, buffers and
+        the block's input (counted already); everything else in it is new, made by the rebuild."""
+        accounts = _Accounts()
+        if self.known is not None:
+            for owner, *_ in self.known.owners.values():
+                accounts.claim(owner, "known")
+        accounts.claim(fn.x, "known")
+        total = 0
+        for node in graph_nodes(output):
+            for array in saved_arrays(node):
+                total += accounts.claim(array, "recomputed")
+        path = self.names.get(id(fn.module), type(fn.module).__name__)
+        self.recomputed_bytes[path] = max(self.recomputed_bytes.get(path, 0), total)
+
+
+class MemoryLedger:
+    """Where the bytes of one training step go (:func:`memory_ledger` builds it).
+
+    Attributes:
+        categories: {category of :data:`CATEGORIES`: bytes}.
+        by_module: {module path: bytes of saved activations} (``(root)``, ``(no module)`` as in
+            the profile's tables); ``recompute`` nodes are named by their block.
+        by_op: {op type: bytes of saved activations}.
+        recomputed_by_block: {block path: bytes its rebuilt graph kept in backward} (recompute only).
+        measured: what was measured (see :meth:`to_dict`), device, precision, notes.
+        profile: the step's :class:`Profile` (times are slowed by the measuring: read the shares).
+    """
+
+    def __init__(self, categories: dict, by_module: dict, by_op: dict, recomputed_by_block: dict,
+                 measured: dict, info: dict, profile: Profile | None = None):
+        self.categories, self.by_module, self.by_op = categories, by_module, by_op
+        self.recomputed_by_block, self.measured, self.info, self.profile = recomputed_by_block, measured, info, profile
+
+    @property
+    def accounted_total(self) -> int:
+        """Every category at once: the hand computation (more than is ever alive together:
+        backward frees activations as it builds gradients)."""
+        return sum(self.categories.values())
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``categories`` (bytes), ``accounted_total``, ``by_module``, ``by_op``,
+        ``recomputed_by_block``, ``measured`` -- ``meter`` (tracemalloc or the CuPy pool),
+        ``live_at_start`` (live bytes when the step began), ``peak_increase`` (the peak over the
+        step minus that), ``peak`` (= the accounted state at the start + peak_increase),
+        ``live_before_backward`` (measured) and ``accounted_before_backward`` (the categories
+        alive then: everything but gradients and recomputed activations), ``unexplained`` (peak
+        minus accounted_total), ``peak_during`` (op, module, phase during which the peak last
+        grew), ``rss_at_start`` and ``rss_peak`` (the whole process's resident set at the step's
+        start and its high-water mark during the step; host, Linux) -- and ``info`` (device,
+        recompute, parameters, and the caller's labels)."""
+        return {"categories": dict(self.categories), "accounted_total": self.accounted_total,
+                "by_module": dict(self.by_module), "by_op": dict(self.by_op),
+                "recomputed_by_block": dict(self.recomputed_by_block), "measured": dict(self.measured),
+                "info": dict(self.info)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MemoryLedger":
+        """A ledger rebuilt from :meth:`to_dict` (to print a saved one)."""
+        missing = [k for k in ("categories", "by_module", "by_op", "measured") if k not in (data or {})]
+        if not isinstance(data, dict) or missing:
+            raise ValueError(f"MemoryLedger.from_dict: expected the dict of MemoryLedger.to_dict(); missing {missing}")
+        return cls(data["categories"], data["by_module"], data["by_op"], data.get("recomputed_by_block", {}),
+                   data["measured"], data.get("info", {}))
+
+    def save_json(self, path) -> None:
+        """Write :meth:`to_dict` to ``path`` as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def table(self, depth: int | None = 3, merge_indices: bool = True, limit: int | None = 12) -> str:
+        """Three Markdown tables: the categories against the measured peak; saved activations by
+        module (paths cut to ``depth`` names, a ModuleList's layers added up with
+        ``merge_indices``: ``blocks.*.attn``) and by op type, largest first (``limit`` rows)."""
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise ValueError(f"MemoryLedger.table: depth={depth!r}; expected a positive int or None")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"MemoryLedger.table: limit={limit!r}; expected a positive int or None")
+        m = self.measured
+        total = self.accounted_total
+        lines = ["| category | MiB | share | what |", "|---|---:|---:|---|"]
+        for name, what in CATEGORIES.items():
+            size = self.categories.get(name, 0)
+            if name == "recomputed_activations" and not self.info.get("recompute"):
+                continue
+            lines.append(f"| {name.replace('_', ' ')} | {size / MIB:.2f} | {100 * size / (total or 1):.1f}% | {what} |")
+        lines.append(f"| **accounted total** | **{total / MIB:.2f}** | 100% | every row at once (the hand count) |")
+        if m.get("peak") is not None:
+            lines.append(f"| **measured peak** | **{m['peak'] / MIB:.2f}** | | the state at the step's start "
+                         f"+ the {m['meter']} peak above it |")
+            lines.append(f"| unexplained remainder | {m['unexplained'] / MIB:+.2f} | "
+                         f"{100 * m['unexplained'] / (total or 1):+.1f}% | measured peak - accounted total |")
+        notes = []
+        if m.get("live_before_backward") is not None:
+            notes.append(f"at the start of backward: measured {m['live_before_backward'] / MIB:.2f} MiB live, accounted "
+                         f"{m['accounted_before_backward'] / MIB:.2f} MiB (everything but the gradients"
+                         f"{' and recomputed activations' if self.info.get('recompute') else ''})")
+        if m.get("peak_during"):
+            op, module, phase = m["peak_during"]
+            notes.append(f"the peak last grew during {op} {phase} in {module}")
+        if m.get("rss_peak") is not None:
+            notes.append(f"the process's resident set: {m['rss_at_start'] / MIB:.1f} MiB at the step's start, high-water "
+                         f"mark {m['rss_peak'] / MIB:.1f} MiB during it (the library, the interpreter and the pages "
+                         f"the allocator keeps for reuse included)")
+        out = ["\n".join(lines)]
+        if notes:
+            out.append("; ".join(notes))
+        saved = self.categories.get("saved_activations", 0) or 1
+        rows: dict[str, int] = {}
+        for path, size in self.by_module.items():
+            name = path if path.startswith("(") else _coarsen(path, depth, merge_indices)
+            rows[name or ROOT_LABEL] = rows.get(name or ROOT_LABEL, 0) + size
+        out.append(self._rows("module", rows, saved, limit))
+        out.append(self._rows("op", self.by_op, saved, limit))
+        if self.recomputed_by_block:
+            largest = max(self.recomputed_by_block.items(), key=lambda item: item[1])
+            out.append(f"recompute: each block keeps only its input; backward rebuilt one block's graph at a time, "
+                       f"the largest {largest[1] / MIB:.2f} MiB ({largest[0]})")
+        return "\n\n".join(out)
+
+    @staticmethod
+    def _rows(kind: str, rows: dict, saved: int, limit: int | None) -> str:
+        ordered = sorted(rows.items(), key=lambda item: (-item[1], item[0]))
+        shown = ordered[:limit]
+        lines = [f"| saved activations by {kind} | MiB | share |", "|---|---:|---:|"]
+        lines += [f"| {name} | {size / MIB:.2f} | {100 * size / saved:.1f}% |" for name, size in shown]
+        if len(ordered) > len(shown):
+            rest = sum(size for _, size in ordered[len(shown):])
+            lines.append(f"| ({len(ordered) - len(shown)} more) | {rest / MIB:.2f} | {100 * rest / saved:.1f}% |")
+        return "\n".join(lines)
+
+
+def _meter_for(model):
+    """The CuPy pool's meter for a model on a real GPU, else tracemalloc's."""
+    for parameter in model.parameters():
+        if type(parameter.data).__module__.startswith("cupy"):
+            return _CupyMeter()
+        break
+    return _HostMeter()
+
+
+def memory_ledger(model, forward, optimizer=None, backward=None, update=None,
+                  labels: dict | None = None) -> MemoryLedger:
+    """Run one training step and account for its memory (see :class:`MemoryLedger`)::
+
+        ledger = mm.profiler.memory_ledger(model, lambda: model(idx, targets)[1], optimizer)
+        print(ledger.table())
+
+    ``forward()`` runs the forward pass and returns the loss (a Tensor); then ``backward(loss)``
+    (default ``loss.backward()``; e.g. ``lambda l: scaler.scale(l).backward()``), and with an
+    ``optimizer`` ``update()`` (default ``optimizer.step()``; the loss scaler's unscale, step and
+    update for fp16) and ``optimizer.zero_grad()``. Run a step first so the optimizer's state
+    exists (the ledger counts what exists). ``labels`` (e.g. ``{"precision": "fp16"}``) are
+    added to the ledger's ``info``.
+
+    Accounting: every array is counted once, by the buffer that owns its memory (a view counts
+    against its base; an array kept by two ops counts once, for the first op that ran): the
+    parameters, then the buffers, the optimizer's state and scratch, then the arrays each
+    recorded op keeps for backward (walked from the loss just before backward; the parameters
+    and buffers they hold are not counted again), per module path and op type; the gradients
+    after backward. Measuring: on the host ``tracemalloc`` (started for the step if it is not
+    tracing; NumPy reports its arrays to it) gives the live bytes at the step's start, before
+    backward and at the peak; on a GPU a CuPy memory hook does (that path has not been run on
+    a GPU yet). The measured peak is the accounted state at the start plus the measured peak
+    above it, so the remainder is what the categories do not explain: temporaries inside ops,
+    gradients of activations in flight, Python objects -- less what backward freed before the
+    peak.
+    """
+    if not callable(getattr(model, "named_modules", None)):
+        raise TypeError(f"memory_ledger: model={type(model).__name__} has no named_modules(); expected a Module")
+    if not callable(forward):
+        raise TypeError(f"memory_ledger: forward={forward!r} is not callable; expected a function returning the loss")
+    backward = backward or (lambda loss: loss.backward())
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    names = {id(module): name for name, module in model.named_modules()}
+    accounts = _Accounts()
+    parameters = model.parameters()
+    for p in parameters:
+        accounts.claim(p.data, "parameters")
+    for _, array in model.named_buffers():
+        accounts.claim(array, "buffers")
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for value in state.values():
+                if _is_array(value):
+                    accounts.claim(value, "optimizer_state")
+        for array in getattr(optimizer, "_scratch", {}).values():
+            accounts.claim(array, "optimizer_scratch")
+    for p in parameters:                         # gradients left from before (accumulation)
+        if p.grad is not None:
+            accounts.claim(p.grad, "gradients")
+    at_start = sum(accounts.bytes.values())
+    meter = _meter_for(model)
+    with meter:
+        recorder = _LedgerRecorder(model, meter, names)
+        live_at_start = meter.current()
+        with recorder:
+            loss = forward()
+        if not hasattr(loss, "grad_fn"):
+            raise TypeError(f"memory_ledger: forward() returned {type(loss).__name__}; expected the loss Tensor")
+        live_before_backward = meter.current()
+        by_module: dict[str, int] = {}
+        by_op: dict[str, int] = {}
+        for fn in graph_nodes(loss):
+            module = getattr(fn, "module", None)
+            path = names.get(id(module)) if module is not None else fn.__dict__.get("_profile_module")
+            label = _label(path)
+            for array in saved_arrays(fn):
+                size = accounts.claim(array, "saved_activations", label, fn.op_type())
+                if size:
+                    by_module[label] = by_module.get(label, 0) + size
+                    by_op[fn.op_type()] = by_op.get(fn.op_type(), 0) + size
+        if getattr(loss, "data", None) is not None:
+            accounts.claim(loss.data, "saved_activations", ROOT_LABEL, "(loss)")
+        before_backward = sum(accounts.bytes.values())
+        accounts.forget("saved_activations")     # backward must be free to release them
+        recorder.known = accounts
+        with recorder:
+            backward(loss)
+        del loss
+        for p in parameters:
+            if p.grad is not None:
+                accounts.claim(p.grad, "gradients")
+        if optimizer is not None:
+            (update or optimizer.step)()
+            for state in optimizer.state.values():  # created by this step (a first step)
+                for value in state.values():
+                    if _is_array(value):
+                        accounts.claim(value, "optimizer_state")
+            for array in getattr(optimizer, "_scratch", {}).values():
+                accounts.claim(array, "optimizer_scratch")
+            optimizer.zero_grad()
+        peak_increase = meter.peak() - live_at_start
+    categories = {name: accounts.total(name) for name in CATEGORIES}
+    categories["recomputed_activations"] = max(recorder.recomputed_bytes.values(), default=0)
+    total = sum(categories.values())
+    peak = at_start + peak_increase
+    measured = {"meter": meter.kind, "live_at_start": live_at_start, "accounted_at_start": at_start,
+                "peak_increase": peak_increase, "peak": peak, "unexplained": peak - total,
+                "live_before_backward": at_start + live_before_backward - live_at_start,
+                "accounted_before_backward": before_backward, "peak_during": recorder.peak_at,
+                "rss_at_start": None, "rss_peak": None}
+    if meter.rss_peak_kib is not None and meter.rss_start_kib is not None:
+        measured["rss_at_start"], measured["rss_peak"] = meter.rss_start_kib * 1024, meter.rss_peak_kib * 1024
+    info = {"device": model.device if hasattr(model, "device") else "cpu",
+            "recompute": bool(getattr(model, "recompute", False)),
+            "parameters": sum(int(p.size) for p in parameters)}
+    info.update(labels or {})
+    return MemoryLedger(categories, by_module, by_op, dict(recorder.recomputed_bytes), measured, info, recorder)

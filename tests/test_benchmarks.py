@@ -61,3 +61,14 @@ def test_the_sweeps_chosen_recipe_is_the_main_jobs_defaults():
     assert chosen == TrainConfig.create({})
     earlier = load_config(TrainConfig, sweep_main_job.RECIPES["gpt2-4x192 (old default)"])
     assert (earlier.model.preset, earlier.model.n_kv_head, earlier.data.vocab_size) == ("gpt2", 4, 1024)
+
+
+def test_memory_ledger_benchmark_compares_recompute_on_config_a(tmp_path):
+    done = run("memory_ledger.py", "--config", "A", "--steps", "1", "--rounds", "1", "--threads", "1",
+               "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    comparison = done.stdout.split("### plain")[0]                  # the first table; the ledgers follow
+    rows = {line.split("|")[1].strip(): line for line in comparison.splitlines() if line.startswith("| ")}
+    assert {"saved activations", "recomputed activations", "measured peak", "step time, ms (median)"} <= set(rows)
+    assert "-" in rows["saved activations"].split("|")[4]           # recompute keeps less
+    assert "### recompute" in done.stdout and list(tmp_path.glob("*.json"))

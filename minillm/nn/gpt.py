@@ -26,6 +26,7 @@ from minillm.nn.layers import Dropout, Embedding, Linear
 from minillm.nn.mlp import swiglu_hidden
 from minillm.nn.module import Module, ModuleList
 from minillm.nn.positions import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding
+from minillm.nn.recompute import recompute
 from minillm.tensor import Tensor
 
 CHOICES = {        # the allowed values of GPTConfig's string fields (the [model] config section uses them too)
@@ -244,6 +245,12 @@ class GPT(Module):
     Submodules: tok_emb, pos_emb (learned/sinusoidal, else None), rotary (RoPE, else None; shared
     by every attention layer), drop, blocks, norm_f (pre-norm only), lm_head (untied only).
 
+    ``recompute`` (False; ``minillm train --recompute`` sets it): while gradients are recorded,
+    each block runs through :func:`minillm.nn.recompute.recompute`, so the graph keeps only each
+    block's input and backward runs every block's forward again (less memory, more time; the
+    same gradients, bit for bit). Not a GPTConfig field: it changes how a step runs, not the
+    model, so checkpoints do not record it.
+
     Initialisation (GPT-2): every Linear and embedding matrix ~ N(0, init_std²), biases 0, norm
     scales 1, and the residual output projections (attn.o_proj, mlp.down_proj) ~
     N(0, (init_std / sqrt(2·n_layer))²) so the residual stream's variance does not grow with
@@ -270,6 +277,7 @@ class GPT(Module):
         self.norm_f = make_norm(c, dtype, device) if c.norm_position == "pre" else None
         self.lm_head = None if c.tie_weights else Linear(c.n_embd, c.vocab_size, bias=False,
                                                          dtype=dtype, device=device)
+        self.recompute = False            # per-block activation recomputation (see forward)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -377,7 +385,11 @@ class GPT(Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(t, position_offset)             # (B, T, C) + (T, C)
         x = self.drop(x)
+        checkpointed = self.recompute and kv_cache is None and is_grad_enabled()
         for i, block in enumerate(self.blocks):
+            if checkpointed:                                     # keeps only x for backward
+                x = recompute(block, x, position_offset)         # (B, T, C)
+                continue
             layer_cache = None if kv_cache is None else kv_cache.layers[i]
             x = block(x, position_offset, layer_cache)           # (B, T, C)
         if kv_cache is not None:

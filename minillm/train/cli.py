@@ -17,6 +17,7 @@ from minillm.data import clean_documents, default_corpus_path, read_corpus, spli
 from minillm.distributed import current_world
 from minillm.doctor import run_doctor
 from minillm.nn.pretrained import save_pretrained
+from minillm.train import memory
 from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model, model_source
 from minillm.train.config import TrainConfig
 from minillm.train.evaluate import evaluate_language_model
@@ -86,6 +87,7 @@ def register(subparsers) -> None:
                          help="loss, perplexity and bits per byte of a checkpoint on a text")
     commandline.register(subparsers, "export", ExportConfig, run_export,
                          help="write a checkpoint as a Hugging Face model directory (GPT-2 or Llama)")
+    memory.register(subparsers)
 
 
 def run_train(cfg: TrainConfig) -> int:

@@ -157,6 +157,8 @@ class LoopSection(Section):
                           "(exit status 4) if one fails")
     profile: int = option(0, "profile this many steps after the first (tables printed, out_dir/profile.json); "
                           "0 = off", minimum=0)
+    recompute: bool = option(False, "recompute each block's activations in backward instead of keeping them "
+                             "(less memory, more time; the same gradients)")
     health_interval: int = option(0, "record per-layer health (gradient/weight norms, update ratios, activations, "
                                   "attention entropy, logit scale) at step 1 and every this many steps into "
                                   "metrics.jsonl, for `minillm health`; 0 = off", minimum=0)

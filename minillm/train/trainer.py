@@ -26,6 +26,10 @@ The learning rate belongs to the schedule alone (a :class:`~minillm.optim.Cosine
 then cosine decay); the gradient is that of the mean loss over the micro-batches (equal-sized
 micro-batches assumed, as the loaders produce).
 
+With ``recompute`` (``minillm train --recompute``) the model's blocks recompute their activations
+in backward instead of keeping them (:mod:`minillm.nn.recompute`): less memory, more time, the same
+gradients bit for bit.
+
 With ``health_interval`` N > 0 (``minillm train --health_interval N``), step 1 and every N-th step
 are observed by a :class:`minillm.health.HealthObserver`: per-parameter gradient and weight norms
 and update ratios, activation statistics, attention entropy per head and the logit scale, written
@@ -237,6 +241,11 @@ class Trainer:
         self.tokens_per_batch, self.flops_per_token, self.peak_flops = tokens_per_batch, flops_per_token, peak_flops
         self.checkpoint_metadata = checkpoint_metadata or {}
         self.device = loop.device
+        if loop.recompute:
+            if not hasattr(model, "recompute"):
+                raise ValueError(f"loop.recompute=True: {type(model).__name__} has no per-block recomputation; "
+                                 "expected a minillm GPT")
+            model.recompute = True           # GPT.forward checkpoints each block (minillm.nn.recompute)
         if grad_scaler is None and loop.precision == "fp16":
             grad_scaler = GradScaler()
         self.scaler = grad_scaler
