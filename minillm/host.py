@@ -145,7 +145,9 @@ class _Worker:
                 _run_part(fn, start, stop)
             except BaseException as exc:   # handed to the caller by parallel_for
                 self.error = exc
-            self.part = None
+            # Drop this task's function before waiting for the next: its closure holds the caller's
+            # arrays, which would otherwise stay alive (and count in memory peaks) until then.
+            self.part = fn = None
             self.done.release()
 
     def start(self, fn, start: int, stop: int) -> None:
