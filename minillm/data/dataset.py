@@ -36,14 +36,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from minillm.data.shards import (
-    ConcatenatedTokens,
-    file_sha256,
-    read_shard,
-    read_shard_header,
-    token_dtype,
-    write_shard,
-)
+from minillm.data.shards import ConcatenatedTokens, file_sha256, read_shard, read_shard_header, token_dtype, write_shard
 from minillm.fileio import atomic_write_text, refuse_to_overwrite
 
 META_FILE = "meta.json"

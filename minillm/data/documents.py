@@ -223,11 +223,12 @@ def _iter_separated(path: str, file_index: int, separator: str,
     total = 0
     with open(path, "rb") as handle:
         while True:
-            block = handle.read(block_bytes)
-            if total == 0 and block.startswith(_BOM):
-                block, buffer_start = block[3:], 3
-            total += len(block)
+            block = handle.read(max(block_bytes, 3))
             at_end = not block
+            if total == 0 and block.startswith(_BOM):
+                total, block, buffer_start = 3, block[3:], 3
+            else:
+                total += len(block)
             buffer += block
             while True:
                 match = buffer.find(marker, searched)

@@ -46,23 +46,16 @@ import resource
 import tempfile
 from array import array
 from collections import deque
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 import numpy as np
 
 from minillm.data.clean import CleaningReport, clean_document
-from minillm.data.dataset import (
-    DATASET_FORMAT,
-    DATASET_VERSION,
-    META_FILE,
-    _SHARD_NAME,
-    cut_document,
-    split_target,
-)
+from minillm.data.dataset import _SHARD_NAME, DATASET_FORMAT, DATASET_VERSION, META_FILE, cut_document, split_target
 from minillm.data.dedup import DedupReport, StreamingDeduplicator, content_key
 from minillm.data.documents import expand_inputs, iter_documents, read_document_at
 from minillm.data.minhash import MinHasher, band_keys
-from minillm.data.shards import ShardWriter, read_shard, token_dtype
+from minillm.data.shards import SHARD_HEADER_BYTES, ShardWriter, read_shard_header, token_dtype
 from minillm.fileio import atomic_write_text, refuse_to_overwrite, remove_stale_temp_files
 
 BATCH_BYTES = 1 << 20       # text per batch sent to a worker
@@ -151,7 +144,7 @@ _PROCESSOR: _BatchProcessor | None = None
 
 def _worker_init(tokenizer_path: str, settings_json: str) -> None:
     global _PROCESSOR
-    from minillm.tokenizer import load_tokenizer   # noqa: PLC0415  (in the worker process)
+    from minillm.tokenizer import load_tokenizer  # noqa: PLC0415  (in the worker process)
 
     _PROCESSOR = _BatchProcessor(load_tokenizer(tokenizer_path), json.loads(settings_json))
 
@@ -209,13 +202,16 @@ class _TokenStream:
 
 
 def _read_stream(out_dir: str, manifest: list[dict], shard_tokens: int, start: int, stop: int):
-    """Yield the stream's tokens [start, stop) in pieces of at most COPY_TOKENS (memmap slices)."""
+    """Yield the stream's tokens [start, stop) in arrays of at most COPY_TOKENS, read with plain file
+    reads (a memory map would count the pages it touched as this process's resident memory)."""
     while start < stop:
         shard = start // shard_tokens
-        tokens = read_shard(os.path.join(out_dir, manifest[shard]["name"]))
+        path = os.path.join(out_dir, manifest[shard]["name"])
+        header = read_shard_header(path)
         offset = start - shard * shard_tokens
-        end = min(stop - shard * shard_tokens, tokens.size, offset + COPY_TOKENS)
-        yield tokens[offset:end]
+        end = min(stop - shard * shard_tokens, header.num_tokens, offset + COPY_TOKENS)
+        yield np.fromfile(path, dtype=header.dtype, count=end - offset,
+                          offset=SHARD_HEADER_BYTES + offset * header.dtype.itemsize)
         start += end - offset
 
 
@@ -425,7 +421,7 @@ def _split_and_finish(out_dir, files, tokenizer, text_field, records, stream, ma
     try:
         val.append(tail_ids)
         for piece in _read_stream(out_dir, manifest, shard_tokens, start + count, stream.total):
-            val.append(np.asarray(piece))
+            val.append(piece)
     except BaseException:
         val.abort()
         raise
@@ -437,7 +433,7 @@ def _split_and_finish(out_dir, files, tokenizer, text_field, records, stream, ma
     train.total = first * shard_tokens
     try:
         for piece in _read_stream(out_dir, manifest, shard_tokens, first * shard_tokens, train_stop):
-            train.append(np.array(piece))       # a copy: the shard it comes from is being replaced
+            train.append(piece)
         train.append(head_ids)
     except BaseException:
         train.abort()
