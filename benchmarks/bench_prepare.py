@@ -169,6 +169,41 @@ def child_prepare(args) -> dict:
             "tokens": splits["train"]["tokens"] + splits["val"]["tokens"]}
 
 
+def child_stages(args) -> dict:
+    """Where a worker's time goes: each stage alone over the first 20 MB of text, one process."""
+    from minillm.data.clean import clean_document
+    from minillm.data.dedup import content_key
+    from minillm.data.minhash import MinHasher
+    from minillm.tokenizer import load_tokenizer
+
+    texts = list(iter_texts(args.paths, 20 * 10**6))
+    text_mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    hasher = MinHasher()
+    seconds = {}
+    with common.OtherCpu() as load:
+        started = time.perf_counter()
+        cleaned = [clean_document(t) for t in texts]
+        seconds["clean"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for text in cleaned:
+            content_key(text)
+        seconds["content key"] = time.perf_counter() - started
+        started = time.perf_counter()
+        shingles = [hasher.shingles(t) for t in cleaned]
+        seconds["shingles"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for item in shingles:
+            hasher.signature_from_shingles(item)
+        seconds["signatures"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for text in cleaned:
+            tokenizer.encode_ordinary(text)
+        seconds["encode (minillm BPE)"] = time.perf_counter() - started
+    return {"seconds": load.wall, "stages": seconds, "text_mb": text_mb, "other_cores": load.other_cores,
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def child_train(args) -> dict:
     from minillm.tokenizer.patterns import Splitter, resolve_pattern
     from minillm.tokenizer.special import SpecialTokenMatcher
@@ -196,8 +231,8 @@ def main() -> int:
     parser.add_argument("--train-megabytes", type=int, default=100, help="text for tokenizer training (default 100)")
     parser.add_argument("--vocab-size", type=int, default=32_768)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--contenders", default="tiktoken,prepare-w2-nodedup,prepare-w2,prepare-w1-nodedup,train",
-                        help="comma-separated: tiktoken, prepare-wN[-nodedup], train")
+    parser.add_argument("--contenders", default="tiktoken,prepare-w2-nodedup,prepare-w2,prepare-w1-nodedup,train,"
+                        "stages", help="comma-separated: tiktoken, prepare-wN[-nodedup], train, stages")
     parser.add_argument("--scratch", default="/tmp/minillm-bench-prepare", help="corpus and outputs go here")
     parser.add_argument("--data", default=DATA, help="the shared data folder (Shakespeare, GPT-2's vocabulary)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
@@ -210,7 +245,8 @@ def main() -> int:
 
     if args.child:
         args.paths = make_corpus(corpus_dir, args.megabytes)
-        child = {"tiktoken": child_tiktoken, "train": child_train}.get(args.child, child_prepare)
+        child = {"tiktoken": child_tiktoken, "train": child_train, "stages": child_stages}.get(args.child,
+                                                                                                 child_prepare)
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
 
@@ -242,7 +278,7 @@ def main() -> int:
         reference = median([r["text_mb"] / r["seconds"] for r in good["tiktoken"]])
     for contender in contenders:
         results = good.get(contender)
-        if not results or contender == "train":
+        if not results or contender in ("train", "stages"):
             continue
         speeds = [r["text_mb"] / r["seconds"] for r in results]
         speed = median(speeds)
@@ -274,6 +310,14 @@ def main() -> int:
         lines.append("\n" + common.format_table(["tokenizer training", "text MB", "seconds", "pre-tokenize s",
                                                   "merges s", "merges", "distinct chunks", "peak RSS MB",
                                                   "max other cores"], rows))
+    if good.get("stages"):
+        results = good["stages"]
+        names = list(results[0]["stages"])
+        text_mb = results[0]["text_mb"]
+        rows = [[name, f"{median([r['stages'][name] for r in results]):.2f}",
+                 f"{text_mb / median([r['stages'][name] for r in results]):.1f}"] for name in names]
+        lines.append(f"\nwhere a worker's time goes ({text_mb:.0f} MB of text, each stage alone, one process):\n"
+                     + common.format_table(["stage", "seconds", "MB/s"], rows))
     report = "\n".join(lines)
     print(report)
     path = common.save_results("bench_prepare", {"args": {k: v for k, v in vars(args).items()}, "runs": runs},
