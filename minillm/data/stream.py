@@ -140,16 +140,24 @@ class _BatchProcessor:
 
 
 _PROCESSOR: _BatchProcessor | None = None
+_INIT_ERROR = ""
 
 
 def _worker_init(tokenizer_path: str, settings_json: str) -> None:
-    global _PROCESSOR
-    from minillm.tokenizer import load_tokenizer  # noqa: PLC0415  (in the worker process)
+    # An exception escaping a Pool initializer makes the pool restart the worker forever (a hang);
+    # kept here instead, it comes back to the main process with the first batch.
+    global _PROCESSOR, _INIT_ERROR
+    try:
+        from minillm.tokenizer import load_tokenizer  # noqa: PLC0415  (in the worker process)
 
-    _PROCESSOR = _BatchProcessor(load_tokenizer(tokenizer_path), json.loads(settings_json))
+        _PROCESSOR = _BatchProcessor(load_tokenizer(tokenizer_path), json.loads(settings_json))
+    except Exception as error:  # noqa: BLE001  (reported by _worker_run)
+        _INIT_ERROR = f"{type(error).__name__}: {error}"
 
 
 def _worker_run(blob: bytes, lengths: bytes) -> tuple:
+    if _PROCESSOR is None:
+        raise ValueError(f"prepare: a worker process could not load the tokenizer: {_INIT_ERROR}")
     return _PROCESSOR(blob, lengths)
 
 

@@ -278,3 +278,12 @@ def test_memory_does_not_grow_with_the_corpus(tmp_path):
                                REPO_ROOT], capture_output=True, text=True, check=True)
         growth[megabytes] = json.loads(done.stdout.strip().splitlines()[-1])["growth_kib"] / 1024
     assert growth[20] - growth[4] < 6, growth                                # MB; in memory it would be >= 16
+
+
+def test_a_worker_that_cannot_load_the_tokenizer_is_an_error_not_a_hang(tmp_path, byte_tokenizer):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words to prepare " * 10, encoding="utf-8")
+    (tmp_path / "tok.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ValueError, match="worker process could not load the tokenizer"):
+        prepare_corpus([str(corpus)], byte_tokenizer, tmp_path / "out", tokenizer_path=str(tmp_path / "tok.json"),
+                       workers=2)
