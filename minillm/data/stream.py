@@ -27,7 +27,7 @@ Memory: the main process holds at most ``2 * workers + 1`` batches in flight (ea
 BATCH_BYTES of text and its token ids), one shard's write buffer (the OS's), and per document a
 few integers (44 bytes: lengths, where the token ids start, where its bytes lie in its file) plus,
 with de-duplication, a 16-byte content key and, per kept document, a MinHash signature and its
-band-bucket entries (about 1.7 KB at num_perm 128). A single document is held whole, so the bound
+band-bucket entries (about 1.8 KB at num_perm 128, measured). A single document is held whole, so the bound
 is the largest document, not the corpus: split huge text files with ``--doc_separator``.
 
 The train/val rule is the in-memory one (``dataset.split_train_val``): the split point is at
