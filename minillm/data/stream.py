@@ -25,7 +25,7 @@ project's "no pickle" rule guards against.
 
 Memory: the main process holds at most ``2 * workers + 1`` batches in flight (each about
 BATCH_BYTES of text and its token ids), one shard's write buffer (the OS's), and per document a
-few integers (44 bytes: lengths, where the token ids start, where its bytes lie in its file) plus,
+few integers (56 bytes: lengths, where its token ids lie, where its bytes lie in its file) plus,
 with de-duplication, a 16-byte content key and, per kept document, a MinHash signature and its
 band-bucket entries (about 1.8 KB at num_perm 128, measured). A single document is held whole, so the bound
 is the largest document, not the corpus: split huge text files with ``--doc_separator``.
@@ -261,7 +261,9 @@ def prepare_corpus(inputs, tokenizer, out_dir: str | os.PathLike, *, tokenizer_p
 
     ``tokenizer`` encodes in this process (the val cut; everything when ``workers == 1``);
     ``tokenizer_path`` is its saved JSON, which each worker loads (needed for ``workers > 1``:
-    without it a tokenizer with ``save`` is saved to a temporary file first).
+    without it a tokenizer with ``save`` is saved to a temporary file first). A script that calls
+    this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard, as any script that
+    starts processes with ``spawn``/``forkserver``: the workers import the main module.
     """
     if type(workers) is not int or workers < 1:
         raise ValueError(f"prepare: workers must be an int >= 1, got {workers!r}")
