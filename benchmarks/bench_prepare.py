@@ -160,8 +160,11 @@ def child_prepare(args) -> dict:
                                     "<|endoftext|>"], workers=args.workers, overwrite=True, log=lambda *a: None)
     cleaning, dedup = result["cleaning"], result["dedup"]
     splits = result["meta"]["splits"]
-    return {"seconds": load.wall, "text_mb": text_mb,
-            "other_cores": load.other_cores, "peak_rss_mb": peak_rss_mb(),
+    # The workers are children of multiprocessing's fork server, not of this process, so OtherCpu
+    # counts their CPU as "other processes": take it out with what they report of themselves.
+    other_cores = max(0.0, load.other - result["worker_cpu_seconds"]) / load.wall
+    return {"seconds": load.wall, "text_mb": text_mb, "worker_cpu_seconds": result["worker_cpu_seconds"],
+            "other_cores": other_cores, "peak_rss_mb": peak_rss_mb(),
             "worker_peak_rss_mb": result["worker_peak_rss_mb"], "docs_in": cleaning.docs_in,
             "chars_in": cleaning.chars_in, "docs_out": dedup.docs_out if dedup else cleaning.docs_out,
             "near_duplicates": dedup.near_duplicates if dedup else 0,

@@ -133,10 +133,10 @@ class _BatchProcessor:
         tokens = np.concatenate(token_parts) if token_parts else np.zeros(0, dtype=self.dtype)
         summary = {name: getattr(report, name) for name in _REPORT_INTS}
         summary["short_doc_examples"] = report.short_doc_examples
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return (flags.tobytes(), chars.tobytes(), num_bytes.tobytes(), token_counts.tobytes(), bytes(keys),
                 signature_table.tobytes(), table_keys.tobytes(), tokens.tobytes(), json.dumps(summary),
-                os.getpid(), peak_kib)
+                os.getpid(), usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 
 
 _PROCESSOR: _BatchProcessor | None = None
@@ -257,7 +257,8 @@ def prepare_corpus(inputs, tokenizer, out_dir: str | os.PathLike, *, tokenizer_p
                    overwrite: bool = False, log=print) -> dict:
     """Stream ``inputs`` into a token dataset in ``out_dir`` (see the module docstring); return a dict
     with ``meta`` (what meta.json holds), ``cleaning`` (CleaningReport), ``dedup`` (DedupReport or
-    None), ``files`` and ``worker_peak_rss_mb`` (each worker's peak resident memory).
+    None), ``files``, ``worker_peak_rss_mb`` (each worker's peak resident memory) and
+    ``worker_cpu_seconds`` (the worker processes' CPU time, 0 with one worker).
 
     ``tokenizer`` encodes in this process (the val cut; everything when ``workers == 1``);
     ``tokenizer_path`` is its saved JSON, which each worker loads (needed for ``workers > 1``:
@@ -307,7 +308,7 @@ def prepare_corpus(inputs, tokenizer, out_dir: str | os.PathLike, *, tokenizer_p
         except BaseException:
             stream.abort()
             raise
-    cleaning, records, worker_peaks = result
+    cleaning, records, worker_peaks, worker_cpu_seconds = result
     manifest = stream.close()
     if not len(records["chars"]):
         raise ValueError(f"--input: every document was dropped by cleaning (min_chars={min_chars}) or as a "
@@ -326,7 +327,8 @@ def prepare_corpus(inputs, tokenizer, out_dir: str | os.PathLike, *, tokenizer_p
         if _SHARD_NAME.match(name) and name not in written:
             os.remove(os.path.join(out_dir, name))
     return {"meta": meta, "cleaning": cleaning, "dedup": deduplicator.report if dedup else None, "files": files,
-            "workers": workers, "worker_peak_rss_mb": sorted(kib / 1024 for kib in worker_peaks.values())}
+            "workers": workers, "worker_peak_rss_mb": sorted(kib / 1024 for kib in worker_peaks.values()),
+            "worker_cpu_seconds": worker_cpu_seconds}
 
 
 def _run(files, tokenizer, tokenizer_path, settings, text_field, doc_separator, deduplicator, stream,
@@ -336,14 +338,16 @@ def _run(files, tokenizer, tokenizer_path, settings, text_field, doc_separator, 
     records = {name: array("q") for name in ("chars", "bytes", "token_start", "token_count", "file", "offset",
                                              "length")}
     worker_peaks: dict[int, int] = {}
+    worker_cpu: dict[int, float] = {}           # CPU seconds each process had used at its last batch
     dtype = np.dtype(settings["dtype"])
     eot = np.array([eot_token_id], dtype=dtype) if eot_token_id is not None else np.zeros(0, dtype=dtype)
     num_perm, bands = _NUM_PERM, settings["bands"]
 
     def consume(result: tuple, locations: list) -> None:
         (flags, chars, num_bytes, token_counts, keys, signatures, table_keys, tokens, summary, pid,
-         peak_kib) = result
+         peak_kib, cpu_seconds) = result
         worker_peaks[pid] = max(worker_peaks.get(pid, 0), peak_kib)
+        worker_cpu[pid] = max(worker_cpu.get(pid, 0.0), cpu_seconds)
         _merge_cleaning(cleaning, json.loads(summary))
         flags = np.frombuffer(flags, dtype=np.uint8)
         chars = np.frombuffer(chars, dtype=np.int64)
@@ -385,7 +389,7 @@ def _run(files, tokenizer, tokenizer_path, settings, text_field, doc_separator, 
         processor = _BatchProcessor(tokenizer, settings)
         for blob, lengths, locations in batches:
             consume(processor(blob, lengths), locations)
-        return cleaning, records, worker_peaks
+        return cleaning, records, worker_peaks, 0.0
 
     context = _pool_context()
     with context.Pool(workers, initializer=_worker_init, initargs=(tokenizer_path, json.dumps(settings))) as pool:
@@ -398,7 +402,7 @@ def _run(files, tokenizer, tokenizer_path, settings, text_field, doc_separator, 
         while in_flight:
             pending, where = in_flight.popleft()
             consume(pending.get(), where)
-    return cleaning, records, worker_peaks
+    return cleaning, records, worker_peaks, sum(worker_cpu.values())
 
 
 def _split_and_finish(out_dir, files, tokenizer, text_field, records, stream, manifest, val_fraction,
