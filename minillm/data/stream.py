@@ -52,7 +52,7 @@ import numpy as np
 
 from minillm.data.clean import CleaningReport, clean_document
 from minillm.data.dataset import _SHARD_NAME, DATASET_FORMAT, DATASET_VERSION, META_FILE, cut_document, split_target
-from minillm.data.dedup import DedupReport, StreamingDeduplicator, content_key
+from minillm.data.dedup import StreamingDeduplicator, content_key
 from minillm.data.documents import expand_inputs, iter_documents, read_document_at
 from minillm.data.minhash import MinHasher, band_keys
 from minillm.data.shards import SHARD_HEADER_BYTES, ShardWriter, read_shard_header, token_dtype
@@ -468,4 +468,4 @@ def _split_and_finish(out_dir, files, tokenizer, text_field, records, stream, ma
     }
 
 
-__all__ = ["prepare_corpus", "default_workers", "DedupReport"]
+__all__ = ["prepare_corpus", "default_workers"]
