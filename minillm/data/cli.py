@@ -1,6 +1,11 @@
 """``minillm prepare``: corpus -> cleaned, de-duplicated documents -> token shards + meta.json.
 
-    minillm prepare --output DIR --tokenizer tok.json [--input PATH] [--val_fraction 0.1] [--no-dedup]
+    minillm prepare --output DIR --tokenizer tok.json [--input PATH_OR_GLOB ...] [--text_field text]
+                    [--workers N] [--val_fraction 0.1] [--no-dedup]
+
+The corpus is streamed (``minillm.data.stream``): documents are read one at a time, cleaned,
+fingerprinted and tokenized by ``--workers`` processes, de-duplicated as they arrive, and written
+to shards as they come; memory does not grow with the corpus.
 
 ``register(subparsers)`` adds the command to the main ``minillm`` parser (the options, their
 defaults and checks come from :class:`PrepareConfig`; see :mod:`minillm.commandline` for the
@@ -16,10 +21,10 @@ from typing import ClassVar
 from minillm import commandline
 from minillm.commandline import unescape
 from minillm.config import Config, Section, option
-from minillm.data.clean import DEFAULT_MIN_CHARS, clean_documents
-from minillm.data.dataset import DEFAULT_SHARD_TOKENS, prepare_dataset
-from minillm.data.dedup import deduplicate
-from minillm.data.documents import default_corpus_path, read_corpus
+from minillm.data.clean import DEFAULT_MIN_CHARS
+from minillm.data.dataset import DEFAULT_SHARD_TOKENS
+from minillm.data.documents import default_corpus_path
+from minillm.data.stream import default_workers, prepare_corpus
 from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT as EOT_TOKEN
 
@@ -29,8 +34,11 @@ class PrepareSection(Section):
     name: ClassVar[str] = "prepare"
     title: ClassVar[str] = "corpus in, token shards out"
 
-    input: str = option("", "corpus: a UTF-8 text file or a folder of *.txt files; empty = the embedded "
-                        "Shakespeare tragedies")
+    input: list[str] = option([], "corpus: UTF-8 text files, JSON-lines files (*.jsonl, *.ndjson: one object per "
+                              "line), folders (their *.txt and *.jsonl files) or quoted glob patterns ('data/**/*.jsonl'); "
+                              "repeat --input for several; none = the embedded Shakespeare tragedies")
+    text_field: str = option("text", "the field of each JSON-lines object that holds the document's text", text=True)
+    workers: int = option(0, "processes that clean, fingerprint and tokenize; 0 = one per core", minimum=0)
     output: str = option("", "folder for the shards and meta.json", required=True)
     tokenizer: str = option("", "a saved tokenizer JSON file", required=True)
     val_fraction: float = option(0.1, "fraction of the text (its tail) held out for validation", above=0.0, below=1.0)
@@ -74,25 +82,24 @@ def _resolve_eot(tokenizer, name: str) -> int | None:
 def run_prepare(cfg: PrepareConfig, tokenizer=None) -> int:
     """Run the command; ``tokenizer`` (optional) replaces loading ``prepare.tokenizer``."""
     args = cfg.prepare
-    input_path = args.input or default_corpus_path()
+    inputs = list(args.input) or [default_corpus_path()]
     separator = unescape(args.doc_separator) if args.doc_separator is not None else None
+    tokenizer_path = None
     if tokenizer is None:
         tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer_path = args.tokenizer
     eot_token_id = _resolve_eot(tokenizer, args.eot_token)
-    docs = read_corpus(input_path, doc_separator=separator)
-    print(f"read {len(docs):,} document(s) from {input_path}")
-    docs, cleaning = clean_documents(docs, min_chars=args.min_chars)
-    print(cleaning)
-    if not docs:
-        raise ValueError(f"--input {input_path!r}: every document was dropped by cleaning (min_chars="
-                         f"{args.min_chars}); expected documents of at least min_chars characters")
-    if not args.dedup:
-        print("dedup skipped (--no-dedup)")
-    else:
-        docs, dedup = deduplicate(docs, threshold=args.dedup_threshold, seed=args.seed)
-        print(dedup)
-    meta = prepare_dataset(docs, tokenizer, args.output, val_fraction=args.val_fraction,
-                           shard_tokens=args.shard_tokens, eot_token_id=eot_token_id, overwrite=args.overwrite)
+    workers = args.workers or default_workers()
+    result = prepare_corpus(inputs, tokenizer, args.output, tokenizer_path=tokenizer_path, text_field=args.text_field,
+                            doc_separator=separator, val_fraction=args.val_fraction, min_chars=args.min_chars,
+                            dedup=args.dedup, dedup_threshold=args.dedup_threshold, seed=args.seed,
+                            shard_tokens=args.shard_tokens, eot_token_id=eot_token_id, workers=workers,
+                            overwrite=args.overwrite)
+    print(f"read {result['cleaning'].docs_in:,} document(s) from {len(result['files'])} file(s) "
+          f"({result['workers']} worker(s))")
+    print(result["cleaning"])
+    print(result["dedup"] if result["dedup"] is not None else "dedup skipped (--no-dedup)")
+    meta = result["meta"]
     for split, info in meta["splits"].items():
         print(f"{split:>5}: {info['tokens']:>12,} tokens  {info['bytes']:>12,} bytes  "
               f"{info['documents']:>8,} documents  {len(info['shards'])} shard(s)  "

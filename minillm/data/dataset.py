@@ -11,7 +11,11 @@ Directory layout written by ``prepare_dataset``::
 ``tokenizer_type`` and ``tokenizer`` (the tokenizer's ``to_dict()``), ``val_fraction``,
 ``shard_tokens`` and, per split, ``shards`` (file names in order), ``tokens``, ``bytes`` (UTF-8
 bytes of the text that produced them, end-of-text tokens excluded), ``documents`` and
-``eot_tokens``. Bytes make bits per byte computable, a tokenizer-independent loss:
+``eot_tokens``, and ``manifest``: one ``{"name", "tokens", "sha256"}`` entry per shard (the SHA-256
+of the whole shard file, header included, as ``sha256sum`` prints it). ``TokenDataset`` checks
+every shard's token count against the manifest and, unless ``verify_checksums=False``, its
+SHA-256 (about 1 GB/s: a second per gigabyte of shards). Folders written before the manifest
+existed have none and are read as before. Bytes make bits per byte computable, a tokenizer-independent loss:
 ``bpb = (mean nats per token * scored tokens) / (ln 2 * bytes)``.
 
 Train/val split: the validation set is the *tail* of the cleaned text stream, so it is never
@@ -32,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from minillm.data.shards import ConcatenatedTokens, read_shard, read_shard_header, token_dtype, write_shard
+from minillm.data.shards import ConcatenatedTokens, file_sha256, read_shard, read_shard_header, token_dtype, write_shard
 from minillm.fileio import atomic_write_text, refuse_to_overwrite
 
 META_FILE = "meta.json"
@@ -55,25 +59,36 @@ def split_train_val(docs: Sequence[str], val_fraction: float) -> tuple[list[str]
     total = sum(len(doc) for doc in docs)
     if total < 2:
         raise ValueError(f"split_train_val: the corpus has {total} characters; need at least 2 to split")
-    target = min(max(round((1.0 - val_fraction) * total), 1), total - 1)   # characters of train
+    target = split_target(total, val_fraction)
     consumed = 0
     for index, doc in enumerate(docs):
         if consumed + len(doc) <= target:
             consumed += len(doc)
             continue
-        cut = target - consumed                              # 0 <= cut < len(doc)
-        if cut > 0:
-            after = doc.find("\n", cut)
-            before = doc.rfind("\n", 0, cut)
-            if after != -1 and doc[after + 1:].strip():
-                cut = after + 1
-            elif before > 0:
-                cut = before + 1
-        head, tail = doc[:cut], doc[cut:]
+        head, tail = cut_document(doc, target - consumed)
         train = list(docs[:index]) + ([head] if head else [])
         val = [tail] + list(docs[index + 1:])
         return train, val
     raise AssertionError("unreachable: target < total")
+
+
+def split_target(total_chars: int, val_fraction: float) -> int:
+    """Characters of the train split: ``(1 - val_fraction) * total``, rounded, kept in [1, total - 1]."""
+    return min(max(round((1.0 - val_fraction) * total_chars), 1), total_chars - 1)
+
+
+def cut_document(doc: str, cut: int) -> tuple[str, str]:
+    """(head, tail) of the document holding the split point, ``0 <= cut < len(doc)`` characters in:
+    moved to the first line break at or after ``cut`` (when text follows it), else the last one
+    before it; the tail is never empty."""
+    if cut > 0:
+        after = doc.find("\n", cut)
+        before = doc.rfind("\n", 0, cut)
+        if after != -1 and doc[after + 1:].strip():
+            cut = after + 1
+        elif before > 0:
+            cut = before + 1
+    return doc[:cut], doc[cut:]
 
 
 def _check_tokenizer(tokenizer) -> None:
@@ -91,6 +106,7 @@ class _SplitWriter:
         self.pending: list[np.ndarray] = []
         self.pending_tokens = 0
         self.shards: list[str] = []
+        self.manifest: list[dict] = []
         self.tokens = 0
 
     def append(self, ids: np.ndarray) -> None:
@@ -103,8 +119,11 @@ class _SplitWriter:
 
     def _write(self, ids: np.ndarray) -> None:
         name = f"{self.split}_{len(self.shards):06d}.bin"
-        self.tokens += write_shard(os.path.join(self.out_dir, name), ids, self.vocab_size)
+        path = os.path.join(self.out_dir, name)
+        count = write_shard(path, ids, self.vocab_size)
+        self.tokens += count
         self.shards.append(name)
+        self.manifest.append({"name": name, "tokens": count, "sha256": file_sha256(path)})
 
     def close(self) -> None:
         if self.pending_tokens:
@@ -173,7 +192,8 @@ def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
             raise ValueError(f"prepare_dataset: the {split} split produced no tokens")
         meta_splits[split] = {"shards": writer.shards, "tokens": writer.tokens, "bytes": num_bytes,
                               "documents": len(split_docs),
-                              "eot_tokens": max(len(split_docs) - 1, 0) if eot is not None else 0}
+                              "eot_tokens": max(len(split_docs) - 1, 0) if eot is not None else 0,
+                              "manifest": writer.manifest}
 
     meta = {
         "format": DATASET_FORMAT, "version": DATASET_VERSION,
@@ -189,15 +209,28 @@ def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
     return meta
 
 
+def _check_manifest_entry(shard_path: str, num_tokens: int, entry: dict, verify_checksum: bool) -> None:
+    if entry.get("tokens") != num_tokens:
+        raise ValueError(f"TokenDataset: shard {shard_path!r} holds {num_tokens} tokens, the manifest says "
+                         f"{entry.get('tokens')!r}; the shard or meta.json is corrupt")
+    if verify_checksum and "sha256" in entry:
+        actual = file_sha256(shard_path)
+        if actual != entry["sha256"]:
+            raise ValueError(f"TokenDataset: shard {shard_path!r} has SHA-256 {actual}, the manifest says "
+                             f"{entry['sha256']!r}: the file changed or is corrupt; prepare the dataset again")
+
+
 class TokenDataset:
     """Read side of a prepared dataset folder: per-split token sequences backed by memmaps.
 
     ``tokens(split)`` returns the single shard's memmap when the split has one shard, else a
     ``ConcatenatedTokens`` over all of them; both support ``len()`` and contiguous slicing, which
-    is all the batch loaders need. Every shard is checked against meta.json when opened.
+    is all the batch loaders need. Every shard is checked against meta.json when opened: its
+    header, its token count and, where the manifest records one and ``verify_checksums`` is on,
+    its SHA-256.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, verify_checksums: bool = True):
         self.directory = os.fspath(directory)
         meta_path = os.path.join(self.directory, META_FILE)
         if not os.path.isfile(meta_path):
@@ -225,13 +258,20 @@ class TokenDataset:
             info = meta.get("splits", {}).get(split)
             if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
                 raise ValueError(f"TokenDataset: {meta_path!r} lacks a valid entry for split {split!r}")
+            manifest = info.get("manifest")
+            if manifest is not None and (not isinstance(manifest, list) or [
+                    entry.get("name") if isinstance(entry, dict) else None for entry in manifest] != info["shards"]):
+                raise ValueError(f"TokenDataset: {meta_path!r}: the {split!r} manifest does not list the same shards "
+                                 f"as 'shards' ({info['shards'][:4]}...); the file is corrupt")
             parts = []
-            for name in info["shards"]:
+            for index, name in enumerate(info["shards"]):
                 shard_path = os.path.join(self.directory, name)
                 header = read_shard_header(shard_path)
                 if header.vocab_size != self.vocab_size:
                     raise ValueError(f"TokenDataset: shard {shard_path!r} has vocab size {header.vocab_size}, "
                                      f"meta.json says {self.vocab_size}")
+                if manifest is not None:
+                    _check_manifest_entry(shard_path, header.num_tokens, manifest[index], verify_checksums)
                 parts.append(read_shard(shard_path))
             total = sum(part.size for part in parts)
             if total != info.get("tokens"):

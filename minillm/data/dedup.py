@@ -14,6 +14,16 @@ Pipeline (documents are streamed once, in order; document ids are their input po
    the rest; output order is input order.
 
 Deterministic for a given ``seed`` (it seeds the MinHash functions); no all-pairs comparisons.
+
+Streaming (``StreamingDeduplicator``, used by ``minillm prepare``): documents are decided as they
+arrive, never revisited. A document is kept iff its content key is new and it has no near
+duplicate (estimated Jaccard >= threshold among the kept documents that share an LSH band with
+it) among the documents kept *before* it. Memory: a content key per document and a signature per
+kept document, never their text. This equals the clustering above whenever near-duplicate
+relations are cliques (copies of one original, each near every other). It differs on chains:
+with A ~ B and B ~ C but A !~ C, clustering joins all three and keeps A; streaming drops B (a
+copy of A) and keeps C, since C is near no kept document. ``find_duplicates_streaming`` runs it
+in one process over a list.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
-from minillm.data.minhash import LSHIndex, MinHasher
+from minillm.data.minhash import LSHIndex, MinHasher, StreamingLSH, band_keys, optimal_bands
 
 
 class UnionFind:
@@ -82,6 +92,7 @@ class DedupReport:
     bands: int = 0
     rows: int = 0
     seconds: float = 0.0
+    streamed: bool = False          # made by StreamingDeduplicator: seconds are the index's alone
 
     def __str__(self) -> str:
         megabytes_per_second = self.chars_in / 1e6 / self.seconds if self.seconds > 0 else float("inf")
@@ -101,7 +112,11 @@ class DedupReport:
             lines.append(f"  {'MinHash / LSH':<22}num_perm={self.num_perm}, shingles of {self.shingle_size} words, "
                          f"{self.bands} bands x {self.rows} rows (S-curve midpoint ~ "
                          f"{(1 / self.bands) ** (1 / self.rows):.3f})")
-        lines.append(f"  {'time':<22}{self.seconds:>14.2f} s ({megabytes_per_second:.2f} M chars/s)")
+        if self.streamed:
+            lines.append(f"  {'time':<22}{self.seconds:>14.2f} s in the streaming index (MinHash signatures are "
+                         "computed beside cleaning and tokenizing)")
+        else:
+            lines.append(f"  {'time':<22}{self.seconds:>14.2f} s ({megabytes_per_second:.2f} M chars/s)")
         return "\n".join(lines)
 
 
@@ -195,3 +210,94 @@ def deduplicate(docs: Iterable[str], threshold: float = 0.8, num_perm: int = 128
                              seed=seed, bands=bands, rows=rows)
     kept = [doc for doc, keep in zip(docs, result.keep) if keep]
     return kept, result.report
+
+
+class StreamingDeduplicator:
+    """Decides document after document whether it duplicates one kept before (module docstring).
+
+    ``offer(key, chars, signature, keys)`` takes the document's ``content_key``, its length in
+    characters, and its MinHash signature (num_perm,) uint32 with its LSH band keys (bands,)
+    uint64 from ``band_keys`` (both None for a document without words). It returns -1 when the
+    document is kept, else the number (0, 1, ... in keeping order) of the kept document it
+    duplicates. ``report`` counts as ``find_duplicates`` does; ``duplicate_clusters`` counts the
+    kept documents that absorbed at least one duplicate.
+    """
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 5, seed: int = 0,
+                 bands: int | None = None, rows: int | None = None):
+        _validate(threshold, num_perm, shingle_size, seed)
+        if (bands is None) != (rows is None):
+            raise ValueError(f"dedup: give both bands and rows or neither, got bands={bands!r}, rows={rows!r}")
+        if bands is None:
+            bands, rows = optimal_bands(threshold, num_perm)
+        self.num_perm, self.shingle_size, self.seed, self.bands, self.rows = num_perm, shingle_size, seed, bands, rows
+        self.index = StreamingLSH(num_perm, float(threshold), bands, rows)
+        self.report = DedupReport(threshold=float(threshold), num_perm=num_perm, shingle_size=shingle_size,
+                                  bands=bands, rows=rows, streamed=True)
+        self._kept_for_key: dict[bytes, int] = {}   # content key -> the kept document it stands for
+        self._kept_for_row: list[int] = []          # LSH row -> kept document
+        self._absorbing: set[int] = set()           # kept documents with at least one duplicate
+
+    def offer(self, key: bytes, chars: int, signature: np.ndarray | None, keys: np.ndarray | None) -> int:
+        started = time.perf_counter()
+        report = self.report
+        report.docs_in += 1
+        report.chars_in += chars
+        kept = self._kept_for_key.get(key)
+        if kept is not None:
+            report.exact_duplicates += 1
+        elif signature is None:
+            report.docs_without_words += 1
+        else:
+            row = self.index.match(signature, keys)
+            if row >= 0:
+                kept = self._kept_for_row[row]
+                self._kept_for_key[key] = kept
+                report.near_duplicates += 1
+                report.verified_pairs += 1
+        if kept is not None:
+            self._absorbing.add(kept)
+            report.duplicate_clusters = len(self._absorbing)
+            report.candidate_comparisons = self.index.comparisons
+            report.seconds += time.perf_counter() - started
+            return kept
+        number = report.docs_out
+        report.docs_out += 1
+        report.chars_out += chars
+        self._kept_for_key[key] = number
+        if signature is not None:
+            self.index.add(signature, keys)
+            self._kept_for_row.append(number)
+        report.candidate_comparisons = self.index.comparisons
+        report.seconds += time.perf_counter() - started
+        return -1
+
+
+def find_duplicates_streaming(docs: Iterable[str], threshold: float = 0.8, num_perm: int = 128,
+                              shingle_size: int = 5, seed: int = 0, bands: int | None = None,
+                              rows: int | None = None) -> DedupResult:
+    """``StreamingDeduplicator`` over ``docs`` in one process: ``keep[i]``, and ``cluster[i]`` = the
+    input position of the kept document that document i duplicates (i itself when kept)."""
+    if isinstance(docs, str):
+        raise TypeError("find_duplicates_streaming: docs must be an iterable of str documents, got a single str")
+    deduplicator = StreamingDeduplicator(threshold, num_perm, shingle_size, seed, bands, rows)
+    hasher = MinHasher(num_perm=num_perm, shingle_size=shingle_size, seed=seed)
+    kept_positions: list[int] = []
+    cluster: list[int] = []
+    for doc_id, text in enumerate(docs):
+        if not isinstance(text, str):
+            raise TypeError(f"find_duplicates_streaming: document {doc_id} must be str, got {type(text).__name__}")
+        shingles = hasher.shingles(text)
+        signature = keys = None
+        if shingles.size:
+            signature = hasher.signature_from_shingles(shingles)
+            keys = band_keys(signature[None, :], deduplicator.bands, deduplicator.rows)[0]
+        kept = deduplicator.offer(content_key(text), len(text), signature, keys)
+        if kept < 0:
+            kept_positions.append(doc_id)
+            cluster.append(doc_id)
+        else:
+            cluster.append(kept_positions[kept])
+    cluster_array = np.array(cluster, dtype=np.int64)
+    return DedupResult(keep=cluster_array == np.arange(len(cluster)), cluster=cluster_array,
+                       report=deduplicator.report)

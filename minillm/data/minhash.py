@@ -183,6 +183,70 @@ def optimal_bands(threshold: float, num_perm: int, false_positive_weight: float 
     return best
 
 
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64 keys of the LSH bands of (n, num_perm) signatures: band j's ``rows``
+    values combined polynomially in wrapping uint64, then mixed (see :class:`LSHIndex`)."""
+    n = signatures.shape[0]
+    table = signatures[:, :bands * rows].astype(np.uint64).reshape(n, bands, rows)   # (n, b, r)
+    keys = table[:, :, 0].copy()
+    for j in range(1, rows):
+        keys *= _COMBINE
+        keys += table[:, :, j]
+    return _splitmix64_finalise(keys)
+
+
+class StreamingLSH:
+    """LSH buckets that answer as documents arrive: "is this one a near copy of one kept before?"
+
+    ``match(signature, keys)`` gathers the kept rows that share a band key with the document,
+    compares their signatures with its own in insertion order and returns the first row whose
+    estimated Jaccard is ``>= threshold`` (else -1); ``add(signature, keys)`` keeps it. Memory per
+    kept document: its signature (4 * num_perm bytes) plus one dict entry per band (a Python int
+    key and row, ~100 bytes each); no text.
+    """
+
+    def __init__(self, num_perm: int, threshold: float, bands: int, rows: int):
+        self.num_perm, self.threshold, self.bands, self.rows = num_perm, threshold, bands, rows
+        self._signatures = np.zeros((64, num_perm), dtype=np.uint32)
+        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(bands)]
+        self.size = 0
+        self.comparisons = 0
+
+    def match(self, signature: np.ndarray, keys: np.ndarray) -> int:
+        candidates: set[int] = set()
+        for bucket, key in zip(self._buckets, keys.tolist()):
+            rows = bucket.get(key)
+            if rows is None:
+                continue
+            if isinstance(rows, int):
+                candidates.add(rows)
+            else:
+                candidates.update(rows)
+        if not candidates:
+            return -1
+        rows = np.array(sorted(candidates), dtype=np.int64)
+        similarity = (self._signatures[rows] == signature).mean(axis=1)     # (n_candidates,)
+        self.comparisons += len(rows)
+        hits = np.flatnonzero(similarity >= self.threshold)
+        return int(rows[hits[0]]) if hits.size else -1
+
+    def add(self, signature: np.ndarray, keys: np.ndarray) -> int:
+        row = self.size
+        if row == len(self._signatures):     # grow by doubling: amortised O(1) appends
+            self._signatures = np.resize(self._signatures, (2 * row, self.num_perm))
+        self._signatures[row] = signature
+        for bucket, key in zip(self._buckets, keys.tolist()):
+            rows = bucket.get(key)
+            if rows is None:
+                bucket[key] = row
+            elif isinstance(rows, int):
+                bucket[key] = [rows, row]
+            else:
+                rows.append(row)
+        self.size += 1
+        return row
+
+
 class LSHIndex:
     """Band buckets over MinHash signatures, stored compactly for streaming use.
 
@@ -216,12 +280,7 @@ class LSHIndex:
         return self._size
 
     def _band_keys(self, signature: np.ndarray) -> np.ndarray:
-        table = signature[:self.bands * self.rows].astype(np.uint64).reshape(self.bands, self.rows)  # (b, r)
-        keys = table[:, 0].copy()
-        for j in range(1, self.rows):
-            keys *= _COMBINE
-            keys += table[:, j]
-        return _splitmix64_finalise(keys)
+        return band_keys(signature[None, :], self.bands, self.rows)[0]
 
     def add(self, doc_id: int, signature: np.ndarray) -> None:
         """Index one document's signature (num_perm,) under ``doc_id``."""

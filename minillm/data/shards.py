@@ -16,9 +16,16 @@ larger than 2^32 cannot be stored and raises ``ValueError``. ``read_shard`` chec
 the version, the dtype code and that the file size is exactly ``32 + count * item size``, then
 returns ``np.memmap(mode="r")``: the OS pages tokens in on demand, so a shard of any size costs
 no resident memory until it is read.
+
+``ShardWriter`` writes one shard incrementally (tokens appended in pieces, the header filled in
+last) through :func:`minillm.fileio.atomic_open`: until ``close`` the bytes live in a temporary
+``NAME.XXXXXXXX.tmp`` file, so an interrupted writer never leaves a file under the shard's name.
+``file_sha256`` is the checksum a dataset's manifest records for every shard: the SHA-256 of the
+whole file, header included (what ``sha256sum`` prints).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -59,6 +66,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_shard(path: str | os.PathLike, ids, vocab_size: int) -> int:
     """Write token ``ids`` (1-D integers in [0, vocab_size)) as one shard, atomically; return the count."""
     dtype = token_dtype(vocab_size)
+    ids = _check_ids(ids, vocab_size, path)
+    header = _HEADER_STRUCT.pack(SHARD_MAGIC, SHARD_VERSION, dtype.itemsize, 0, ids.size, int(vocab_size))
+    data = np.ascontiguousarray(ids, dtype=dtype)
+    with atomic_open(path, "wb") as handle:
+        handle.write(header)
+        if data.size:
+            handle.write(memoryview(data).cast("B"))
+    return int(ids.size)
+
+
+def _check_ids(ids, vocab_size: int, path) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"write_shard: ids must be 1-D, got shape {ids.shape}")
@@ -69,13 +87,70 @@ def write_shard(path: str | os.PathLike, ids, vocab_size: int) -> int:
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"write_shard: token id {bad} is out of range [0, {vocab_size}) for {os.fspath(path)!r}")
-    header = _HEADER_STRUCT.pack(SHARD_MAGIC, SHARD_VERSION, dtype.itemsize, 0, ids.size, int(vocab_size))
-    data = np.ascontiguousarray(ids, dtype=dtype)
-    with atomic_open(path, "wb") as handle:
-        handle.write(header)
-        if data.size:
-            handle.write(memoryview(data).cast("B"))
-    return int(ids.size)
+    return ids
+
+
+class ShardWriter:
+    """One shard written in pieces: ``append(ids)`` any number of times, then ``close()``.
+
+    The tokens go straight to a temporary file next to ``path`` (memory: one piece at a time);
+    ``close`` writes the header with the final count, fsyncs and renames the file onto ``path``
+    (see :func:`minillm.fileio.atomic_open`), and returns ``(token count, sha256 hex of the file)``.
+    ``abort`` (or an exception inside a ``with`` block) removes the temporary file. The bytes are
+    exactly those ``write_shard`` writes for the concatenated ids.
+    """
+
+    def __init__(self, path: str | os.PathLike, vocab_size: int):
+        self.path = os.fspath(path)
+        self.vocab_size = int(vocab_size)
+        self.dtype = token_dtype(vocab_size)
+        self.count = 0
+        self._context = atomic_open(self.path, "w+b")
+        self._handle = self._context.__enter__()
+        self._handle.write(b"\0" * SHARD_HEADER_BYTES)            # the header is filled in by close()
+
+    def append(self, ids) -> None:
+        ids = _check_ids(ids, self.vocab_size, self.path)
+        if ids.size:
+            self._handle.write(memoryview(np.ascontiguousarray(ids, dtype=self.dtype)).cast("B"))
+            self.count += int(ids.size)
+
+    def close(self) -> tuple[int, str]:
+        handle = self._handle
+        handle.seek(0)
+        handle.write(_HEADER_STRUCT.pack(SHARD_MAGIC, SHARD_VERSION, self.dtype.itemsize, 0, self.count,
+                                         self.vocab_size))
+        handle.flush()
+        handle.seek(0)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 22), b""):   # the page cache serves this re-read
+            digest.update(block)
+        self._context.__exit__(None, None, None)               # fsync + rename onto self.path
+        return self.count, digest.hexdigest()
+
+    def abort(self) -> None:
+        error = RuntimeError("shard writing aborted")
+        try:
+            self._context.__exit__(RuntimeError, error, None)  # removes the temporary file
+        except RuntimeError:
+            pass
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a whole file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(os.fspath(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:
