@@ -16,9 +16,8 @@ import minillm as mm
 from minillm import autograd
 from minillm.autograd import register_grad_ready_hook
 from minillm.data import RandomWindowLoader
-from minillm.distributed import DataParallel, ShardedAdamW, World, launcher_rank_and_size, set_world, split_rows
+from minillm.distributed import DataParallel, ShardedAdamW, launcher_rank_and_size, split_rows
 from minillm.distributed.transport import LocalTransport
-from minillm.distributed.world import refuse_data_parallel
 from minillm.nn import GPT, GPTConfig
 from minillm.optim import AdamW, CosineSchedule, decay_groups
 from minillm.train import LoopSection, Trainer
@@ -89,18 +88,6 @@ def test_without_a_launcher_nothing_imports_mpi4py():
             "print(w.size, w.under_mpi, 'mpi4py' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["1", "False", "False"], done.stderr
-
-
-def test_sft_and_dpo_are_refused_on_more_than_one_rank():
-    previous = set_world(World(rank=0, size=2, under_mpi=True))
-    try:
-        with pytest.raises(ValueError, match="sft under mpiexec with 2 ranks"):
-            refuse_data_parallel("sft")
-    finally:
-        set_world(previous)
-    with pytest.raises(ValueError, match="--zero 1: dpo does not support"):
-        refuse_data_parallel("dpo", zero=1)
-    refuse_data_parallel("dpo")                            # one process: fine
 
 
 # -- ZeRO-1 in a world of one -----------------------------------------------------------------
