@@ -85,3 +85,11 @@ def test_dpo_on_two_ranks_gives_the_single_process_curve(files, tmp_path):
     naive = run(stage_args("dpo", files, tmp_path / "naive"), ranks=2, MINILLM_TEST_NAIVE_TOKEN_MEAN=1)
     with pytest.raises(AssertionError, match="step 1"):
         assert_same_curve(naive, expected)
+
+
+def test_a_batch_the_ranks_cannot_share_is_refused_before_any_work(files, tmp_path):
+    out = tmp_path / "odd"
+    done = launch(stage_args("dpo", files, out, "--batch_size", "3"), ranks=2)
+    assert done.returncode == 2, done.stderr
+    assert "loop.batch_size=3 is not divisible by the 2 ranks" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
