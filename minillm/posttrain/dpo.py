@@ -265,7 +265,7 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     """
     check_paths("dpo", cfg)
     stage, optim, loop = cfg.dpo, cfg.optim, cfg.loop
-    world, log = start_ranks("dpo", loop, log)      # data-parallel: rank 0 alone logs and writes
+    world, log = start_ranks("preference pairs", loop, log)      # data-parallel: rank 0 alone logs and writes
     started = time.perf_counter()
     manual_seed(loop.seed)
     source, hub = model_source(stage)

@@ -116,7 +116,7 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
     """
     check_paths("sft", cfg)
     stage, optim, loop = cfg.sft, cfg.optim, cfg.loop
-    world, log = start_ranks("sft", loop, log)      # data-parallel: rank 0 alone logs and writes
+    world, log = start_ranks("conversations", loop, log)      # data-parallel: rank 0 alone logs and writes
     started = time.perf_counter()
     manual_seed(loop.seed)
     source, hub = model_source(stage)

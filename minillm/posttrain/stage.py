@@ -153,15 +153,16 @@ def silent(*args, **kwargs) -> None:
     """The log of ranks other than 0."""
 
 
-def start_ranks(where: str, loop: LoopSection, log):
-    """This process's world, checked and set up before any work: the global batch must split
-    evenly over the ranks; on CUDA each rank's GPU (and NCCL) is chosen before any allocation.
-    Returns ``(world, log)``, the log silenced on ranks other than 0."""
+def start_ranks(rows: str, loop: LoopSection, log):
+    """This process's world, checked and set up before any work: the global batch of ``rows``
+    (what a batch row is: conversations, preference pairs) must split evenly over the ranks; on
+    CUDA each rank's GPU (and NCCL) is chosen before any allocation. Returns ``(world, log)``,
+    the log silenced on ranks other than 0."""
     world = current_world()
     if world.distributed and loop.batch_size % world.size:
         raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this job; "
-                         f"expected a multiple of {world.size} (batch_size is the global batch, each rank takes an "
-                         f"equal share of its rows: {where} pairs or conversations)")
+                         f"expected a multiple of {world.size} (batch_size is the global batch of {rows}, each rank "
+                         "takes an equal share of them)")
     if world.under_mpi and loop.device == "cuda":
         world.transport("cuda")
     return world, (log if world.is_main else silent)
