@@ -1,8 +1,10 @@
 """Data-parallel training over MPI (host arrays) and NCCL (GPUs): see :mod:`.world`,
-:mod:`.transport` and :mod:`.data_parallel`. Importing this package does not import ``mpi4py``;
-only a transport made under an MPI launcher does."""
+:mod:`.transport`, :mod:`.data_parallel` and :mod:`.batch_share` (losses that are means over
+masked tokens). Importing this package does not import ``mpi4py``; only a transport made under an
+MPI launcher does."""
+from minillm.distributed.batch_share import BatchShare, current_batch_share, sharing_batch
 from minillm.distributed.data_parallel import DataParallel, ShardedAdamW, split_rows
 from minillm.distributed.world import World, abort_on_failure, current_world, launcher_rank_and_size, set_world
 
-__all__ = ["DataParallel", "ShardedAdamW", "World", "abort_on_failure", "current_world", "launcher_rank_and_size",
-           "set_world", "split_rows"]
+__all__ = ["BatchShare", "DataParallel", "ShardedAdamW", "World", "abort_on_failure", "current_batch_share",
+           "current_world", "launcher_rank_and_size", "set_world", "sharing_batch", "split_rows"]

@@ -97,19 +97,6 @@ def set_world(world: World | None) -> World | None:
     return previous
 
 
-def refuse_data_parallel(command: str, zero: int = 0) -> None:
-    """``sft`` and ``dpo`` do not run data-parallel yet: their losses are means over the scored
-    (masked) tokens or pairs of a batch, so the mean of the ranks' means is not the mean of the
-    global batch. Refused with a clear error rather than trained subtly wrong."""
-    world = current_world()
-    if world.distributed:
-        raise ValueError(f"minillm {command} under mpiexec with {world.size} ranks: {command} does not run "
-                         "data-parallel yet (its loss is a mean over masked tokens, which needs the global token "
-                         f"count); run it as one process (without mpiexec, or mpiexec -n 1)")
-    if zero:
-        raise ValueError(f"--zero {zero}: {command} does not support ZeRO sharding; expected --zero 0")
-
-
 def abort_on_failure(error: BaseException, command: str, exit_status: int) -> None:
     """Called by the command-line error boundary after it reported ``error``: in a job of more
     than one rank, say which rank failed and abort the whole job with ``exit_status`` (the other

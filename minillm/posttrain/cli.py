@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from minillm import commandline
 from minillm.backend import check_device
-from minillm.distributed.world import refuse_data_parallel
+from minillm.distributed import current_world
 from minillm.posttrain.dpo import run_dpo
 from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import DPOConfig, SFTConfig
@@ -27,15 +27,17 @@ def register(subparsers) -> None:
 
 def run_sft_command(cfg: SFTConfig) -> int:
     check_device(cfg.loop.device)       # now, not after the data is generated and the checkpoint read
-    refuse_data_parallel("sft", cfg.loop.zero)
-    print(report_lines(run_sft(cfg)))
+    summary = run_sft(cfg)
+    if current_world().is_main:         # data-parallel: rank 0 reports
+        print(report_lines(summary))
     return 0
 
 
 def run_dpo_command(cfg: DPOConfig) -> int:
     check_device(cfg.loop.device)
-    refuse_data_parallel("dpo", cfg.loop.zero)
-    print(report_lines(run_dpo(cfg)))
+    summary = run_dpo(cfg)
+    if current_world().is_main:
+        print(report_lines(summary))
     return 0
 
 

@@ -38,6 +38,7 @@ import time
 from minillm import functional as F
 from minillm.autograd import no_grad
 from minillm.backend import get_array_module, item, manual_seed, to_device, to_numpy
+from minillm.distributed import current_batch_share
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
@@ -49,11 +50,14 @@ from minillm.posttrain.stage import (
     DPOConfig,
     build_optimizer,
     check_paths,
+    from_main,
     load_chat_model,
     load_eval_prompts,
     model_source,
     prepare_task_data,
+    rank_summary,
     setup_lora,
+    start_ranks,
     train_stage,
 )
 from minillm.posttrain.tasks import make_preference_pairs
@@ -156,6 +160,13 @@ class DPOObjective:
 
     ``objective(model, batch) -> (loss, metrics)`` with batch a ``dpo_batch`` dict on the device.
     The reference's log-probs are computed under ``no_grad``.
+
+    Data-parallel (``mpiexec -n N minillm dpo``): each rank scores its B/N pairs of the global
+    batch with the policy and with its own reference copy. The DPO term is a mean over pairs and
+    every rank holds as many, so the ranks' average of their means is the global mean as it is;
+    the NLL term is a mean over the chosen replies' tokens, which a rank's pairs hold in any
+    number, so it is scaled by the global count (:mod:`minillm.distributed.batch_share`). The
+    per-pair metrics are means over the rank's pairs, averaged by the Trainer: the global ones.
     """
 
     def __init__(self, reference, beta: float = 0.1, nll_alpha: float = 0.0):
@@ -171,15 +182,20 @@ class DPOObjective:
         return chosen.data, rejected.data
 
     def __call__(self, model, batch: dict):
-        chosen_tokens = item((batch["chosen_y"] != IGNORE_INDEX).sum())
-        if chosen_tokens == 0 or item((batch["rejected_y"] != IGNORE_INDEX).sum()) == 0:
+        # Token counts of the global batch (this rank's own in one process): the NLL term is a
+        # mean over the chosen replies' tokens (see minillm.distributed.batch_share).
+        share = current_batch_share()
+        chosen_tokens, rejected_tokens = share.global_counts(item((batch["chosen_y"] != IGNORE_INDEX).sum()),
+                                                             item((batch["rejected_y"] != IGNORE_INDEX).sum()))
+        if chosen_tokens == 0 or rejected_tokens == 0:
             raise ValueError("DPO batch: a side has no reply token (every target is -100); expected each pair "
                              "to have reply tokens on both sides")
         ref_chosen, ref_rejected = self.reference_logprobs(batch)
         policy_chosen, policy_rejected = pair_logprobs(model, batch)
         loss, stats = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
         dpo_value = loss.item()
-        nll = -F.sum(policy_chosen) * (1.0 / chosen_tokens)                      # mean per chosen token
+        # mean per chosen token; data-parallel, this rank's share N_ranks · S_r / N of it
+        nll = -F.sum(policy_chosen) * (share.size / chosen_tokens)
         if self.nll_alpha:
             loss = loss + nll * self.nll_alpha
         xp = get_array_module(stats["margin"])
@@ -249,18 +265,19 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     """
     check_paths("dpo", cfg)
     stage, optim, loop = cfg.dpo, cfg.optim, cfg.loop
+    world, log = start_ranks("preference pairs", loop, log)      # data-parallel: rank 0 alone logs and writes
     started = time.perf_counter()
     manual_seed(loop.seed)
     source, hub = model_source(stage)
-    prepare_run_folder(loop, log, reads=(source, stage.data, stage.eval_data))   # no silent overwrite
+    from_main(world, lambda: prepare_run_folder(loop, log, reads=(source, stage.data, stage.eval_data)))  # no silent overwrite
     model, tokenizer, template, base_vocab, _ = load_chat_model(source, loop.device, stage.dropout, hub)
     reference = frozen_copy(model)
     log(f"policy and frozen reference: {model.num_parameters():,} parameters each, from {source}")
 
     data_path, eval_data = stage.data, stage.eval_data
     if not data_path:
-        paths = prepare_task_data(loop.out_dir, loop.seed, stage.n_sft, stage.n_dpo, stage.eval_per_task or 1,
-                                  noisy=not stage.clean_data)
+        paths = from_main(world, lambda: prepare_task_data(loop.out_dir, loop.seed, stage.n_sft, stage.n_dpo,
+                                                           stage.eval_per_task or 1, noisy=not stage.clean_data))
         data_path, eval_data = paths["dpo"], eval_data or paths["eval"]
     rendered = render_preference_pairs(template, load_dpo_jsonl(data_path))
     block_size = model.config.block_size
@@ -270,7 +287,7 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
     heldout_pairs = render_preference_pairs(template, make_preference_pairs(stage.eval_pairs, loop.seed, "heldout")) \
         if stage.eval_pairs else []
     reference_logps = all_pair_logprobs(reference, heldout_pairs, block_size, template.end_id, loop.device) \
-        if heldout_pairs else None
+        if heldout_pairs and world.is_main else None             # rank 0 alone evaluates
 
     param_groups, counts = None, parameter_counts(model)
     if stage.lora_rank:
@@ -298,7 +315,8 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
                           tasks={k: v for k, v in tasks.items() if k not in ("replies", "prompts")})
         return result
 
-    before = evaluate(model, full=True) if (heldout_pairs or eval_prompts) and not loop.resume else None
+    before = evaluate(model, full=True) if (heldout_pairs or eval_prompts) and not loop.resume and world.is_main \
+        else None
     if before is not None:
         log("before DPO: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if isinstance(v, float)))
     # tokens per micro-batch (both sides of each pair; the reference's forward pass not counted)
@@ -309,6 +327,8 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
                           log, stop_at)
     if outcome.paused is not None:
         return outcome.paused
+    if not world.is_main:
+        return rank_summary("dpo", world, outcome.trainer)
     trainer, records, train_seconds, model_path = outcome.trainer, outcome.records, outcome.train_seconds, \
         outcome.model_path
     after = evaluate(model, full=True) if (heldout_pairs or eval_prompts) else None

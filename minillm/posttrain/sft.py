@@ -28,8 +28,10 @@ import json
 import os
 import time
 
+from minillm import functional as F
 from minillm.autograd import no_grad
 from minillm.backend import item, manual_seed, to_device
+from minillm.distributed import current_batch_share
 from minillm.fileio import atomic_write_text
 from minillm.posttrain.batches import IGNORE_INDEX, SFTBatchSampler, sft_batch
 from minillm.posttrain.datasets import load_sft_jsonl, render_sft_examples
@@ -40,11 +42,14 @@ from minillm.posttrain.stage import (
     SFTConfig,
     build_optimizer,
     check_paths,
+    from_main,
     load_chat_model,
     load_eval_prompts,
     model_source,
     prepare_task_data,
+    rank_summary,
     setup_lora,
+    start_ranks,
     train_stage,
 )
 from minillm.posttrain.tasks import DEFAULT_NOISE
@@ -62,14 +67,24 @@ def sft_loss(model, batch):
     N = the number of supervised tokens in the batch (not B·T: padding and prompt tokens neither
     count nor dilute the mean). A batch without any supervised target raises ValueError (its mean
     would be 0/0). Returns ``(loss, {"supervised_tokens": N})``.
+
+    Data-parallel (a :class:`~minillm.distributed.BatchShare` of N_ranks > 1 installed by the
+    Trainer): this rank's rows give ``N_ranks · S_r / N``, S_r the sum of their tokens' losses and
+    N the global batch's supervised tokens (all-reduced), so the ranks' average is the mean above
+    over the global batch (see :mod:`minillm.distributed.batch_share`); ``supervised_tokens`` is N.
     """
     x, y = batch
-    count = item((y != IGNORE_INDEX).sum())
+    share = current_batch_share()
+    (count,) = share.global_counts(item((y != IGNORE_INDEX).sum()))
     if count == 0:
         raise ValueError(f"sft_loss: every target of this batch of shape {tuple(y.shape)} is {IGNORE_INDEX} "
                          "(no assistant token to learn), so the mean loss would be 0/0 = NaN; check the loss "
                          "masks of the data, or use a larger block_size")
-    _, loss = model(x, y)
+    if share.size == 1:
+        _, loss = model(x, y)
+    else:                # a sum over this rank's tokens (it may hold none), scaled to its share of the mean
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum") * (share.size / count)
     return loss, {"supervised_tokens": float(count)}
 
 
@@ -101,18 +116,19 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
     """
     check_paths("sft", cfg)
     stage, optim, loop = cfg.sft, cfg.optim, cfg.loop
+    world, log = start_ranks("conversations", loop, log)      # data-parallel: rank 0 alone logs and writes
     started = time.perf_counter()
     manual_seed(loop.seed)
     source, hub = model_source(stage)
-    prepare_run_folder(loop, log, reads=(source, stage.data, stage.eval_data))   # no silent overwrite
+    from_main(world, lambda: prepare_run_folder(loop, log, reads=(source, stage.data, stage.eval_data)))  # no silent overwrite
     model, tokenizer, template, base_vocab, _ = load_chat_model(source, loop.device, stage.dropout, hub)
     log(f"model: {model.num_parameters():,} parameters; vocabulary {base_vocab} -> {tokenizer.vocab_size} "
         f"(chat markers {sorted(template.marker_ids)}; model rows {model.config.vocab_size})")
 
     data_path, eval_data = stage.data, stage.eval_data
     if not data_path:
-        paths = prepare_task_data(loop.out_dir, loop.seed, stage.n_sft, stage.n_dpo, stage.eval_per_task or 1,
-                                  noisy=not stage.clean_data)
+        paths = from_main(world, lambda: prepare_task_data(loop.out_dir, loop.seed, stage.n_sft, stage.n_dpo,
+                                                           stage.eval_per_task or 1, noisy=not stage.clean_data))
         data_path, eval_data = paths["sft"], eval_data or paths["eval"]
         log(f"data: generated task files in {os.path.dirname(data_path)} "
             f"({'clean' if stage.clean_data else 'noisy: ' + str(dict(DEFAULT_NOISE))})")
@@ -146,8 +162,8 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
                           tasks={k: v for k, v in tasks.items() if k not in ("replies", "prompts")})
         return result
 
-    before = evaluate_tasks(model, template, eval_prompts, stage.max_new_tokens) if eval_prompts and not loop.resume \
-        else None
+    before = evaluate_tasks(model, template, eval_prompts, stage.max_new_tokens) \
+        if eval_prompts and not loop.resume and world.is_main else None
     if before is not None:
         log(f"before SFT: exact match {before['overall']:.3f}, end-marker rate {before['end_rate']:.3f}")
     mean_length = sum(len(ids) - 1 for ids, _ in rendered) / len(rendered)
@@ -156,6 +172,8 @@ def run_sft(cfg: SFTConfig, log=print, stop_at: int | None = None) -> dict:
                           log, stop_at)
     if outcome.paused is not None:
         return outcome.paused
+    if not world.is_main:
+        return rank_summary("sft", world, outcome.trainer)
     trainer, records, train_seconds, model_path = outcome.trainer, outcome.records, outcome.train_seconds, \
         outcome.model_path
     after = evaluate_tasks(model, template, eval_prompts, stage.max_new_tokens) if eval_prompts else None

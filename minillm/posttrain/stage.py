@@ -8,6 +8,13 @@ A post-training command's config has three sections (see :mod:`minillm.config`):
     [loop]           the Trainer's loop (the same section as pretraining's)
 
 with the stage's own defaults (``SFTConfig.defaults``, ``DPOConfig.defaults``).
+
+Under ``mpiexec -n N`` (:mod:`minillm.distributed`) every rank runs the whole stage: it reads the
+checkpoint and the data, draws the same batches and trains on its 1/N of each batch's rows
+through the Trainer (``--zero 1`` included). Rank 0 alone prepares the run folder, generates the
+task files (the others wait for it: :func:`from_main`), logs, evaluates and writes files
+(adapters, ``model.safetensors``, ``summary.json``); the other ranks return a short summary
+after training (:func:`rank_summary`).
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm.config import Config, Section, option
-from minillm.distributed.world import refuse_data_parallel
+from minillm.distributed import current_world
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.nn.vocab import resize_token_embeddings
@@ -140,6 +147,42 @@ def check_paths(where: str, cfg) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# data parallelism: who does what
+# ------------------------------------------------------------------------------------------------
+def silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def start_ranks(rows: str, loop: LoopSection, log):
+    """This process's world, checked and set up before any work: the global batch of ``rows``
+    (what a batch row is: conversations, preference pairs) must split evenly over the ranks; on
+    CUDA each rank's GPU (and NCCL) is chosen before any allocation. Returns ``(world, log)``,
+    the log silenced on ranks other than 0."""
+    world = current_world()
+    if world.distributed and loop.batch_size % world.size:
+        raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this job; "
+                         f"expected a multiple of {world.size} (batch_size is the global batch of {rows}, each rank "
+                         "takes an equal share of them)")
+    if world.under_mpi and loop.device == "cuda":
+        world.transport("cuda")
+    return world, (log if world.is_main else silent)
+
+
+def from_main(world, make):
+    """``make()`` run by rank 0 alone, its (JSON) result handed to every rank, which wait for it
+    (in one process: ``make()``)."""
+    value = make() if world.is_main else None
+    if world.distributed:
+        value = world.control().broadcast_json(value, root=0)
+    return value
+
+
+def rank_summary(stage: str, world, trainer) -> dict:
+    """What a rank other than 0 returns: rank 0 evaluates and writes the summary."""
+    return {"stage": stage, "steps": trainer.step, "rank": world.rank, "world_size": world.size}
+
+
+# ------------------------------------------------------------------------------------------------
 # set-up
 # ------------------------------------------------------------------------------------------------
 def load_chat_model(checkpoint: str, device: str = "cpu", dropout: float | None = 0.0, hub: bool = False):
@@ -251,10 +294,11 @@ class StageOutcome:
 def train_stage(stage: str, cfg, model, optimizer, schedule, compute_loss, sampler, evaluate, tokens_per_batch: int,
                 tokenizer, base_vocab: int, counts: dict, log, stop_at: int | None) -> StageOutcome:
     """The part SFT and DPO share: run the shared Trainer (resuming when asked), then save the
-    final model (LoRA adapters saved separately and merged first) as ``out_dir/model.safetensors``."""
+    final model (LoRA adapters saved separately and merged first) as ``out_dir/model.safetensors``.
+    Data-parallel, every rank trains and rank 0 alone writes (the others' outcome has no
+    ``model_path``)."""
     loop = cfg.loop
     extra = {"stage": stage, "base_vocab_size": base_vocab, "lora": counts if cfg.stage.lora_rank else None}
-    refuse_data_parallel(stage, getattr(loop, "zero", 0))
     trainer = Trainer(model, optimizer, schedule, loop, compute_loss, sampler, evaluate=evaluate,
                       grad_clip=cfg.optim.grad_clip, tokens_per_batch=tokens_per_batch,
                       checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra})
@@ -267,6 +311,8 @@ def train_stage(stage: str, cfg, model, optimizer, schedule, compute_loss, sampl
     if trainer.step < loop.max_steps:
         paused = {"stage": stage, "paused_at": trainer.step, "checkpoint": trainer.checkpoint_path("last")}
         return StageOutcome(trainer, records, train_seconds, paused=paused)
+    if not trainer.world.is_main:
+        return StageOutcome(trainer, records, train_seconds)
     if cfg.stage.lora_rank:
         save_lora(os.path.join(loop.out_dir, "adapters.safetensors"), model, base_vocab_size=base_vocab)
         merge_lora(model)

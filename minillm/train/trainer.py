@@ -52,7 +52,10 @@ Data parallelism (``mpiexec -n N minillm train ...``, :mod:`minillm.distributed`
 launcher every rank runs this same loop on the same global batches (same seed, same batch order)
 and takes its 1/N of each batch's rows; a :class:`~minillm.distributed.DataParallel` averages the
 gradients (bucketed non-blocking all-reduce started from gradient-ready hooks) before clipping and
-the step, and the logged loss is the mean over the ranks. ``loop.zero`` 1 shards AdamW's moments
+the step, and the logged loss is the mean over the ranks. A loss that is a mean over masked tokens
+(SFT, DPO's NLL term) reads the job's :class:`~minillm.distributed.BatchShare`, installed while
+``compute_loss`` runs, to scale its rank's part by the global token count (see
+:mod:`minillm.distributed.batch_share`), so that mean over the ranks is the global batch's. ``loop.zero`` 1 shards AdamW's moments
 across the ranks (:class:`~minillm.distributed.ShardedAdamW`). Rank 0 alone logs, evaluates (the
 result is broadcast, so every rank takes the same decisions) and writes checkpoints; saving is
 called on every rank (gathering sharded optimizer state is a collective). Ranks other than 0
@@ -93,7 +96,7 @@ from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_array_module, get_rng_state, item, set_rng_state, to_device, to_numpy
-from minillm.distributed import DataParallel, ShardedAdamW, World, current_world, split_rows
+from minillm.distributed import BatchShare, DataParallel, ShardedAdamW, World, current_world, sharing_batch, split_rows
 from minillm.errors import TrainingDiverged
 from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 from minillm.health import HealthObserver, is_health_step
@@ -258,6 +261,10 @@ class Trainer:
         self.nonfinite_val_loss: float | None = None     # a NaN/Inf validation loss at the current weights
         self.world = current_world() if data_parallel else World()
         self.parallel = self._data_parallel()
+        # What a loss that is a mean over masked tokens reads to stay the global batch's mean
+        # (minillm.distributed.batch_share); None: a world of one.
+        self.batch_share = BatchShare(self.world.size, self.parallel.transport) \
+            if self.parallel is not None and self.world.distributed else None
         self.reference_weight_norm, _ = self.weight_norm()
         writes = loop.out_dir and self.world.is_main
         self.metrics = MetricsLog(os.path.join(loop.out_dir, "metrics.jsonl") if writes else None)
@@ -414,7 +421,7 @@ class Trainer:
                 parallel.collect(micro_batch == loop.grad_accum_steps - 1)
             batch = self._to_device(batch)
             watch = health.watch() if health is not None and micro_batch == 0 else contextlib.nullcontext()
-            with autocast(loop.precision), watch:
+            with autocast(loop.precision), watch, sharing_batch(self.batch_share):
                 loss, metrics = self.compute_loss(self.model, batch)
             self._backward(loss)
             total_loss += loss.item() / loop.grad_accum_steps

@@ -3,7 +3,9 @@ from the environment (the library itself has none):
 
 - ``MINILLM_TEST_FAIL_RANK=r``: that rank raises a RuntimeError in its second training step;
 - ``MINILLM_TEST_STOP_AT=k``: training pauses after step k (``Trainer.fit(stop_at=k)``), saving
-  ``last`` there, as an interrupted run would.
+  ``last`` there, as an interrupted run would;
+- ``MINILLM_TEST_NAIVE_TOKEN_MEAN=1``: a token-mean loss takes its own rows' mean on every rank
+  (the global token count replaced by N times this rank's), the mistake the global count avoids.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import sys
 
 from minillm.cli import main
-from minillm.distributed import current_world
+from minillm.distributed import BatchShare, current_world
 from minillm.train import trainer as trainer_module
 
 
@@ -30,6 +32,8 @@ def plant() -> None:
     if stop_at is not None:
         original_fit = trainer_module.Trainer.fit
         trainer_module.Trainer.fit = lambda self, stop_at_=None: original_fit(self, int(stop_at))
+    if os.environ.get("MINILLM_TEST_NAIVE_TOKEN_MEAN"):
+        BatchShare.global_counts = lambda self, *counts: tuple(int(c) * self.size for c in counts)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Data parallelism in one process: the gradient-ready hooks, row splitting, world detection,
-and ZeRO-1's sharded AdamW against AdamW (a world of one: LocalTransport). The multi-rank runs
-are in test_mpi.py."""
+ZeRO-1's sharded AdamW against AdamW (a world of one: LocalTransport), and token-mean losses
+(SFT, DPO) split over two simulated ranks. The multi-rank runs are in test_mpi.py and
+test_mpi_posttrain.py."""
 from __future__ import annotations
 
 import gc
@@ -16,11 +17,21 @@ import minillm as mm
 from minillm import autograd
 from minillm.autograd import register_grad_ready_hook
 from minillm.data import RandomWindowLoader
-from minillm.distributed import DataParallel, ShardedAdamW, World, launcher_rank_and_size, set_world, split_rows
+from minillm.distributed import (
+    BatchShare,
+    DataParallel,
+    ShardedAdamW,
+    current_batch_share,
+    launcher_rank_and_size,
+    sharing_batch,
+    split_rows,
+)
 from minillm.distributed.transport import LocalTransport
-from minillm.distributed.world import refuse_data_parallel
 from minillm.nn import GPT, GPTConfig
 from minillm.optim import AdamW, CosineSchedule, decay_groups
+from minillm.posttrain.batches import IGNORE_INDEX
+from minillm.posttrain.dpo import DPOObjective, frozen_copy
+from minillm.posttrain.sft import sft_loss
 from minillm.train import LoopSection, Trainer
 from minillm.train.pretrain import language_model_loss
 
@@ -89,18 +100,6 @@ def test_without_a_launcher_nothing_imports_mpi4py():
             "print(w.size, w.under_mpi, 'mpi4py' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["1", "False", "False"], done.stderr
-
-
-def test_sft_and_dpo_are_refused_on_more_than_one_rank():
-    previous = set_world(World(rank=0, size=2, under_mpi=True))
-    try:
-        with pytest.raises(ValueError, match="sft under mpiexec with 2 ranks"):
-            refuse_data_parallel("sft")
-    finally:
-        set_world(previous)
-    with pytest.raises(ValueError, match="--zero 1: dpo does not support"):
-        refuse_data_parallel("dpo", zero=1)
-    refuse_data_parallel("dpo")                            # one process: fine
 
 
 # -- ZeRO-1 in a world of one -----------------------------------------------------------------
@@ -172,3 +171,80 @@ def test_each_rank_has_its_own_repeatable_generator():
     assert rank_rng_state(7, 1) == rank_rng_state(7, 1)
     assert rank_rng_state(7, 1) != rank_rng_state(7, 2) != rank_rng_state(8, 2)
     assert rank_rng_state(7, 1, step=3) != rank_rng_state(7, 1)
+
+
+# -- token-mean losses over two simulated ranks -------------------------------------------------
+class OtherRankCounts:
+    """The host all-reduce of a world of two whose other rank's counts are known in advance."""
+
+    def __init__(self, other):
+        self.other = np.array(other, dtype=np.float64)
+
+    def allreduce_host(self, values, op="sum"):
+        assert op == "sum"
+        return np.asarray(values, dtype=np.float64) + self.other
+
+
+def masked_targets(rng, replies, width=12, vocab=50):
+    """(rows, width) targets, row i supervising its last ``replies[i]`` positions (-100 elsewhere)."""
+    y = rng.integers(0, vocab, size=(len(replies), width))
+    for row, count in enumerate(replies):
+        y[row, :width - count] = IGNORE_INDEX
+    return y
+
+
+def loss_and_gradients(model, loss_fn, batch, share=None):
+    model.zero_grad()
+    with sharing_batch(share):
+        loss, metrics = loss_fn(model, batch)
+    loss.backward()
+    return loss.item(), metrics, {name: p.grad.copy() for name, p in model.named_parameters()}
+
+
+def check_two_ranks_average_to_the_batch(model, loss_fn, batch, counts_of):
+    """Rank r's loss on its half with the other half's counts all-reduced in: the two ranks'
+    average loss and gradient are the whole batch's; each half's plain mean averages to another."""
+    whole_loss, whole_metrics, whole_grads = loss_and_gradients(model, loss_fn, batch)
+    halves = [split_rows(batch, rank, 2) for rank in (0, 1)]
+    ranks = [loss_and_gradients(model, loss_fn, half, BatchShare(2, OtherRankCounts(counts_of(other))))
+             for half, other in zip(halves, reversed(halves))]
+    assert (ranks[0][0] + ranks[1][0]) / 2 == pytest.approx(whole_loss, rel=1e-6)
+    for key, value in whole_metrics.items():
+        assert (ranks[0][1][key] + ranks[1][1][key]) / 2 == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    for name, grad in whole_grads.items():
+        np.testing.assert_allclose((ranks[0][2][name] + ranks[1][2][name]) / 2, grad, rtol=1e-4, atol=1e-7,
+                                   err_msg=name)
+    naive = [loss_and_gradients(model, loss_fn, half)[0] for half in halves]     # each half's own mean
+    assert abs((naive[0] + naive[1]) / 2 - whole_loss) > 1e-3 * abs(whole_loss)
+
+
+def test_sft_loss_split_over_two_ranks_averages_to_the_whole_batch():
+    rng = np.random.default_rng(0)
+    model = tiny_model()
+    x = rng.integers(0, 50, size=(4, 12))
+    y = masked_targets(rng, [1, 2, 9, 12])          # the halves hold 3 and 21 supervised tokens
+    check_two_ranks_average_to_the_batch(model, sft_loss, (x, y),
+                                         lambda half: [int((half[1] != IGNORE_INDEX).sum())])
+
+
+def test_dpo_objective_split_over_two_ranks_averages_to_the_whole_batch():
+    rng = np.random.default_rng(1)
+    model = tiny_model()
+    reference = frozen_copy(model)
+    for p in model.parameters():                     # move the policy off the reference: margins != 0
+        p.data += 0.05 * rng.standard_normal(p.data.shape).astype(p.data.dtype)
+    batch = {"chosen_x": rng.integers(0, 50, size=(4, 12)), "chosen_y": masked_targets(rng, [1, 2, 10, 12]),
+             "rejected_x": rng.integers(0, 50, size=(4, 12)), "rejected_y": masked_targets(rng, [6, 3, 2, 5])}
+    check_two_ranks_average_to_the_batch(model, DPOObjective(reference, beta=0.5, nll_alpha=1.0), batch,
+                                         lambda half: [int((half[side] != IGNORE_INDEX).sum())
+                                                       for side in ("chosen_y", "rejected_y")])
+
+
+def test_the_batch_share_is_a_world_of_one_outside_the_trainer():
+    assert current_batch_share().size == 1 and current_batch_share().global_counts(3, 4) == (3, 4)
+    share = BatchShare(2, OtherRankCounts([5]))
+    with sharing_batch(share):
+        assert current_batch_share() is share and share.global_counts(2) == (7,)
+    assert current_batch_share().size == 1
+    with pytest.raises(ValueError, match="size=2 needs a transport"):
+        BatchShare(2)
