@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 # (rank variable, size variable) pairs that MPI launchers set, first match wins.
 LAUNCHER_VARIABLES = (
@@ -79,6 +80,7 @@ class World:
 
 
 _world: World | None = None
+ABORT_GRACE_S = 0.5      # seconds between naming the failed rank and aborting the job
 
 
 def current_world() -> World:
@@ -108,4 +110,7 @@ def abort_on_failure(error: BaseException, command: str, exit_status: int) -> No
         return
     print(f"minillm {command}: rank {world.rank} of {world.size} failed ({type(error).__name__}: {error}); "
           f"aborting all ranks (MPI_Abort, exit status {exit_status or 1})", file=sys.stderr, flush=True)
+    # MPI_Abort tears the launcher's output forwarding down at once: the line above, already in the
+    # pipe, was lost about one time in ten (seen under mpich's hydra). A moment lets it through.
+    time.sleep(ABORT_GRACE_S)
     world.control().abort(exit_status or 1)
