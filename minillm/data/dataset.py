@@ -195,14 +195,22 @@ def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
                               "eot_tokens": max(len(split_docs) - 1, 0) if eot is not None else 0,
                               "manifest": writer.manifest}
 
+    return write_dataset_meta(out_dir, tokenizer, tokenizer_config, vocab_size, dtype, eot_token_id, val_fraction,
+                              shard_tokens, meta_splits)
+
+
+def write_dataset_meta(out_dir: str, tokenizer, tokenizer_config, vocab_size: int, dtype, eot_token_id,
+                       val_fraction: float, shard_tokens: int, splits: dict) -> dict:
+    """Write ``meta.json`` last (its presence marks a complete dataset) and remove shard files of
+    an earlier prepare that this one did not write; returns the metadata."""
     meta = {
         "format": DATASET_FORMAT, "version": DATASET_VERSION,
         "vocab_size": int(vocab_size), "dtype": dtype.name, "eot_token_id": eot_token_id,
         "tokenizer_type": type(tokenizer).__name__, "tokenizer": tokenizer_config,
-        "val_fraction": float(val_fraction), "shard_tokens": shard_tokens, "splits": meta_splits,
+        "val_fraction": float(val_fraction), "shard_tokens": shard_tokens, "splits": splits,
     }
     atomic_write_text(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=2) + "\n")
-    written = {name for split in meta_splits.values() for name in split["shards"]}
+    written = {name for split in splits.values() for name in split["shards"]}
     for name in os.listdir(out_dir):
         if _SHARD_NAME.match(name) and name not in written:
             os.remove(os.path.join(out_dir, name))

@@ -51,12 +51,12 @@ from dataclasses import fields
 import numpy as np
 
 from minillm.data.clean import CleaningReport, clean_document
-from minillm.data.dataset import _SHARD_NAME, DATASET_FORMAT, DATASET_VERSION, META_FILE, cut_document, split_target
+from minillm.data.dataset import _SHARD_NAME, META_FILE, cut_document, split_target, write_dataset_meta
 from minillm.data.dedup import StreamingDeduplicator, content_key
 from minillm.data.documents import expand_inputs, iter_documents, read_document_at
 from minillm.data.minhash import MinHasher, band_keys
 from minillm.data.shards import SHARD_HEADER_BYTES, ShardWriter, read_shard_header, token_dtype
-from minillm.fileio import atomic_write_text, refuse_to_overwrite, remove_stale_temp_files
+from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 
 BATCH_BYTES = 1 << 20       # text per batch sent to a worker
 BATCH_DOCS = 2048           # documents per batch at most
@@ -315,17 +315,8 @@ def prepare_corpus(inputs, tokenizer, out_dir: str | os.PathLike, *, tokenizer_p
                          "duplicate; expected documents of at least min_chars characters")
     splits = _split_and_finish(out_dir, files, tokenizer, text_field, records, stream, manifest, val_fraction,
                                shard_tokens, vocab_size, eot_token_id)
-    meta = {
-        "format": DATASET_FORMAT, "version": DATASET_VERSION,
-        "vocab_size": int(vocab_size), "dtype": dtype.name, "eot_token_id": eot_token_id,
-        "tokenizer_type": type(tokenizer).__name__, "tokenizer": tokenizer_config,
-        "val_fraction": float(val_fraction), "shard_tokens": shard_tokens, "splits": splits,
-    }
-    atomic_write_text(os.path.join(out_dir, META_FILE), json.dumps(meta, indent=2) + "\n")
-    written = {name for split in splits.values() for name in split["shards"]}
-    for name in os.listdir(out_dir):
-        if _SHARD_NAME.match(name) and name not in written:
-            os.remove(os.path.join(out_dir, name))
+    meta = write_dataset_meta(out_dir, tokenizer, tokenizer_config, vocab_size, dtype, eot_token_id, val_fraction,
+                              shard_tokens, splits)
     return {"meta": meta, "cleaning": cleaning, "dedup": deduplicator.report if dedup else None, "files": files,
             "workers": workers, "worker_peak_rss_mb": sorted(kib / 1024 for kib in worker_peaks.values()),
             "worker_cpu_seconds": worker_cpu_seconds}
