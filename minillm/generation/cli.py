@@ -22,9 +22,8 @@ from minillm.config import Config, Section, option
 from minillm.generation import IncrementalDetokenizer, split_stop, stream_text
 from minillm.generation.chat import ChatSession, chat_loop
 from minillm.generation.sampling import MIN_TEMPERATURE, temperature_too_small
-from minillm.tokenizer import load_tokenizer
 from minillm.tokenizer.special import END_OF_TEXT
-from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model, model_source
+from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model_for_text, model_source
 
 
 @dataclass
@@ -104,15 +103,7 @@ def register(subparsers) -> None:
 
 def _load(args: GenerationSection):
     source, hub = model_source(args)
-    model, tokenizer, _ = load_model(source, device=args.device, hub=hub)
-    if args.tokenizer:
-        tokenizer = load_tokenizer(args.tokenizer)
-    if tokenizer is None:
-        raise ValueError(f"checkpoint {source!r} holds no tokenizer; pass --tokenizer PATH")
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                         f"vocab_size={model.config.vocab_size}; expected the tokenizer the model was trained with")
-    return model, tokenizer
+    return load_model_for_text(source, device=args.device, hub=hub, tokenizer_path=args.tokenizer)
 
 
 def _sampling(args: GenerationSection) -> dict:

@@ -50,17 +50,9 @@ def register(subparsers) -> None:
 
 def load_served_model(args: ServeSection):
     """(model, tokenizer, model id) through the checkpoint loader ``minillm generate`` uses."""
-    from minillm.tokenizer import load_tokenizer  # noqa: PLC0415
-    from minillm.train.checkpoint import load_model  # noqa: PLC0415
+    from minillm.train.checkpoint import load_model_for_text  # noqa: PLC0415
 
-    model, tokenizer, _ = load_model(args.model, device=args.device, hub=True)
-    if args.tokenizer:
-        tokenizer = load_tokenizer(args.tokenizer)
-    if tokenizer is None:
-        raise ValueError(f"serve.model={args.model!r} holds no tokenizer; pass --tokenizer PATH")
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                         f"vocab_size={model.config.vocab_size}; expected the tokenizer the model was trained with")
+    model, tokenizer = load_model_for_text(args.model, device=args.device, hub=True, tokenizer_path=args.tokenizer)
     name = args.served_name or os.path.basename(os.path.normpath(args.model))
     for suffix in (".safetensors",):
         if name.endswith(suffix) and len(name) > len(suffix):

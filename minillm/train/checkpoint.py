@@ -315,6 +315,24 @@ def model_source(section) -> tuple[str, bool]:
     return (section.model, True) if section.model else (section.checkpoint, False)
 
 
+def load_model_for_text(source: str, device: str = "cpu", hub: bool = False, tokenizer_path: str = ""):
+    """(model, tokenizer) for a command that reads and writes text (generate, chat, serve): the
+    model through :func:`load_model`; the tokenizer from ``tokenizer_path`` when given, else the
+    one stored with the model. Refuses a model without one, and a tokenizer with more ids than the
+    model's vocabulary."""
+    from minillm.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    model, tokenizer, _ = load_model(source, device=device, hub=hub)
+    if tokenizer_path:
+        tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer is None:
+        raise ValueError(f"checkpoint {source!r} holds no tokenizer; pass --tokenizer PATH")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                         f"vocab_size={model.config.vocab_size}; expected the tokenizer the model was trained with")
+    return model, tokenizer
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu", dropout: float | None = None, hub: bool = False):
     """(model, tokenizer or None, checkpoint) from a minillm checkpoint file or a Hugging Face model
     directory, the model in eval mode: the one loader of every command that takes a model.
