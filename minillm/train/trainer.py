@@ -104,7 +104,7 @@ from minillm.optim import clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
 from minillm.train.config import LoopSection
-from minillm.train.metrics import MetricsLog, plot_loss_curve
+from minillm.train.metrics import MetricsLog, measure_matmul_peak, plot_loss_curve
 
 # A run's outputs in out_dir: any of these means the folder holds a run (prepare_run_folder).
 RUN_FILES = ("last.safetensors", "best.safetensors", "model.safetensors", "adapters.safetensors", "metrics.jsonl",
@@ -603,6 +603,11 @@ class Trainer:
                     if self.flops_per_token and self.peak_flops:
                         # tokens/s is the job's (the global batch); the peak is one rank's
                         record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world.size)
+                        if record["mfu"] > 1.0:
+                            # The peak was measured while other work held the cores (a few matmuls at
+                            # start-up): the model cannot beat the machine, so measure it again now.
+                            self.peak_flops = max(self.peak_flops, measure_matmul_peak(self.device))
+                            record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world.size)
                     self.metrics.write(**record)
                     window_start, window_tokens = time.perf_counter(), 0
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.1e}",
