@@ -67,6 +67,9 @@ def language_model_loss(model, batch):
     return loss, {}
 
 
+SAMPLE_PROMPTS = ("", "ROMEO:\n", "To be, or not")     # the end-of-run samples (seed + their index)
+
+
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: str, seed: int,
                 temperature: float = 0.8, top_k: int | None = 40) -> str:
     """Continue ``prompt`` with the model (seeded, so the sample is reproducible)."""
@@ -173,6 +176,15 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
                                        num_bytes=dataset.num_bytes("val"), device=loop.device,
                                        max_batches=loop.eval_batches)
 
+    sample_prompts = []
+    if loop.sample_tokens > 0:      # checked before training, so a run never fails at its very end
+        for prompt in SAMPLE_PROMPTS:
+            try:
+                if prompt:
+                    tokenizer.encode(prompt, allowed_special="all")
+                sample_prompts.append(prompt)
+            except ValueError as error:
+                log(f"samples: the prompt {prompt!r} is skipped: {error}")
     trainer = Trainer(model, optimizer, schedule, loop, language_model_loss, loader, evaluate=evaluate,
                       grad_clip=optim.grad_clip, tokens_per_batch=loop.batch_size * block_size,
                       flops_per_token=model.flops_per_token(), peak_flops=measure_matmul_peak(loop.device),
@@ -187,8 +199,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     evaluations = [r for r in records if r.get("kind") == "eval"]
     final = evaluations[-1] if evaluations else evaluate(model)
     samples = []
-    if loop.sample_tokens > 0:
-        for index, prompt in enumerate(["", "ROMEO:\n", "To be, or not"]):
+    for index, prompt in enumerate(SAMPLE_PROMPTS):
+        if prompt in sample_prompts:
             samples.append(sample_text(model, tokenizer, prompt, loop.sample_tokens, loop.device, seed=loop.seed + index))
     summary = {
         "tokenizer": data.tokenizer, "vocab_size": tokenizer.vocab_size, "parameters": model.num_parameters(),

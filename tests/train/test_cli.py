@@ -66,3 +66,21 @@ def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_sample_prompt_the_char_tokenizer_cannot_encode_is_skipped_up_front(tmp_path, capsys):
+    """The end-of-run samples start from fixed prompts; a character vocabulary without their letters
+    skips those prompts (said before training) instead of failing after the whole run."""
+    from minillm.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be that is the question\n" * 300, encoding="utf-8")
+    status = main(["train", "--corpus", str(corpus), "--tokenizer", "char", "--n_layer", "1", "--n_embd", "16",
+                   "--n_head", "2", "--n_kv_head", "2", "--block_size", "16", "--batch_size", "4", "--max_steps",
+                   "2", "--eval_interval", "2", "--sample_tokens", "5", "--progress", "false",
+                   "--out_dir", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "the prompt 'ROMEO:\\n' is skipped" in captured.out + captured.err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["samples"]) == 1                  # only the empty prompt's
