@@ -48,6 +48,7 @@ per bucket.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import numpy as np
@@ -66,6 +67,10 @@ _CHAR_WEIGHTS = np.random.Generator(np.random.PCG64(0x5EED)).integers(  # host: 
 # checks every code point), so code points are clipped to U+3001 before the table lookup.
 _SPACE_LIMIT = 0x3001
 _IS_SPACE = np.array([chr(c).isspace() for c in range(_SPACE_LIMIT + 1)], dtype=bool)  # host: a lookup table
+# Long documents are hashed in blocks of about this many characters, cut at whitespace (``\\s`` in
+# a str pattern is str.isspace), so the temporary arrays (~40 bytes per character) stay bounded.
+_BLOCK_CHARS = 1 << 20
+_SPACE_RE = re.compile(r"\s")
 
 
 def _splitmix64_finalise(h: np.ndarray) -> np.ndarray:
@@ -107,6 +112,22 @@ def word_hashes(text: str) -> np.ndarray:
     return _splitmix64_finalise(sums)
 
 
+def _word_hashes_in_blocks(text: str) -> np.ndarray:
+    """``word_hashes(text)``, computed over blocks of about ``_BLOCK_CHARS`` characters that end
+    just before a whitespace character, so that no word is cut."""
+    if len(text) <= _BLOCK_CHARS:
+        return word_hashes(text)
+    parts, start = [], 0
+    while start < len(text):
+        end = start + _BLOCK_CHARS
+        if end < len(text):
+            space = _SPACE_RE.search(text, end)
+            end = space.start() if space else len(text)
+        parts.append(word_hashes(text[start:end]))
+        start = end
+    return np.concatenate(parts)
+
+
 class MinHasher:
     """Computes shingle hash sets and MinHash signatures (see the module docstring for the math).
 
@@ -133,13 +154,14 @@ class MinHasher:
                                    dtype=np.uint64)                                     # (num_perm,)
         # Densification: for each bin, a random order of all bins; an empty bin copies the entry of
         # the first non-empty bin in its order.
-        self.orders = np.stack([rng.permutation(num_perm) for _ in range(num_perm)])    # (num_perm, num_perm)
+        self.orders = np.stack([rng.permutation(num_perm).astype(np.int32)
+                                for _ in range(num_perm)])                              # (num_perm, num_perm)
 
     def shingles(self, text: str) -> np.ndarray:
         """Sorted unique shingle hashes of ``text`` as uint64; empty if it has no words."""
         if not isinstance(text, str):
             raise TypeError(f"MinHasher.shingles: text must be str, got {type(text).__name__}")
-        w = word_hashes(text.casefold())                  # (n_words,)
+        w = _word_hashes_in_blocks(text.casefold())       # (n_words,)
         if not w.size:
             return w
         k = min(self.shingle_size, len(w))

@@ -197,6 +197,17 @@ def test_word_hashes_split_words_as_str_split_does():
     assert word_hashes("shingle é")[0] == word_hashes("shingle")[0]
 
 
+def test_long_documents_are_hashed_in_blocks_with_the_same_result(monkeypatch):
+    from minillm.data import minhash
+
+    rng = np.random.default_rng(2)
+    text = "".join(rng.choice(list("ab  \n\u3000é"), 5000).tolist()) + "x" * 300   # ends in a long word
+    whole = MinHasher(seed=4).shingles(text)
+    monkeypatch.setattr(minhash, "_BLOCK_CHARS", 64)
+    np.testing.assert_array_equal(MinHasher(seed=4).shingles(text), whole)
+    assert minhash._word_hashes_in_blocks(text).size == len(text.split())
+
+
 def test_whitespace_table_covers_every_code_point_str_split_splits_on():
     assert not any(chr(c).isspace() for c in range(0x3001, 0x110000))
 
