@@ -7,12 +7,13 @@ shingle of all its words).
 
 Shingle hashing, vectorised over the whole document (no Python loop over words). The casefolded
 text becomes an array of code points (one byte each when it is ASCII, else UTF-32); whitespace is
-looked up in a table of the code points ``str.isspace`` accepts. A word ``c_0 .. c_{L-1}`` hashes
-to ``splitmix64(sum_t (c_t + 1) * T[t mod 1024] + L * K)`` in wrapping uint64 arithmetic, with
-``T`` a fixed table of random odd 64-bit values (the same for every seed and machine) and ``K`` an
-odd constant: a sum per word (``np.add.reduceat``), so two different words collide only when a
-random linear combination vanishes modulo 2^64 (about 2^-64 for short words; words longer than
-1,024 characters that differ only by swapping characters 1,024 apart are hashed alike). k
+what ``str.isspace`` accepts (a lookup table). A word ``c_0 .. c_{L-1}`` hashes to
+``splitmix64(sum_t c_t * R^t + L * K)`` in wrapping uint64 arithmetic, with ``R`` and ``K`` fixed
+odd constants (the same for every seed and machine): a polynomial hash, computed for all words at
+once from one prefix sum over the document (``word_hashes``). Words that differ in one character
+never collide (R is odd, so R^t is invertible); other words of one length collide only when the
+polynomial of their character differences vanishes at R modulo 2^64, which strings can be built
+to do (Thue-Morse words of 2,048 characters) and which merges two shingles, nothing else. k
 consecutive word hashes are combined with a polynomial ``h = (...(w0 * M + w1) * M + ...) +
 w_{k-1}``, the seed's 64-bit key is added and splitmix64's finaliser mixes the result, so that
 every output bit depends on every input bit: shingle hashes are uint64 values, and the set of a
@@ -58,11 +59,12 @@ _COMBINE = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit constant (golden ratio):
 _LENGTH = np.uint64(0xC2B2AE3D27D4EB4F)    # odd 64-bit constant: a word's length enters its hash
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_POSITIONS = 1024                          # a word's characters are weighted by T[t mod 1024]
-# T: random odd 64-bit weights, fixed for all seeds so that shingle sets depend on the seed only
-# through its key (a constant seed here, not the user's).
-_CHAR_WEIGHTS = np.random.Generator(np.random.PCG64(0x5EED)).integers(  # host: MinHash runs on the CPU
-    0, 2**63, size=_POSITIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+# A word c_0 .. c_{L-1} hashes through sum_t c_t * R^t mod 2^64 with R a fixed random odd constant
+# (the same for every seed and machine, so shingle sets depend on the seed only through its key).
+_BASE = int(np.random.Generator(np.random.PCG64(0x5EED)).integers(0, 2**63, dtype=np.uint64)) * 2 + 1  # host: a constant
+_BASE_INVERSE = pow(_BASE, -1, 2**64)      # R is odd, so it is invertible modulo 2^64
+_powers = np.ones(1, dtype=np.uint64)      # R^p, p = 0, 1, ... (grown on demand, doubling)
+_inverse_powers = np.ones(1, dtype=np.uint64)   # R^-p
 # str.split() splits on the code points str.isspace accepts; all of them are below U+3001 (a test
 # checks every code point), so code points are clipped to U+3001 before the table lookup.
 _SPACE_LIMIT = 0x3001
@@ -90,25 +92,53 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)     # host: code points of one document
 
 
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(R^p, R^-p) mod 2^64 for p = 0 .. at least n - 1, as uint64 arrays (wrapping products)."""
+    global _powers, _inverse_powers
+    if len(_powers) < n:
+        size = max(n, 2 * len(_powers), 4096)
+        _powers = np.full(size, _BASE, dtype=np.uint64)                 # host: MinHash runs on the CPU
+        _powers[0] = 1
+        np.multiply.accumulate(_powers, out=_powers)
+        _inverse_powers = np.full(size, _BASE_INVERSE, dtype=np.uint64)  # host: as above
+        _inverse_powers[0] = 1
+        np.multiply.accumulate(_inverse_powers, out=_inverse_powers)
+    return _powers, _inverse_powers
+
+
+def _is_space(points: np.ndarray) -> np.ndarray:
+    """(n,) bool: which code points ``str.split()`` splits on. The table is consulted only for the
+    code points that can be whitespace at all (<= 32, or 0x85 .. 0x3000), a few per word."""
+    maybe = points <= 32
+    if points.dtype != np.uint8:
+        maybe |= (points >= 0x85) & (points <= _SPACE_LIMIT)
+    where = np.flatnonzero(maybe)
+    maybe[where[~_IS_SPACE[points[where]]]] = False
+    return maybe
+
+
 def word_hashes(text: str) -> np.ndarray:
-    """(n_words,) uint64 hashes of ``text.split()``'s words, in order (module docstring), vectorised."""
-    points = code_points(text)                                               # (n_chars,)
-    if points.dtype == np.uint8:
-        space = _IS_SPACE[points]                                            # (n_chars,) bool
-    else:
-        space = _IS_SPACE[np.minimum(points, np.uint32(_SPACE_LIMIT))]
-    where = np.flatnonzero(~space)                                           # (m,) positions of word characters
-    m = where.size
-    if m == 0:
+    """(n_words,) uint64 hashes of ``text.split()``'s words, in order (module docstring), vectorised.
+
+    With prefix sums ``S_p = sum_{q < p} c_q R^q`` the word at [s, e) has
+    ``sum_t c_{s+t} R^t = (S_e - S_s) * R^-s`` (mod 2^64): one multiply and one cumulative sum per
+    character, then a few operations per word.
+    """
+    points = code_points(text)                                               # (n,)
+    n = points.size
+    padded = np.ones(n + 2, dtype=bool)                                      # whitespace before and after
+    padded[1:n + 1] = _is_space(points)
+    edges = np.flatnonzero(padded[1:] != padded[:-1])                        # (2 n_words,) start, end, start, ...
+    if edges.size == 0:
         return np.zeros(0, dtype=np.uint64)
-    starts = np.flatnonzero(np.diff(where, prepend=-2) > 1)                  # (n_words,) a word starts after a gap
-    lengths = np.diff(starts, append=m)                                      # (n_words,)
-    offsets = np.arange(m) - np.repeat(starts, lengths)                      # (m,) position inside the word
-    values = points[where].astype(np.uint64)                                 # (m,)
-    values += np.uint64(1)
-    values *= _CHAR_WEIGHTS[offsets & (_POSITIONS - 1)]
-    sums = np.add.reduceat(values, starts)                                   # (n_words,) wraps by design
-    sums += lengths.astype(np.uint64) * _LENGTH
+    powers, inverse_powers = _power_tables(n)
+    prefix = np.zeros(n + 1, dtype=np.uint64)                                # (n + 1,) S_0 .. S_n, wrapping
+    np.multiply(points, powers[:n], out=prefix[1:])
+    np.cumsum(prefix[1:], out=prefix[1:])
+    starts, ends = edges[0::2], edges[1::2]                                  # (n_words,) each
+    sums = prefix[ends] - prefix[starts]
+    sums *= inverse_powers[starts]
+    sums += (ends - starts).astype(np.uint64) * _LENGTH
     return _splitmix64_finalise(sums)
 
 
