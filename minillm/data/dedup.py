@@ -13,7 +13,8 @@ Pipeline (documents are streamed once, in order; document ids are their input po
    form one cluster). Each cluster keeps its first document (lowest input position) and drops
    the rest; output order is input order.
 
-Deterministic for a given ``seed`` (it seeds the MinHash functions); no all-pairs comparisons.
+Deterministic for a given ``seed`` (it seeds the shingle hash key and the densification orders of
+the MinHash signatures); no all-pairs comparisons.
 
 Streaming (``StreamingDeduplicator``, used by ``minillm prepare``): documents are decided as they
 arrive, never revisited. A document is kept iff its content key is new and it has no near

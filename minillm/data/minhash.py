@@ -2,21 +2,40 @@
 
 Similarity of two documents = Jaccard similarity of their sets of word shingles,
 ``J(A, B) = |A ∩ B| / |A ∪ B|``, where a k-shingle is k consecutive words (the text is casefolded
-and split on whitespace; a document with fewer than k words is one shingle of all its words).
+and split on whitespace exactly as ``str.split()`` does; a document with fewer than k words is one
+shingle of all its words).
 
-Shingle hashing. Every word is hashed once with ``blake2b`` (8 bytes, stable across runs and
-machines, unlike Python's salted ``hash``); k consecutive word hashes are combined with a
-polynomial ``h = (...(w0 * M + w1) * M + ...) + w_{k-1}`` in wrapping uint64 arithmetic,
-vectorised over all positions, then mixed by the splitmix64 finaliser so that every output bit
-depends on every input bit. The result is reduced modulo the prime ``P = 2^32 - 5`` (the largest
-prime below 2^32): shingle hashes ``x`` lie in ``[0, P)``.
+Shingle hashing, vectorised over the whole document (no Python loop over words). The casefolded
+text becomes an array of code points (one byte each when it is ASCII, else UTF-32); whitespace is
+what ``str.isspace`` accepts (a lookup table). A word ``c_0 .. c_{L-1}`` hashes to
+``splitmix64(sum_t c_t * R^t + L * K)`` in wrapping uint64 arithmetic, with ``R`` and ``K`` fixed
+odd constants (the same for every seed and machine): a polynomial hash, computed for all words at
+once from one prefix sum over the document (``word_hashes``). Words that differ in one character
+never collide (R is odd, so R^t is invertible); other words of one length collide only when the
+polynomial of their character differences vanishes at R modulo 2^64, which strings can be built
+to do (Thue-Morse words of 2,048 characters) and which merges two shingles, nothing else. k
+consecutive word hashes are combined with a polynomial ``h = (...(w0 * M + w1) * M + ...) +
+w_{k-1}``, the seed's 64-bit key is added and splitmix64's finaliser mixes the result, so that
+every output bit depends on every input bit: shingle hashes are uint64 values, and the set of a
+document is its sorted unique hashes.
 
-MinHash. ``num_perm`` universal hash functions ``h_i(x) = (a_i * x + b_i) mod P`` with
-``a_i ∈ [1, P)``, ``b_i ∈ [0, P)`` drawn from ``PCG64(seed)``. For distinct ``x`` each ``h_i`` is
-a random injective map, so ``Pr[min h_i(A) = min h_i(B)] = J(A, B)``: the fraction of equal
-signature entries estimates J with standard error ``sqrt(J (1 - J) / num_perm)``.
-Overflow: ``a * x + b <= (P-1)(P-1) + (P-1) = P (P-1) < 2^64``, so the product and sum are
-exact in uint64 and ``% P`` is exact; signature values are ``< P < 2^32`` and stored as uint32.
+Signatures: one permutation hashing with densification (Li, Owen & Zhang 2012; Shrivastava 2017;
+Mai et al. 2020), not ``num_perm`` separate hash functions. The 64-bit hash range is cut into
+``num_perm`` equal bins, bin ``j`` holding the hashes ``h`` with ``floor(h * num_perm / 2^64) = j``;
+signature entry ``j`` is the smallest hash of the document in bin ``j``, stored as the top 32 bits
+of its position inside the bin, ``((h * num_perm) mod 2^64) >> 32`` (the hashes are sorted
+already, so this is one ``searchsorted`` of the bin boundaries: O(num_perm log n) per document,
+where separate hash functions cost O(num_perm * n)). If bin ``j`` of A ∪ B is non-empty, its
+smallest hash belongs to a uniformly random element of A ∪ B (the hash is random), which is in
+both documents with probability J: then both entries agree; otherwise they differ (up to a 2^-32
+chance of equal 32-bit positions). An empty bin ``j`` copies the entry of the first non-empty bin
+in a fixed random order of the bins drawn for ``j`` from ``PCG64(seed)``: the first bin in that
+order that is non-empty for A ∪ B decides, as above, so ``Pr[entry j agrees] = J`` for every
+entry and the fraction of equal entries is an unbiased estimate of J. For documents with many more
+shingles than bins its standard error is about ``sqrt(J (1 - J) / num_perm)``, as for separate
+hash functions (bins sample without replacement); for documents with fewer shingles than bins the
+copied entries repeat information, and the error grows towards that of ``n`` shingles.
+A document without words has the signature ``EMPTY`` in every entry.
 
 LSH banding. The signature is cut into ``b`` bands of ``r`` rows (``b * r <= num_perm``); two
 documents become a candidate pair when all r rows of at least one band agree, which happens
@@ -30,17 +49,30 @@ per bucket.
 """
 from __future__ import annotations
 
-import hashlib
+import re
 from typing import Iterator
 
 import numpy as np
 
-PRIME = 4294967291            # 2^32 - 5
-_PRIME_U64 = np.uint64(PRIME)
+EMPTY = 0xFFFFFFFF                        # every signature entry of a document without words
 _COMBINE = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit constant (golden ratio): polynomial base
+_LENGTH = np.uint64(0xC2B2AE3D27D4EB4F)    # odd 64-bit constant: a word's length enters its hash
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_WORD_CACHE_LIMIT = 1 << 20   # bound the word-hash cache (cleared when full; results unchanged)
+# A word c_0 .. c_{L-1} hashes through sum_t c_t * R^t mod 2^64 with R a fixed random odd constant
+# (the same for every seed and machine, so shingle sets depend on the seed only through its key).
+_BASE = int(np.random.Generator(np.random.PCG64(0x5EED)).integers(0, 2**63, dtype=np.uint64)) * 2 + 1  # host: a constant
+_BASE_INVERSE = pow(_BASE, -1, 2**64)      # R is odd, so it is invertible modulo 2^64
+_powers = np.ones(1, dtype=np.uint64)      # R^p, p = 0, 1, ... (grown on demand, doubling)
+_inverse_powers = np.ones(1, dtype=np.uint64)   # R^-p
+# str.split() splits on the code points str.isspace accepts; all of them are below U+3001 (a test
+# checks every code point), so code points are clipped to U+3001 before the table lookup.
+_SPACE_LIMIT = 0x3001
+_IS_SPACE = np.array([chr(c).isspace() for c in range(_SPACE_LIMIT + 1)], dtype=bool)  # host: a lookup table
+# Long documents are hashed in blocks of about this many characters, cut at whitespace (``\\s`` in
+# a str pattern is str.isspace), so the temporary arrays (~40 bytes per character) stay bounded.
+_BLOCK_CHARS = 1 << 20
+_SPACE_RE = re.compile(r"\s")
 
 
 def _splitmix64_finalise(h: np.ndarray) -> np.ndarray:
@@ -53,73 +85,148 @@ def _splitmix64_finalise(h: np.ndarray) -> np.ndarray:
     return h
 
 
+def code_points(text: str) -> np.ndarray:
+    """The code points of ``text``: (len(text),) uint8 when it is ASCII, else uint32."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)      # host: bytes of one document
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)     # host: code points of one document
+
+
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(R^p, R^-p) mod 2^64 for p = 0 .. at least n - 1, as uint64 arrays (wrapping products)."""
+    global _powers, _inverse_powers
+    if len(_powers) < n:
+        size = max(n, 2 * len(_powers), 4096)
+        _powers = np.full(size, _BASE, dtype=np.uint64)                 # host: MinHash runs on the CPU
+        _powers[0] = 1
+        np.multiply.accumulate(_powers, out=_powers)
+        _inverse_powers = np.full(size, _BASE_INVERSE, dtype=np.uint64)  # host: as above
+        _inverse_powers[0] = 1
+        np.multiply.accumulate(_inverse_powers, out=_inverse_powers)
+    return _powers, _inverse_powers
+
+
+def _is_space(points: np.ndarray) -> np.ndarray:
+    """(n,) bool: which code points ``str.split()`` splits on. The table is consulted only for the
+    code points that can be whitespace at all (<= 32, or 0x85 .. 0x3000), a few per word."""
+    maybe = points <= 32
+    if points.dtype != np.uint8:
+        maybe |= (points >= 0x85) & (points <= _SPACE_LIMIT)
+    where = np.flatnonzero(maybe)
+    maybe[where[~_IS_SPACE[points[where]]]] = False
+    return maybe
+
+
+def word_hashes(text: str) -> np.ndarray:
+    """(n_words,) uint64 hashes of ``text.split()``'s words, in order (module docstring), vectorised.
+
+    With prefix sums ``S_p = sum_{q < p} c_q R^q`` the word at [s, e) has
+    ``sum_t c_{s+t} R^t = (S_e - S_s) * R^-s`` (mod 2^64): one multiply and one cumulative sum per
+    character, then a few operations per word.
+    """
+    points = code_points(text)                                               # (n,)
+    n = points.size
+    padded = np.ones(n + 2, dtype=bool)                                      # whitespace before and after
+    padded[1:n + 1] = _is_space(points)
+    edges = np.flatnonzero(padded[1:] != padded[:-1])                        # (2 n_words,) start, end, start, ...
+    if edges.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    powers, inverse_powers = _power_tables(n)
+    prefix = np.zeros(n + 1, dtype=np.uint64)                                # (n + 1,) S_0 .. S_n, wrapping
+    np.multiply(points, powers[:n], out=prefix[1:])
+    np.cumsum(prefix[1:], out=prefix[1:])
+    starts, ends = edges[0::2], edges[1::2]                                  # (n_words,) each
+    sums = prefix[ends] - prefix[starts]
+    sums *= inverse_powers[starts]
+    sums += (ends - starts).astype(np.uint64) * _LENGTH
+    return _splitmix64_finalise(sums)
+
+
+def _word_hashes_in_blocks(text: str) -> np.ndarray:
+    """``word_hashes(text)``, computed over blocks of about ``_BLOCK_CHARS`` characters that end
+    just before a whitespace character, so that no word is cut."""
+    if len(text) <= _BLOCK_CHARS:
+        return word_hashes(text)
+    parts, start = [], 0
+    while start < len(text):
+        end = start + _BLOCK_CHARS
+        if end < len(text):
+            space = _SPACE_RE.search(text, end)
+            end = space.start() if space else len(text)
+        parts.append(word_hashes(text[start:end]))
+        start = end
+    return np.concatenate(parts)
+
+
 class MinHasher:
     """Computes shingle hash sets and MinHash signatures (see the module docstring for the math).
 
     Args:
-        num_perm: number of hash functions = signature length (more: better estimates, slower).
+        num_perm: signature length = number of bins (more: better estimates; the cost of a
+            signature hardly depends on it). The name is the classical one: with one permutation
+            hashing each entry still behaves as the minimum of its own random permutation.
         shingle_size: k, words per shingle.
-        seed: seeds the hash-function coefficients; equal seeds give equal signatures.
-        chunk_shingles: shingles processed per step, bounding the (chunk, num_perm) work matrix.
+        seed: seeds the shingle hash key and the densification orders; equal seeds give equal
+            signatures.
     """
 
-    def __init__(self, num_perm: int = 128, shingle_size: int = 5, seed: int = 0, chunk_shingles: int = 4096):
-        for arg, value, low in (("num_perm", num_perm, 1), ("shingle_size", shingle_size, 1),
-                                ("chunk_shingles", chunk_shingles, 1), ("seed", seed, 0)):
+    def __init__(self, num_perm: int = 128, shingle_size: int = 5, seed: int = 0):
+        for arg, value, low in (("num_perm", num_perm, 1), ("shingle_size", shingle_size, 1), ("seed", seed, 0)):
             if type(value) is not int or value < low:
                 raise ValueError(f"MinHasher: {arg} must be an int >= {low}, got {value!r}")
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.seed = seed
-        self.chunk_shingles = chunk_shingles
         rng = np.random.Generator(np.random.PCG64(seed))
-        self.a = rng.integers(1, PRIME, size=num_perm, dtype=np.uint64)   # (num_perm,)
-        self.b = rng.integers(0, PRIME, size=num_perm, dtype=np.uint64)   # (num_perm,)
-        self._word_cache: dict[str, int] = {}
-
-    def _word_hashes(self, words: list[str]) -> np.ndarray:
-        cache = self._word_cache
-        if len(cache) > _WORD_CACHE_LIMIT:
-            cache.clear()
-        values = []
-        for word in words:
-            value = cache.get(word)
-            if value is None:
-                digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
-                value = cache[word] = int.from_bytes(digest, "little")
-            values.append(value)
-        return np.array(values, dtype=np.uint64)
+        self.key = np.uint64(int(rng.integers(0, 2**63, dtype=np.uint64)) * 2 + 1)   # the seed's hash key
+        # Bin j holds the hashes h >= ceil(j * 2^64 / num_perm) (and below the next bin's start).
+        self.bin_starts = np.array([-(-(j << 64) // num_perm) for j in range(num_perm)],
+                                   dtype=np.uint64)                                     # (num_perm,)
+        # Densification: for each bin, a random order of all bins; an empty bin copies the entry of
+        # the first non-empty bin in its order.
+        self.orders = np.stack([rng.permutation(num_perm).astype(np.int32)
+                                for _ in range(num_perm)])                              # (num_perm, num_perm)
 
     def shingles(self, text: str) -> np.ndarray:
-        """Sorted unique shingle hashes of ``text`` as uint64 values in [0, PRIME); empty if no words."""
+        """Sorted unique shingle hashes of ``text`` as uint64; empty if it has no words."""
         if not isinstance(text, str):
             raise TypeError(f"MinHasher.shingles: text must be str, got {type(text).__name__}")
-        words = text.casefold().split()
-        if not words:
-            return np.zeros(0, dtype=np.uint64)
-        w = self._word_hashes(words)                      # (n_words,)
+        w = _word_hashes_in_blocks(text.casefold())       # (n_words,)
+        if not w.size:
+            return w
         k = min(self.shingle_size, len(w))
         n = len(w) - k + 1
         h = w[:n].copy()                                  # (n,) uint64, wraps on overflow by design
         for j in range(1, k):
             h *= _COMBINE
             h += w[j:j + n]
+        h += self.key
         _splitmix64_finalise(h)
-        return np.unique(h % _PRIME_U64)
+        h.sort()
+        distinct = np.empty(n, dtype=bool)
+        distinct[0] = True
+        np.not_equal(h[1:], h[:-1], out=distinct[1:])
+        return h[distinct]
 
     def signature_from_shingles(self, shingles: np.ndarray) -> np.ndarray:
-        """MinHash signature (num_perm,) uint32 of a shingle-hash array; all PRIME if it is empty."""
+        """MinHash signature (num_perm,) uint32 of a shingle-hash array; all ``EMPTY`` if it is empty."""
         if not isinstance(shingles, np.ndarray) or shingles.dtype != np.uint64 or shingles.ndim != 1:
             raise TypeError("MinHasher.signature_from_shingles: shingles must be a 1-D uint64 array "
                             "(from MinHasher.shingles)")
-        signature = np.full(self.num_perm, PRIME, dtype=np.uint64)
-        for start in range(0, len(shingles), self.chunk_shingles):
-            x = shingles[start:start + self.chunk_shingles]
-            values = np.multiply.outer(x, self.a)             # (chunk, num_perm), exact: < 2^64
-            values += self.b
-            values %= _PRIME_U64
-            np.minimum(signature, values.min(axis=0), out=signature)
-        return signature.astype(np.uint32)
+        if shingles.size == 0:
+            return np.full(self.num_perm, EMPTY, dtype=np.uint32)
+        if shingles.size > 1 and not (shingles[1:] >= shingles[:-1]).all():
+            shingles = np.sort(shingles)
+        first = np.searchsorted(shingles, self.bin_starts)                      # (num_perm,) first index per bin
+        filled = np.diff(first, append=shingles.size) > 0                       # (num_perm,) bin not empty
+        smallest = shingles[np.minimum(first, shingles.size - 1)]               # (num_perm,)
+        signature = ((smallest * np.uint64(self.num_perm)) >> np.uint64(32)).astype(np.uint32)
+        empty = np.flatnonzero(~filled)
+        if empty.size:
+            probes = self.orders[empty]                                          # (n_empty, num_perm)
+            source = probes[np.arange(empty.size), np.argmax(filled[probes], axis=1)]
+            signature[empty] = signature[source]
+        return signature
 
     def signature(self, text: str) -> np.ndarray:
         """MinHash signature (num_perm,) uint32 of ``text``."""

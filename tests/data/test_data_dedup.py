@@ -14,7 +14,7 @@ from minillm.data import (
     find_duplicates,
     optimal_bands,
 )
-from minillm.data.minhash import PRIME, exact_jaccard
+from minillm.data.minhash import EMPTY, exact_jaccard, word_hashes
 
 SHINGLE = 5
 
@@ -155,18 +155,89 @@ def test_minhash_is_deterministic_and_seeded():
     assert s0.dtype == np.uint32 and s0.shape == (128,)
     np.testing.assert_array_equal(s0, s0_again)
     assert not np.array_equal(s0, s1)
-    assert (s0 < PRIME).all()
     # Short documents (fewer words than the shingle size) are one shingle; empty ones have none.
     assert MinHasher().shingles("two words").size == 1
     assert MinHasher().shingles("  \n ").size == 0
-    assert (MinHasher(num_perm=8).signature("") == PRIME).all()
+    assert (MinHasher(num_perm=8).signature("") == EMPTY).all()
 
 
-def test_minhash_uint64_arithmetic_does_not_overflow():
-    hasher = MinHasher(num_perm=64, seed=5)
-    x = np.array([0, 1, PRIME - 1, 2 ** 31, 123456789], dtype=np.uint64)
-    expected = [min((int(a) * int(v) + int(b)) % PRIME for v in x.tolist()) for a, b in zip(hasher.a, hasher.b)]
-    assert hasher.signature_from_shingles(x).tolist() == expected
+def _reference_signature(hasher, shingles):
+    """One permutation hashing with densification in Python integers (the module docstring)."""
+    k = hasher.num_perm
+    bins = [[] for _ in range(k)]
+    for h in shingles:
+        bins[h * k >> 64].append(h)
+    entries = [((min(b) * k) % 2**64) >> 32 if b else None for b in bins]
+    return [entries[j] if entries[j] is not None
+            else next(entries[i] for i in hasher.orders[j].tolist() if entries[i] is not None) for j in range(k)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 40, 500])
+def test_signature_matches_a_reference_in_python_integers(size):
+    hasher = MinHasher(num_perm=16, seed=5)
+    shingles = np.random.default_rng(size).integers(0, 2**64, size=size, dtype=np.uint64, endpoint=False)
+    expected = _reference_signature(hasher, [int(h) for h in shingles.tolist()])
+    assert hasher.signature_from_shingles(shingles).tolist() == expected             # unsorted input
+    assert hasher.signature_from_shingles(np.sort(shingles)).tolist() == expected
+    assert hasher.signature_from_shingles(np.r_[shingles, shingles]).tolist() == expected   # repeats
+
+
+def test_word_hashes_split_words_as_str_split_does():
+    spaces = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+    rng = np.random.default_rng(0)
+    letters = list("abcXYZ09éßΣж中😀-'.") + [" ", "\n"] + list(spaces)
+    text = "".join(rng.choice(letters, 3000).tolist())
+    words = text.split()
+    assert len(words) > 100
+    expected = [int(word_hashes(word)[0]) for word in words]      # each word alone (ASCII or UTF-32 path)
+    assert word_hashes(text).tolist() == expected
+    assert len(set(expected)) == len(set(words))                   # distinct words, distinct hashes
+    assert word_hashes(" \t\u3000 ").size == 0
+    # The ASCII (one byte per character) and UTF-32 paths hash a word alike.
+    assert word_hashes("shingle é")[0] == word_hashes("shingle")[0]
+
+
+def test_long_documents_are_hashed_in_blocks_with_the_same_result(monkeypatch):
+    from minillm.data import minhash
+
+    rng = np.random.default_rng(2)
+    text = "".join(rng.choice(list("ab  \n\u3000é"), 5000).tolist()) + "x" * 300   # ends in a long word
+    whole = MinHasher(seed=4).shingles(text)
+    monkeypatch.setattr(minhash, "_BLOCK_CHARS", 64)
+    np.testing.assert_array_equal(MinHasher(seed=4).shingles(text), whole)
+    assert minhash._word_hashes_in_blocks(text).size == len(text.split())
+
+
+def test_whitespace_table_covers_every_code_point_str_split_splits_on():
+    assert not any(chr(c).isspace() for c in range(0x3001, 0x110000))
+
+
+def test_minhash_estimates_match_exact_jaccard_on_random_pairs():
+    """Random pairs over the whole range of J, long documents (many more shingles than bins) and
+    short ones (fewer: densified entries): the estimate is unbiased and its error is the
+    ~sqrt(J (1 - J) / num_perm) of MinHash."""
+    rng = np.random.default_rng(7)
+    vocab = [f"v{i}" for i in range(5000)]
+    hasher = MinHasher(num_perm=128, shingle_size=SHINGLE, seed=11)
+    errors, sigmas, similarities = [], [], []
+    for pair in range(300):
+        n_words = int(rng.choice([30, 80, 400, 1500]))
+        base = rng.choice(vocab, n_words).tolist()
+        other = list(base)
+        cut = int(round(n_words * rng.random() ** 0.3))   # keep a random prefix (J spreads over 0..1) ...
+        other[cut:] = rng.choice(vocab, n_words - cut).tolist()          # ... redraw the rest
+        rate = rng.random() * 0.03                                       # and edit up to 3% of the prefix
+        other[:cut] = [w if rng.random() > rate else "x" + w for w in other[:cut]]
+        sa, sb = hasher.shingles(" ".join(base)), hasher.shingles(" ".join(other))
+        j = exact_jaccard(sa, sb)
+        similarities.append(j)
+        errors.append(estimate_jaccard(hasher.signature_from_shingles(sa), hasher.signature_from_shingles(sb)) - j)
+        sigmas.append(math.sqrt(j * (1 - j) / min(128, len(np.union1d(sa, sb)))))
+    errors, sigmas = np.array(errors), np.array(sigmas)
+    assert np.histogram(similarities, bins=[0, 0.3, 0.7, 0.9, 1.0])[0].min() >= 20    # the range is covered
+    assert abs(errors.mean()) < 3 * errors.std() / math.sqrt(len(errors)) + 1e-3      # no bias
+    assert np.abs(errors).mean() < 1 / math.sqrt(128)                                  # the MinHash band
+    assert (np.abs(errors) <= 4.5 * sigmas + 1e-9).mean() > 0.99
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.9])
