@@ -103,6 +103,16 @@ def run_pretraining(out_dir: str) -> tuple[int, float]:
     return done.returncode, time.perf_counter() - started
 
 
+def report(per_seed: dict, runs: list, load: OtherCpu, results_dir: str | None):
+    """Save the tables so far (``save_results``); returns the Markdown path. The machine line is the
+    other processes' CPU use from the start up to now (``OtherCpu.__exit__`` measures from its start)."""
+    load.__exit__(None, None, None)
+    text = tables(per_seed)
+    text += f"\n\nruns (exit 1 = a claim of align_dpo.py failed): {runs}\nmachine: {load.describe()}"
+    return save_results("posttrain_seeds", {"per_seed": per_seed, "runs": runs, "other_cores": load.other_cores},
+                        text, results_dir)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0 .. SEEDS-1")
@@ -154,11 +164,9 @@ def main(argv=None) -> int:
                     continue
                 with open(summary_path, encoding="utf-8") as handle:
                     per_seed[seed][name] = stage_figures(json.load(handle))
-    text = tables(per_seed)
-    text += f"\n\nruns (exit 1 = a claim of align_dpo.py failed): {runs}\nmachine: {load.describe()}"
-    print(text)
-    path = save_results("posttrain_seeds", {"per_seed": per_seed, "runs": runs, "other_cores": load.other_cores},
-                        text, args.results_dir)
+            report(per_seed, runs, load, args.results_dir)        # after every seed: a cut-short run keeps its tables
+    path = report(per_seed, runs, load, args.results_dir)
+    print(path.read_text(encoding="utf-8"))
     print(f"results: {path}")
     return 0
 
