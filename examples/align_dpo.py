@@ -13,9 +13,12 @@ lowers the chosen answers' likelihood, which at this scale costs greedy accuracy
 
 Printed on held-out data (words and number pairs never seen in training): the preference
 accuracy (implicit reward of the correct answer above the mistake's), the rate of each task's
-mistake, exact match per task and the end-marker rate, before and after DPO; then the three
-checks of the demonstration: preference accuracy >= 80%, the taught mistakes' rate at least
-halved, exact match not lower.
+mistake, exact match per task and the end-marker rate, before and after DPO, on
+``--eval-per-task`` (300) held-out prompts per task and 400 held-out pairs, the headline rates
+with 95% Wilson intervals; then the three claims of the demonstration, each printed [ok] or
+[NO] with its figures (:func:`dpo_checks`): held-out preference accuracy >= 0.80; the taught
+mistakes' rate at least halved with the 95% intervals before and after disjoint; exact match not
+lower. The exit status is 1 when a claim fails, so a regression is visible to a script.
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ import os
 import sys
 
 from minillm.fileio import ExistingOutputError
-from minillm.posttrain.cli import report_lines
+from minillm.posttrain.cli import headline_rates, report_lines
 from minillm.posttrain.dpo import run_dpo
 from minillm.posttrain.stage import DPOConfig
-from minillm.posttrain.tasks import DEFAULT_NOISE
+from minillm.posttrain.tasks import DEFAULT_EVAL_PER_TASK, format_rate, wilson_interval
+
+MIN_PREFERENCE_ACCURACY = 0.80
 
 
 def sft_checkpoint(args) -> str:
@@ -41,14 +46,41 @@ def sft_checkpoint(args) -> str:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import finetune_sft  # noqa: PLC0415  (the sibling example)
 
-    finetune_sft.main(["--out-dir", args.out_dir, "--seed", str(args.seed), "--device", args.device])
+    finetune_sft.main(["--out-dir", args.out_dir, "--seed", str(args.seed), "--device", args.device,
+                       "--eval-per-task", str(args.eval_per_task)])
     return path
 
 
-def taught_mistake_rate(result: dict) -> float:
-    """The mean rate, over the tasks made noisy in the SFT data, of making that task's mistake."""
-    rates = result["tasks"]["mistake_rate"]
-    return sum(rates[name] for name in DEFAULT_NOISE) / len(DEFAULT_NOISE)
+def dpo_checks(summary: dict) -> list[tuple[str, bool]]:
+    """The demonstration's claims about a DPO summary, as ``(claim with its figures, passed)``:
+
+    1. held-out preference accuracy >= ``MIN_PREFERENCE_ACCURACY``;
+    2. the taught-mistake rate (the ``DEFAULT_NOISE`` tasks' mistakes, pooled) at least halved,
+       and its 95% Wilson intervals before and after disjoint (after's upper bound below
+       before's lower bound), so the fall is not sampling noise of the held-out prompts;
+    3. exact match over all held-out prompts not lower after than before.
+
+    Figures are printed as ``rate [95% interval]``.
+    """
+    pairs = summary.get("heldout_pairs")
+    before, after = headline_rates(summary["before"], pairs), headline_rates(summary["after"], pairs)
+    for name in ("exact match", "taught mistake", "preference accuracy"):
+        if name not in after or (name != "preference accuracy" and name not in before):
+            raise ValueError(f"the DPO summary has no {name!r} counts; expected a run with task evaluation "
+                             "(eval_per_task > 0) and held-out pairs (eval_pairs > 0)")
+    accuracy = after["preference accuracy"]
+    mistakes_before, mistakes_after = before["taught mistake"], after["taught mistake"]
+    rate_before, rate_after = (s / n for s, n in (mistakes_before, mistakes_after))
+    disjoint = wilson_interval(*mistakes_after)[1] < wilson_interval(*mistakes_before)[0]
+    exact_before, exact_after = before["exact match"], after["exact match"]
+    return [
+        (f"held-out preference accuracy {format_rate(*accuracy)} >= {MIN_PREFERENCE_ACCURACY:.2f}",
+         accuracy[0] / accuracy[1] >= MIN_PREFERENCE_ACCURACY),
+        (f"taught-mistake rate {format_rate(*mistakes_before)} -> {format_rate(*mistakes_after)}: at most half, "
+         "95% intervals disjoint", rate_after <= rate_before / 2 and disjoint),
+        (f"exact match {format_rate(*exact_before)} -> {format_rate(*exact_after)}: not lower",
+         exact_after[0] / exact_after[1] >= exact_before[0] / exact_before[1]),
+    ]
 
 
 def main(argv=None) -> int:
@@ -62,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-per-task", type=int, default=DEFAULT_EVAL_PER_TASK,
+                        help="held-out prompts per task (each rate is printed with its 95%% interval)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--overwrite", action="store_true", help="replace this example's earlier output")
     args = parser.parse_args(argv)
@@ -72,28 +106,20 @@ def main(argv=None) -> int:
                             "nll_alpha": args.nll_alpha, "max_steps": args.steps, "lr": args.lr,
                             "min_lr": args.lr / 10, "batch_size": args.batch_size, "lora_rank": args.lora_rank,
                             "seed": args.seed, "device": args.device, "eval_interval": max(1, args.steps // 3),
-                            "overwrite": args.overwrite})
+                            "eval_per_task": args.eval_per_task, "overwrite": args.overwrite})
     try:
         summary = run_dpo(cfg)
     except ExistingOutputError as error:       # an earlier run of this example: kept unless --overwrite
         print(f"align_dpo.py: error: {error}", file=sys.stderr)
         return 2
-    before, after = summary["before"], summary["after"]
     print()
     print(report_lines(summary))
-    accuracy = after["heldout_reward_accuracy"]
-    mistakes = taught_mistake_rate(before), taught_mistake_rate(after)
-    exact = before["exact_match"], after["exact_match"]
-    print(f"\nnoisy tasks {sorted(DEFAULT_NOISE)}: taught-mistake rate {mistakes[0]:.3f} -> {mistakes[1]:.3f}")
-    checks = [
-        (f"held-out preference accuracy {accuracy:.3f} >= 0.80", accuracy >= 0.80),
-        (f"taught-mistake rate {mistakes[0]:.3f} -> {mistakes[1]:.3f}, at most half", mistakes[1] <= mistakes[0] / 2),
-        (f"exact match {exact[0]:.3f} -> {exact[1]:.3f}, not lower", exact[1] >= exact[0]),
-    ]
+    checks = dpo_checks(summary)
+    print("\nclaims (rate [95% Wilson interval]):")
     for text, passed in checks:
         print(f"  [{'ok' if passed else 'NO'}] {text}")
     print(f"DPO took {summary['train_seconds']:.0f} s of training ({summary['minutes']:.1f} min with evaluation)")
-    return 0
+    return 0 if all(passed for _, passed in checks) else 1
 
 
 if __name__ == "__main__":

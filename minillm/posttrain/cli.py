@@ -16,6 +16,7 @@ from minillm.distributed import current_world
 from minillm.posttrain.dpo import run_dpo
 from minillm.posttrain.sft import run_sft
 from minillm.posttrain.stage import DPOConfig, SFTConfig
+from minillm.posttrain.tasks import DEFAULT_NOISE, format_rate, pooled_count
 
 
 def register(subparsers) -> None:
@@ -43,7 +44,8 @@ def run_dpo_command(cfg: DPOConfig) -> int:
 
 def report_lines(summary: dict) -> str:
     """The before/after table of an SFT or DPO summary: per-task exact match and mistake rate,
-    overall exact match, end-marker rate (and, for DPO, held-out preference accuracy)."""
+    overall exact match, end-marker rate (and, for DPO, held-out preference accuracy); then the
+    headline rates with their 95% Wilson intervals (:func:`headline_rates`)."""
     before, after = summary.get("before"), summary.get("after")
     counts = summary["parameters"]
     lines = [f"{summary['stage']}: {summary['steps']} steps in {summary['train_seconds']:.0f} s; trained "
@@ -64,8 +66,35 @@ def report_lines(summary: dict) -> str:
                      f"{_fmt((before or {}).get('heldout_reward_accuracy'))} -> {_fmt(after['heldout_reward_accuracy'])}; "
                      f"policy prefers chosen outright: {_fmt((before or {}).get('heldout_prefers_chosen'))} -> "
                      f"{_fmt(after['heldout_prefers_chosen'])}")
+    for label, when in (("before", before), ("after", after)):
+        rates = headline_rates(when, summary.get("heldout_pairs"))
+        if rates:
+            lines.append(f"{label}, rate [95% interval]: " + "; ".join(f"{name} {format_rate(*count)}"
+                                                                          for name, count in rates.items()))
     lines.append(f"model: {summary['model']}" + (f"  adapters: {summary['adapters']}" if summary.get("adapters") else ""))
     return "\n".join(lines)
+
+
+def headline_rates(result: dict | None, heldout_pairs: int | None = None) -> dict:
+    """``{name: (successes, trials)}`` of one evaluation (an SFT summary's ``before``/``after``, or
+    DPO's, whose task scores sit under ``"tasks"``): ``exact match`` over all prompts, ``end
+    marker``, ``taught mistake`` (the mistakes of the ``DEFAULT_NOISE`` tasks, pooled) and, given
+    the number of ``heldout_pairs``, ``preference accuracy``. Empty when there are no counts."""
+    if not result:
+        return {}
+    tasks = result.get("tasks", result)
+    rates = {}
+    counts = tasks.get("counts") if isinstance(tasks, dict) else None
+    if counts:
+        prompts = sum(c["prompts"] for c in counts.values())
+        rates["exact match"] = (sum(c["correct"] for c in counts.values()), prompts)
+        if "ended" in tasks:
+            rates["end marker"] = (tasks["ended"], prompts)
+        if all(name in counts for name in DEFAULT_NOISE):
+            rates["taught mistake"] = pooled_count(tasks, DEFAULT_NOISE, "mistakes")
+    if heldout_pairs and result.get("heldout_reward_accuracy") is not None:
+        rates["preference accuracy"] = (round(result["heldout_reward_accuracy"] * heldout_pairs), heldout_pairs)
+    return rates
 
 
 def _fmt(value) -> str:

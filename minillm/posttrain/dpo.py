@@ -337,7 +337,7 @@ def run_dpo(cfg: DPOConfig, log=print, stop_at: int | None = None) -> dict:
         "stage": "dpo", "steps": trainer.step, "train_seconds": train_seconds,
         "minutes": (time.perf_counter() - started) / 60, "beta": stage.beta, "nll_alpha": stage.nll_alpha,
         "last_logged": {k: v for k, v in train_records[-1].items() if k != "kind"} if train_records else None,
-        "parameters": counts, "data": data_path, "pairs": len(rendered),
+        "parameters": counts, "data": data_path, "pairs": len(rendered), "heldout_pairs": len(heldout_pairs),
         "before": before, "after": after, "model": model_path,
         "adapters": os.path.join(loop.out_dir, "adapters.safetensors") if stage.lora_rank else None,
     }

@@ -64,7 +64,8 @@ def evaluate_tasks(model, template, eval_prompts: list[Task], max_new_tokens: in
     half the model's window), so ``end_rate`` is the share of replies closed by ``<|end|>``
     within 4 tokens of the reference length. Returns ``tasks.score(...)``'s dict (``{task:
     accuracy, "overall": ..., "mistake_rate": {...}}``) plus ``"end_rate"``, ``"prompts"`` (how
-    many) and ``"replies"`` (the reply texts, in prompt order).
+    many), ``"ended"`` (how many replies ended: ``end_rate * prompts``) and ``"replies"`` (the
+    reply texts, in prompt order).
     """
     if not isinstance(eval_prompts, (list, tuple)) or not eval_prompts:
         raise ValueError(f"evaluate_tasks: eval_prompts={eval_prompts!r:.80}; expected a non-empty list of Task")
@@ -74,7 +75,8 @@ def evaluate_tasks(model, template, eval_prompts: list[Task], max_new_tokens: in
     replies = generate_replies(model, template, [task.prompt for task in eval_prompts], max_new_tokens)
     texts = [reply.text for reply in replies]
     result = score(texts, list(eval_prompts))
-    result["end_rate"] = sum(reply.ended for reply in replies) / len(replies)
+    result["ended"] = sum(bool(reply.ended) for reply in replies)
+    result["end_rate"] = result["ended"] / len(replies)
     result["prompts"] = len(replies)
     result["replies"] = texts
     return result

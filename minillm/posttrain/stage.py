@@ -38,7 +38,13 @@ from minillm.posttrain.lora import (
     save_lora,
     train_rows_from,
 )
-from minillm.posttrain.tasks import DEFAULT_NOISE, load_eval_jsonl, make_eval_prompts, write_task_files
+from minillm.posttrain.tasks import (
+    DEFAULT_EVAL_PER_TASK,
+    DEFAULT_NOISE,
+    load_eval_jsonl,
+    make_eval_prompts,
+    write_task_files,
+)
 from minillm.tokenizer.chat import ChatTemplate, ensure_chat_tokens
 from minillm.train.checkpoint import MODEL_HELP, check_model_choice, load_model, model_source, save_checkpoint
 from minillm.train.config import LoopSection, OptimSection
@@ -67,7 +73,8 @@ class PostTrainSection(Section):
     lora_dropout: float = option(0.0, "dropout on the LoRA adapters' input", minimum=0.0, below=1.0)
     lora_targets: str = option("", "comma-separated Linear names to adapt (q_proj,v_proj,...); empty = every Linear "
                                "in the blocks")
-    eval_per_task: int = option(50, "held-out prompts per task for exact match; 0 = no task evaluation", minimum=0)
+    eval_per_task: int = option(DEFAULT_EVAL_PER_TASK, "held-out prompts per task for exact match (each rate is "
+                                "reported with a 95% interval); 0 = no task evaluation", minimum=0)
     max_new_tokens: int = option(0, "greedy decoding limit per reply; 0 = the longest reference reply + 4 tokens",
                                  minimum=0)
     n_sft: int = option(20000, "SFT examples to generate when data is empty", minimum=1)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import random
 import re
@@ -59,6 +60,8 @@ NUMBER_RANGE = 100                 # numbers are 0 .. NUMBER_RANGE - 1
 # Read-only, since it is a default argument: a caller cannot change it for later calls by accident.
 DEFAULT_NOISE = MappingProxyType({"larger": 0.3, "word_count": 0.3, "last_word": 0.3})
 SPLITS = ("train", "heldout")
+DEFAULT_EVAL_PER_TASK = 300        # held-out prompts per task: a rate near 0.5 is then known to about +-0.06
+Z_95 = 1.959963984540054           # the standard normal quantile Phi^-1(0.975) of a two-sided 95% interval
 EVAL_FILE_KEYS = ("prompt", "task", "answer", "mistake")
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -428,7 +431,9 @@ def score(replies: list[str], eval_prompts: list[Task]) -> dict:
     """Exact-match accuracy per task and overall, and how often each task's mistake was made.
 
     Returns ``{task: accuracy, ..., "overall": accuracy over all prompts, "mistake_rate": {task:
-    share of that task's replies equal to its mistake}}`` (replies compared after ``strip()``).
+    share of that task's replies equal to its mistake}, "counts": {task: {"prompts", "correct",
+    "mistakes"}}}`` (replies compared after ``strip()``; the counts give the rates' intervals, see
+    :func:`wilson_interval`).
     """
     if not isinstance(replies, (list, tuple)) or not isinstance(eval_prompts, (list, tuple)):
         raise TypeError(f"replies ({type(replies).__name__}) and eval_prompts ({type(eval_prompts).__name__}) "
@@ -443,7 +448,7 @@ def score(replies: list[str], eval_prompts: list[Task]) -> dict:
             raise TypeError(f"eval_prompts[{index}] has type {type(task).__name__}; expected Task")
         if not isinstance(reply, str):
             raise TypeError(f"replies[{index}]={reply!r:.80} has type {type(reply).__name__}; expected str")
-        if task.name in ("overall", "mistake_rate"):   # these keys of the result are taken
+        if task.name in RESERVED_SCORE_KEYS:           # these keys of the result are taken
             raise ValueError(f"eval_prompts[{index}] has task name {task.name!r}, a reserved key of the score")
         counts = totals.setdefault(task.name, [0, 0, 0])
         counts[0] += 1
@@ -452,7 +457,60 @@ def score(replies: list[str], eval_prompts: list[Task]) -> dict:
     result: dict = {name: correct / count for name, (count, correct, _) in totals.items()}
     result["overall"] = sum(correct for _, correct, _ in totals.values()) / len(eval_prompts)
     result["mistake_rate"] = {name: mistakes / count for name, (count, _, mistakes) in totals.items()}
+    result["counts"] = {name: {"prompts": count, "correct": correct, "mistakes": mistakes}
+                        for name, (count, correct, mistakes) in totals.items()}
     return result
+
+
+RESERVED_SCORE_KEYS = ("overall", "mistake_rate", "counts")
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate: ``(low, high)`` around p = successes / trials.
+
+    With n = ``trials`` and z = ``z`` (1.96 for 95%), the interval is the set of true rates q for
+    which |p - q| <= z * sqrt(q (1 - q) / n), i.e. the roots of a quadratic in q::
+
+        centre     = (p + z^2 / (2 n)) / (1 + z^2 / n)
+        half_width = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+        interval   = [centre - half_width, centre + half_width]
+
+    Unlike the normal ("Wald") interval p +- z sqrt(p (1 - p) / n) it never leaves [0, 1] and does
+    not shrink to a point at p = 0 or 1 (0 of 10 gives [0, 0.278]), which matters for the mistake
+    rates here, often near 0. It always contains p.
+    """
+    for name, value in (("successes", successes), ("trials", trials)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r}; expected an int >= 0")
+    if trials == 0 or successes > trials:
+        raise ValueError(f"successes={successes}, trials={trials}; expected 0 <= successes <= trials and trials >= 1")
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not z > 0:
+        raise ValueError(f"z={z!r}; expected a number > 0")
+    p, n = successes / trials, trials
+    shrink = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / shrink
+    half_width = z / shrink * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # at p = 0 or 1 the bound equals p exactly; clamp float round-off so the interval holds p
+    return max(0.0, min(p, centre - half_width)), min(1.0, max(p, centre + half_width))
+
+
+def pooled_count(result: dict, tasks, kind: str) -> tuple[int, int]:
+    """``(successes, prompts)`` summed over ``tasks`` in a :func:`score` result; ``kind`` is
+    ``"correct"`` or ``"mistakes"``. E.g. the taught-mistake rate of the noisy tasks with its
+    interval: ``wilson_interval(*pooled_count(result, DEFAULT_NOISE, "mistakes"))``."""
+    if kind not in ("correct", "mistakes"):
+        raise ValueError(f"kind={kind!r}; expected 'correct' or 'mistakes'")
+    counts = result["counts"]
+    missing = [name for name in tasks if name not in counts]
+    if missing:
+        raise ValueError(f"tasks {missing} are not in this score (it has {sorted(counts)})")
+    return sum(counts[name][kind] for name in tasks), sum(counts[name]["prompts"] for name in tasks)
+
+
+def format_rate(successes: int, trials: int) -> str:
+    """``"0.450 [0.421, 0.479]"``: the rate and its 95% Wilson interval."""
+    low, high = wilson_interval(successes, trials)
+    return f"{successes / trials:.3f} [{low:.3f}, {high:.3f}]"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -497,7 +555,8 @@ def _parse_eval_record(obj) -> Task:
 
 
 def write_task_files(out_dir: str | os.PathLike, seed: int, n_sft: int, n_dpo: int,
-                     noisy: Mapping[str, float] | None = DEFAULT_NOISE, n_eval_per_task: int = 50,
+                     noisy: Mapping[str, float] | None = DEFAULT_NOISE,
+                     n_eval_per_task: int = DEFAULT_EVAL_PER_TASK,
                      tasks=None, split_seed: int = 0) -> dict[str, str]:
     """Write ``sft_train.jsonl`` (``make_sft_examples`` with ``noisy``), ``dpo_train.jsonl`` and
     ``eval.jsonl`` (held-out) into ``out_dir``; returns ``{"sft": path, "dpo": path, "eval": path}``."""

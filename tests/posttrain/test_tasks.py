@@ -185,7 +185,9 @@ def test_score_by_hand():
                Task("larger", "Which is larger, 1 or 2?", "2", "1"),
                Task("larger", "Which is larger, 5 or 3?", "5", "3")]
     result = score([" 3 ", "5", "2", "7"], prompts)
-    assert result == {"add": 0.5, "larger": 0.5, "overall": 0.5, "mistake_rate": {"add": 0.5, "larger": 0.0}}
+    assert result == {"add": 0.5, "larger": 0.5, "overall": 0.5, "mistake_rate": {"add": 0.5, "larger": 0.0},
+                      "counts": {"add": {"prompts": 2, "correct": 1, "mistakes": 1},
+                                 "larger": {"prompts": 2, "correct": 1, "mistakes": 0}}}
     with pytest.raises(ValueError, match="3 replies for 4 eval prompts"):
         score(["3", "5", "2"], prompts)
     with pytest.raises(TypeError, match=r"replies\[1\]"):
