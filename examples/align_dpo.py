@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 
+from minillm.commandline import int_at_least
 from minillm.fileio import ExistingOutputError
 from minillm.posttrain.cli import headline_rates, report_lines
 from minillm.posttrain.dpo import run_dpo
@@ -89,12 +90,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default="runs/posttrain")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--nll-alpha", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int_at_least(1), default=150)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--lora-rank", type=int_at_least(0), default=0, help="0 = full fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-per-task", type=int, default=DEFAULT_EVAL_PER_TASK,
+    parser.add_argument("--eval-per-task", type=int_at_least(1), default=DEFAULT_EVAL_PER_TASK,
                         help="held-out prompts per task (each rate is printed with its 95%% interval)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--overwrite", action="store_true", help="replace this example's earlier output")

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+from minillm.commandline import int_at_least
 from minillm.fileio import ExistingOutputError
 from minillm.posttrain.cli import report_lines
 from minillm.posttrain.sft import run_sft
@@ -70,14 +71,14 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="", help="a pretrained checkpoint; default: pretrain one first")
     parser.add_argument("--out-dir", default="runs/posttrain")
     parser.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
-    parser.add_argument("--steps", type=int, default=600, help="SFT optimizer steps")
+    parser.add_argument("--steps", type=int_at_least(1), default=600, help="SFT optimizer steps")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to lr / 10)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--lora-rank", type=int_at_least(0), default=0, help="0 = full fine-tuning")
     parser.add_argument("--lora-alpha", type=float, default=16.0)
     parser.add_argument("--clean-data", action="store_true", help="SFT data without the deliberate noise")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task data, initialisation and batch order")
-    parser.add_argument("--eval-per-task", type=int, default=DEFAULT_EVAL_PER_TASK,
+    parser.add_argument("--eval-per-task", type=int_at_least(1), default=DEFAULT_EVAL_PER_TASK,
                         help="held-out prompts per task (each rate is printed with its 95%% interval)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--overwrite", action="store_true", help="replace this example's earlier output")

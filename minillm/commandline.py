@@ -192,3 +192,18 @@ def unescape(text: str) -> str:
     """The escapes ``\\n \\t \\r \\f \\\\`` typed on a command line -> the characters (any other
     backslash is kept as it is)."""
     return re.sub(r"\\([ntrf\\])", lambda match: _ESCAPES[match.group(1)], text)
+
+
+def int_at_least(minimum: int):
+    """An ``argparse`` type for the example scripts: an integer ``>= minimum``; anything else is
+    argparse's usage error (exit status 2, naming the option and the value) before any work."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {minimum}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}; expected an integer >= {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

@@ -50,3 +50,20 @@ def test_post_training_examples_keep_an_earlier_output_unless_told(tmp_path, mon
         assert seen == [False, True]
         err = capsys.readouterr().err
         assert err.count(f"{name}.py: error: out_dir") == 2 and "Traceback" not in err
+
+
+def test_post_training_examples_refuse_bad_numbers_before_any_work(tmp_path, monkeypatch, capsys):
+    """A negative prompt count or zero steps is argparse's usage error (exit 2, naming the option),
+    raised before the example pretrains or fine-tunes anything."""
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("finetune_sft", "align_dpo"):
+        module = load_example(name)
+        for argv, option in ((["--eval-per-task", "-5"], "--eval-per-task"), (["--steps", "0"], "--steps"),
+                             (["--batch-size", "x"], "--batch-size")):
+            with pytest.raises(SystemExit) as stop:
+                module.main(argv)
+            assert stop.value.code == 2
+            assert f"argument {option}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                   # nothing was written
