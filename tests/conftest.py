@@ -13,6 +13,8 @@ path that should run even on the default backend take ``gpu_device``: the real G
 ``device`` or ``gpu_device`` (the GPU check, benchmarks/gpu/check.sh: the others would only run
 on the host again).
 """
+import random
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,14 @@ def gpu_device(request):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(1234))
+
+
+@pytest.fixture(scope="module")
+def word_corpus(tmp_path_factory) -> str:
+    """A small text file of 200 lines of 12 words drawn from 15 (seeded): a corpus for training
+    runs of a few seconds through the command line (char tokenizer)."""
+    words = "to be or not that is the question whether tis nobler in the mind to suffer".split()
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)), encoding="utf-8")
+    return str(path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -27,12 +26,8 @@ RELATIVE = 1e-5                   # float32 reduction order (two half-batches vs
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    words = "to be or not that is the question whether tis nobler in the mind to suffer".split()
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)), encoding="utf-8")
-    return str(path)
+def corpus(word_corpus):
+    return word_corpus
 
 
 def tiny(corpus, out, *extra):

@@ -4,7 +4,6 @@ run, files honour the umask, and no checkpoint holds diverged weights."""
 import json
 import math
 import os
-import random
 import signal
 import stat
 import subprocess
@@ -40,12 +39,8 @@ TOKENS = np.random.default_rng(0).integers(0, 50, size=2000).astype(np.uint16)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    words = "to be or not that is the question whether tis nobler in the mind to suffer".split()
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)), encoding="utf-8")
-    return str(path)
+def corpus(word_corpus):
+    return word_corpus
 
 
 def tiny(corpus, out, *extra):
