@@ -18,6 +18,7 @@ from minillm import commandline
 from minillm.backend import DEVICES
 from minillm.config import Config, Section, option
 from minillm.errors import MinillmError
+from minillm.host import set_blas_threads
 
 
 @dataclass
@@ -58,39 +59,6 @@ def load_served_model(args: ServeSection):
         if name.endswith(suffix) and len(name) > len(suffix):
             name = name[:-len(suffix)]
     return model, tokenizer, name
-
-
-BLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                    "openblas_set_num_threads64_", "openblas_set_num_threads")
-
-
-def set_blas_threads(count: int) -> bool:
-    """Set the thread count of the OpenBLAS that NumPy loaded (found in /proc/self/maps), at run
-    time; False where there is no such library or function (then the environment's setting stays).
-
-    Why: a decode step multiplies (rows, C) by (C, C') matrices: at 16 rows OpenBLAS splits them
-    over its threads, and on a 2-core machine whose other core is busy (the HTTP side of this
-    server, or another process) each product then waits for a descheduled thread: measured on the
-    project's machine, a 16-row step of the main job's model took 276 ms with 2 threads and 8.7 ms
-    with 1."""
-    import ctypes  # noqa: PLC0415
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
-            paths = {line.split()[-1] for line in handle if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return False
-    for path in sorted(paths):
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in BLAS_SET_THREADS:
-            function = getattr(library, name, None)
-            if function is not None:
-                function(int(count))
-                return True
-    return False
 
 
 def bind(host: str, port: int) -> socket.socket:
