@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     if args.child:
         child(args)
         return 0
-    from common import alternate_rounds, format_table, save_results
+    from common import alternate_rounds, child_errors, format_table, save_results
 
     contenders = ["minillm", "hf"]
     runs = alternate_rounds(contenders, args.rounds, lambda c: run_child(c, args))
@@ -182,10 +182,7 @@ def main(argv=None) -> int:
     text = format_table(headers, rows) + (
         f"\n{args.device}, float32 GPT-2 small shape, prompt {args.prompt}, {args.new_tokens} new tokens, greedy, "
         f"KV cache; medians of {args.repeats} calls x {args.rounds} round(s), each contender its own process.")
-    for contender in contenders:
-        for r in runs[contender]:
-            if "error" in r:
-                text += f"\nERROR {contender}: {r['error'][-600:]}"
+    text += child_errors({c: runs[c] for c in contenders})
     print(text)
     label = f"generate_hf_{args.device}_{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"results: {save_results(label, payload, text, args.out)}")

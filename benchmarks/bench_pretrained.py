@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         print(parity())
         return 0
     import numpy as np
-    from common import alternate_rounds, format_table, run_script_child, save_results, spread
+    from common import alternate_rounds, child_errors, format_table, run_script_child, save_results, spread
 
     scratch = tempfile.mkdtemp(prefix="bench_pretrained_")
     if args.model_dir is None:
@@ -283,10 +283,7 @@ def main(argv=None) -> int:
              f"threads; medians over {args.rounds} round(s) x {args.repeats} calls, each contender its own process "
              f"(spread: min-max of the per-round medians); other processes' load during the timed calls: median "
              f"{statistics.median(others) if others else float('nan'):.2f} cores.")
-    for contender in CONTENDERS:
-        for r in runs[contender]:
-            if "error" in r:
-                text += f"\nERROR {contender}: {r['error'][-600:]}"
+    text += child_errors({c: runs[c] for c in CONTENDERS})
     print(text)
     payload = {"args": {k: v for k, v in vars(args).items() if k not in ("child", "logits_out")}, "model": MODEL,
                "weights_mb": weights_mb, "summary": summary,

@@ -177,6 +177,13 @@ def alternate_rounds(contenders: list[str], rounds: int, run: Callable[[str], di
     return runs
 
 
+def child_errors(runs: dict[str, list[dict]]) -> str:
+    """One ``ERROR contender: ...`` line (the last 600 characters of its message) per child run that
+    failed, each after a newline; empty when none did: appended to a report so no failure is silent."""
+    return "".join(f"\nERROR {contender}: {r['error'][-600:]}"
+                   for contender, results in runs.items() for r in results if "error" in r)
+
+
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1,
                sync: Callable[[], None] | None = None) -> dict:
     """``warmup`` untimed calls, then ``repeats`` timed ones (each synchronised with ``sync`` where
