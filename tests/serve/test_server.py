@@ -222,24 +222,21 @@ def test_full_queue_answers_429(live):
     assert all(body["error"]["type"] == "rate_limit_error" and "busy" in body["error"]["message"] for body in refused)
 
 
-def test_a_client_that_disconnects_stops_its_generation(live):
-    request = {"prompt": "a", "max_tokens": 90, "temperature": 1.0, "seed": 3}
-    premise = httpx.post(live.url + "/v1/completions", json=request, timeout=30).json()
-    assert premise["usage"]["completion_tokens"] == 90            # uninterrupted, this request runs 90 tokens
+def tokens_generated_while(live, leave) -> int:
+    """Slow every decode step to ~40 ms (90 tokens would take ~4 s), run ``leave()`` (a client
+    that goes away mid-generation), wait for the running batch to empty: the tokens generated
+    meanwhile."""
     batch = live.state.scheduler.batch
     real_step = batch.step
 
-    def slow_step(tokens):                                       # ~40 ms a step: 90 tokens would take ~4 s
+    def slow_step(tokens):
         time.sleep(0.04)
         return real_step(tokens)
 
     batch.step = slow_step
     try:
         before = health(live)["tokens_generated"]
-        with httpx.stream("POST", live.url + "/v1/completions", timeout=30,
-                          json={**request, "stream": True}) as response:
-            lines = response.iter_lines()
-            assert next(line for line in lines if line.startswith("data: "))
+        leave()
         deadline = time.monotonic() + 10
         while health(live)["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -247,6 +244,21 @@ def test_a_client_that_disconnects_stops_its_generation(live):
     finally:
         batch.step = real_step
     assert health(live)["running"] == 0
+    return generated
+
+
+def test_a_client_that_disconnects_stops_its_generation(live):
+    request = {"prompt": "a", "max_tokens": 90, "temperature": 1.0, "seed": 3}
+    premise = httpx.post(live.url + "/v1/completions", json=request, timeout=30).json()
+    assert premise["usage"]["completion_tokens"] == 90            # uninterrupted, this request runs 90 tokens
+
+    def leave():                                                 # read the first chunk, then close the stream
+        with httpx.stream("POST", live.url + "/v1/completions", timeout=30,
+                          json={**request, "stream": True}) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+
+    generated = tokens_generated_while(live, leave)
     assert generated < 60, f"{generated} tokens generated after the client left"
 
 
@@ -259,24 +271,10 @@ def test_the_page_is_self_contained(live):
 
 
 def test_a_non_streamed_client_that_disconnects_stops_its_generation(live):
-    batch = live.state.scheduler.batch
-    real_step = batch.step
-
-    def slow_step(tokens):
-        time.sleep(0.04)
-        return real_step(tokens)
-
-    batch.step = slow_step
-    try:
-        before = health(live)["tokens_generated"]
+    def leave():
         with pytest.raises(httpx.ReadTimeout):                   # the client gives up and closes the connection
             httpx.post(live.url + "/v1/completions", timeout=0.5,
                        json={"prompt": "a", "max_tokens": 90, "temperature": 1.0, "seed": 3})
-        deadline = time.monotonic() + 10
-        while health(live)["running"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        generated = health(live)["tokens_generated"] - before
-    finally:
-        batch.step = real_step
-    assert health(live)["running"] == 0
+
+    generated = tokens_generated_while(live, leave)
     assert generated < 60, f"{generated} tokens generated after the client left"
