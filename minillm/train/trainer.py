@@ -274,6 +274,14 @@ class Trainer:
             print(note, file=sys.stderr)
 
     # -- data parallelism ---------------------------------------------------------------------------
+    def parallel_summary(self) -> str | None:
+        """One log line saying how the gradients move between ranks (None without data parallelism)."""
+        if self.parallel is None:
+            return None
+        sharding = "; AdamW's moments sharded across the ranks (ZeRO-1)" if self.parallel.shard else ""
+        return (f"data parallel: {self.world.size} rank(s), gradients averaged over "
+                f"{self.parallel.transport.name} in {len(self.parallel.buckets)} bucket(s){sharding}")
+
     def _data_parallel(self) -> DataParallel | None:
         """Under an MPI launcher (or with ``loop.zero``): the gradient averager, the parameters made
         rank 0's, AdamW wrapped for ZeRO-1 and this rank's own dropout generator. None otherwise:

@@ -153,6 +153,10 @@ def test_zero_1_in_one_process_trains_like_the_plain_loop(tmp_path):
     plain = [r["loss"] for r in make_trainer(tmp_path / "plain").fit() if r["kind"] == "train"]
     zero = make_trainer(tmp_path / "zero", zero=1)
     assert isinstance(zero.optimizer, ShardedAdamW)
+    assert make_trainer(tmp_path / "none").parallel_summary() is None     # nothing to say in one process
+    assert zero.parallel_summary() == (f"data parallel: 1 rank(s), gradients averaged over local in "
+                                       f"{len(zero.parallel.buckets)} bucket(s); AdamW's moments sharded "
+                                       "across the ranks (ZeRO-1)")
     losses = [r["loss"] for r in zero.fit() if r["kind"] == "train"]
     np.testing.assert_allclose(losses, plain, rtol=1e-6)
     zero.parallel.close()

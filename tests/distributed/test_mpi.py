@@ -77,6 +77,7 @@ def test_two_ranks_give_the_single_process_curve_and_gradient_accumulation(corpu
     assert done.returncode == 0, done.stderr
     assert_same_curve(train_losses(tmp_path / "two"), one_process)
     assert done.stdout.count("final validation") == 1          # rank 0 alone reports
+    assert done.stdout.count("data parallel: 2 rank(s), gradients averaged over mpi in ") == 1
     accumulated = launch(tiny(corpus, tmp_path / "accum", "--batch_size", "2", "--grad_accum_steps", "2"), ranks=None)
     assert accumulated.returncode == 0, accumulated.stderr
     assert_same_curve(train_losses(tmp_path / "accum"), one_process)
