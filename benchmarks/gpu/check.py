@@ -8,9 +8,11 @@ pytest; nothing is downloaded) and runs these parts, each in a subprocess with i
 in this order (a part that cannot finish inside ``--budget`` seconds is skipped, and says so):
 
   env            GPU, driver, CUDA, CuPy, NumPy, PyTorch versions; whether CuPy takes bfloat16
-  tests          pytest --backend cupy --device-tests-only (every device-parametrised test)
   nccl           nccl_smoke.py: the NCCL transport as rank 0 of 1 (collectives checked) and four
                  training steps over it (plain vs data-parallel vs ZeRO-1: the same losses)
+  nccl_mpiexec   ``mpiexec -n 1 minillm train --device cuda`` (NCCL bootstrapped over real MPI), with
+                 and without --zero 1, 20 steps against the plain run (needs mpiexec on PATH)
+  tests          pytest --backend cupy --device-tests-only (every device-parametrised test)
   train_g_fp32   bench_train_step.py, GPT-2 small (config G), fp32: minillm, minillm-composed, torch
   train_g_fp16   config G in fp16 (loss scaling): minillm, torch
   train_g_bf16   config G in bf16: minillm, torch
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -302,6 +305,49 @@ def part_nccl(check: Check) -> None:
     check.record("nccl", {"status": status, "seconds": seconds, **result}, table)
 
 
+# The GPU machine runs commands as root, which Open MPI's mpiexec refuses unless told (MPICH ignores these).
+ROOT_ALLOWED = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def part_nccl_mpiexec(check: Check) -> None:
+    """The launch users type, ``mpiexec -n 1 minillm train --device cuda``: the NCCL communicator
+    bootstrapped over real MPI, 20 steps of the main job plain, under mpiexec, and under mpiexec
+    with ``--zero 1``, loss by loss. Needs an ``mpiexec`` on PATH (the ``mpich`` wheel has one)."""
+    launcher = os.environ.get("MINILLM_MPIEXEC") or shutil.which("mpiexec")
+    if not launcher:
+        check.record("nccl_mpiexec", {"status": "skipped", "why": "no mpiexec on PATH (pip install mpich, or set "
+                                                                  "MINILLM_MPIEXEC)"})
+        return
+    short = ["--device", "cuda", "--max_steps", "20", "--warmup_steps", "5", "--log_interval", "1",
+             "--eval_interval", "20", "--sample_tokens", "0", "--progress", "false"]
+    runs = {"plain": [], "mpiexec": [launcher, "-n", "1"], "mpiexec_zero1": [launcher, "-n", "1"]}
+    losses, logs, statuses = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, prefix in runs.items():
+            extra = ["--zero", "1"] if name.endswith("zero1") else []
+            folder = os.path.join(tmp, name)
+            status, output, _ = check.run(f"nccl_mpiexec_{name}", [*prefix, PY, "-m", "minillm", "train",
+                                                                   "--out_dir", folder, *short, *extra], 120,
+                                          env=ROOT_ALLOWED)
+            statuses[name] = status
+            logs[name] = [line for line in output.splitlines() if line.startswith("data parallel:")]
+            losses[name] = [r["loss"] for r in _metrics(os.path.join(folder, "metrics.jsonl"))
+                            if r.get("kind") == "train"]
+    if not all(len(v) == 20 for v in losses.values()):
+        check.record("nccl_mpiexec", {"status": f"incomplete: {statuses}", "losses": losses, "logs": logs})
+        return
+    worst = {name: max(abs(a - b) / abs(b) for a, b in zip(losses[name], losses["plain"]))
+             for name in ("mpiexec", "mpiexec_zero1")}
+    over_nccl = all(any("over nccl" in line for line in logs[name]) for name in worst) and not logs["plain"]
+    ok = over_nccl and max(worst.values()) < 1e-5
+    check.record("nccl_mpiexec", {"status": "ok" if ok else "failed", "max_relative_difference": worst,
+                                  "logs": logs, "losses": losses},
+                 f"`{os.path.basename(launcher)} -n 1 minillm train --device cuda` (20 steps of the main job) vs the "
+                 f"plain run: largest relative loss difference {worst['mpiexec']:.2e}, with --zero 1 "
+                 f"{worst['mpiexec_zero1']:.2e}; the run's log: {logs['mpiexec'][:1]} / {logs['mpiexec_zero1'][:1]} "
+                 f"(ok: {ok})")
+
+
 def part_kernels(check: Check) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = check.run("kernels", [PY, os.path.join(BENCH, "gpu", "kernels.py"), "--out", tmp], 150)
@@ -314,8 +360,9 @@ def part_kernels(check: Check) -> None:
 
 PARTS = {
     "env": part_env,
-    "tests": part_tests,
     "nccl": part_nccl,
+    "nccl_mpiexec": part_nccl_mpiexec,
+    "tests": part_tests,
     "train_g_fp32": lambda c: part_train(c, "train_g_fp32", "G", "fp32", "minillm,torch,minillm-composed", 150),
     "train_g_fp16": lambda c: part_train(c, "train_g_fp16", "G", "fp16", "minillm,torch", 100),
     "train_g_bf16": lambda c: part_train(c, "train_g_bf16", "G", "bf16", "minillm,torch", 100),
