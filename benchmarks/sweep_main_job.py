@@ -64,6 +64,13 @@ RECIPES = {
                                                                  eval_interval=150, lr=3e-3, min_lr=3e-5,
                                                                  warmup_steps=30),
     "llama-4x192 vocab 2048 block 256": recipe(vocab_size=2048, block_size=256, batch_size=16),
+    # the same tokens per step as the default, arranged differently or spent on another shape
+    "llama-4x192 vocab 4096 block 256 batch 8": recipe(vocab_size=4096, block_size=256, batch_size=8, max_steps=600,
+                                                       eval_interval=150),
+    "llama-4x192 vocab 4096 batch 16 kv 4": recipe(vocab_size=4096, batch_size=16, max_steps=600, eval_interval=150,
+                                                   n_kv_head=4),
+    "llama-4x192 vocab 4096 batch 16 untied": recipe(vocab_size=4096, batch_size=16, max_steps=600,
+                                                     eval_interval=150, tie_weights="false"),
 }
 FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
                    r"after (\d+) steps")
