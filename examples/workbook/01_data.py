@@ -58,8 +58,8 @@ print("size:", "small" if SMALL else "full")
 # 3. **shards**: the surviving documents are tokenized and written as flat binary arrays of
 #    token ids that the training loop memory-maps.
 #
-# `minillm prepare` runs exactly these steps (`minillm.data`: `clean.py`, `dedup.py` +
-# `minhash.py`, `shards.py` + `dataset.py`). This chapter derives why each step works, rebuilds
+# `minillm prepare` runs these steps, streaming over many input files (`minillm.data`: `clean.py`,
+# `dedup.py` + `minhash.py`, `shards.py` + `dataset.py`, `stream.py`). This chapter derives why each step works, rebuilds
 # it in a few lines, checks the library against the rebuild, and shows the numbers.
 
 # %% [markdown]
@@ -72,7 +72,7 @@ print("size:", "small" if SMALL else "full")
 # | line endings | `\r\n` and a lone `\r` become `\n` | a Windows file must tokenize like a Unix one; the blank-line rule sees one newline kind |
 # | control characters | code points of category Cc (U+0000–U+001F, U+007F–U+009F) are removed, except `\n` and `\t` | NUL bytes, ANSI colour escapes, form feeds are noise the model would learn to emit; done *before* NFC so a removed control between a letter and its combining accent cannot leave a non-NFC pair behind |
 # | NFC | Unicode normalisation form C | "é" can be one code point (U+00E9) or two ("e" + U+0301): different bytes, different tokens, different hashes for the same text. NFC composes them; NFKC would also rewrite "ﬁ" or "²", which is a change of content, so it is not used |
-# | whitespace | trailing spaces/tabs of every line removed; 4+ newlines (3+ blank lines) collapse to 3; leading blank lines and trailing whitespace of the document removed | invisible differences that defeat exact de-duplication and waste tokens; spaces *inside* lines and indentation are kept (they are content in code and verse) |
+# | whitespace | trailing spaces/tabs of every line removed; a run of 4+ newlines (3+ blank lines) becomes 3 newlines (2 blank lines); leading blank lines and trailing whitespace of the document removed | invisible differences that defeat exact de-duplication and waste tokens; spaces *inside* lines and indentation are kept (they are content in code and verse) |
 #
 # Then `clean_documents` drops documents shorter than `min_chars` after cleaning.
 #
