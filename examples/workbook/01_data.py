@@ -58,9 +58,10 @@ print("size:", "small" if SMALL else "full")
 # 3. **shards**: the surviving documents are tokenized and written as flat binary arrays of
 #    token ids that the training loop memory-maps.
 #
-# `minillm prepare` runs these steps, streaming over many input files (`minillm.data`: `clean.py`,
-# `dedup.py` + `minhash.py`, `shards.py` + `dataset.py`, `stream.py`). This chapter derives why each step works, rebuilds
-# it in a few lines, checks the library against the rebuild, and shows the numbers.
+# `minillm prepare` runs these steps, streaming over many input files (`minillm.data`:
+# `clean.py`, `dedup.py` + `minhash.py`, `shards.py` + `dataset.py`, `stream.py`). This chapter
+# derives why each step works, rebuilds it in a few lines, checks the library against the
+# rebuild, and shows the numbers.
 
 # %% [markdown]
 # ## 1.1 Cleaning
@@ -101,6 +102,8 @@ print("before:", repr(messy))
 print("after: ", repr(cleaned))
 assert cleaned == clean_composed(messy)
 assert cleaned == "Café menu:\n  café au lait\n[31mred[0m  text\n\n\nend"
+# Only the ESC byte is a control character: the rest of a colour escape ("[31m") is printable
+# text and stays. Removing whole escape sequences would need a rule of its own.
 # NFC made the two spellings of "café" the same code points, hence the same bytes:
 print("decomposed:", "cafe\u0301".encode(), " composed:", "caf\u00e9".encode(),
       " after NFC both are", unicodedata.normalize("NFC", "cafe\u0301").encode())
@@ -223,7 +226,6 @@ assert content_key(original) == content_key(rewrapped) != content_key(shouted)
 # %%
 SHINGLE = 5
 NUM_PERM = 128
-MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def shingle_set(text: str, k: int = SHINGLE) -> set[tuple[str, ...]]:

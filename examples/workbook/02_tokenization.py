@@ -159,8 +159,9 @@ print(f"naive loop: {len(naive_merges)} merges in {naive_seconds:.2f} s")
 # * after merging $(a, b)$ into $N$, only the neighbours of each occurrence change: for
 #   `x a b y` $\to$ `x N y` the pairs $(x, a), (a, b), (b, y)$ lose the word's count and
 #   $(x, N), (N, y)$ gain it; an index `pair -> words containing it` touches only those words;
-# * the best pair comes from a max-heap keyed by $(-c, a, b)$, which implements the same
-#   tie-break; entries whose count went down are re-filed lazily when they surface.
+# * the best pair comes from a heap ordered by $(-c, a, b)$: highest count first, then the
+#   smallest pair, the same tie-break; entries whose count went down are re-filed lazily when
+#   they surface.
 #
 # Each merge costs time proportional to the occurrences of the merged pair, not to the corpus.
 # The same text, pattern and number of merges must give the *very same* merge list.
@@ -413,15 +414,16 @@ else:
 #
 # 1. **The encoder.** The composed encoder of section 2.4, the one checked against the
 #    tokenizer minillm trained, given GPT-2's merges and byte order, reproduces GPT-2's ids.
-# 2. **The ranks are a BPE merge order.** In a vocabulary produced by BPE training, token $k$
-#    is, under the merges learned before it, the merge of exactly two earlier tokens (when it
-#    was learned, those two were what the earlier merges had made of its bytes). So the merge
-#    list can be recovered from the token strings listed by id alone, with no `vocab.bpe`:
-#    minillm does that when it reads a tiktoken rank file (`load_tiktoken`). Written out as such
-#    a file and read back, GPT-2's vocabulary gives back exactly the 50,000 merges of
-#    `vocab.bpe`, and a tokenizer minillm trained gives back its own merges.
-# 3. **Greedy prefixes.** GPT-2 with only its first $m$ merges is the tokenizer GPT-2's
-#    training would have produced with $m$ merges; its tokens refine the full tokenizer's (every
+# 2. **The ranks are a BPE merge order.** In a vocabulary produced by BPE training, the bytes
+#    of token $k$, encoded with the merges learned before it, come out as exactly two earlier
+#    tokens, its two parts (when it was learned, those two sat side by side in the training
+#    words, made by the earlier merges). So the merge list can be recovered from the token
+#    strings listed by id alone, with no `vocab.bpe`: minillm does that when it reads a tiktoken
+#    rank file (`load_tiktoken`). Written out as such a file and read back, GPT-2's vocabulary
+#    gives back exactly the 50,000 merges of `vocab.bpe`, and a tokenizer minillm trained gives
+#    back its own merges.
+# 3. **Greedy prefixes.** GPT-2 with only its first $m$ merges is the tokenizer a greedy run
+#    would have stopped at after $m$ merges; its tokens refine the full tokenizer's (every
 #    boundary of the full encoding is a boundary of the prefix encoding: merges only join). The
 #    curve of bytes per token against $m$ for GPT-2's merges sits beside the one minillm learned
 #    on Shakespeare, and the two tokenizers' first merges are largely the same strings.
