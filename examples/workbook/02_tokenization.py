@@ -66,11 +66,11 @@ print(f"size: {'small' if SMALL else 'full'}; corpus {len(corpus):,} characters,
 # unbounded runs.
 #
 # Why split at all? Without it, the most frequent byte pairs of English include pairs that
-# straddle words ("e" + " ", "," + " "), and merges build tokens like `"e the"` or `", and "`:
-# one meaning spread over many near-identical tokens (`"dog."`, `"dog!"`, `"dog,"`), the merge
-# budget spent on accidental word junctions, and numbers glued to whatever follows them. With the
-# split, a token is always a piece of *one* word (with its leading space), one number or one
-# punctuation run.
+# straddle words ("e" + " ", "," + " "), and merges build tokens that span words, such as
+# `", and "` (section 2.6 prints the ones it learns): one meaning spread over many near-identical
+# tokens (`"dog."`, `"dog!"`, `"dog,"`), the merge budget spent on accidental word junctions, and
+# numbers glued to whatever follows them. With the split, a token is always a piece of *one*
+# word (with at most one leading space or symbol), one number or one punctuation run.
 
 # %%
 sample = "I'll say it: 2026 ships, 3.14159 apples!\n\n  Don't\tstop."
