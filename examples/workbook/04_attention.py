@@ -157,7 +157,7 @@ print("outputs at positions 0..4 are unchanged when keys/values at 5..7 change")
 #
 # $$dS = P \odot \big(dP - \operatorname{rowsum}(dP \odot P)\big).$$
 #
-# Three things to read off it. The $T \times S$ Jacobian per row is never built: $O(S)$ work per row,
+# Three things to read off it. The $S \times S$ Jacobian of a row is never built: $O(S)$ work per row,
 # not $O(S^2)$. Masked entries have $P_{ij} = 0$, hence $dS_{ij} = 0$: the mask needs no backward
 # of its own. And a saturated row ($p$ one-hot at $j^*$) has $dS_i = p_i(dp_i - dp_{j^*}) = 0$ for
 # every $i$: no gradient flows, which is the frozen pattern 4.1 warned about.
@@ -429,9 +429,9 @@ for n_kv in (Hm, 2, 1):
 # match position $t$ with position $t - N + 1$; the loss can only fall once they have.
 
 # %%
-VOCAB, N_COPY = 16, 8
+VOCAB, N_COPY = 16, (8 if SMALL else 12)
 T_COPY = 2 * N_COPY - 1                        # inputs a_0..a_{N-1} a_0..a_{N-2}; targets shifted by one
-STEPS, BATCH = (60, 32) if SMALL else (400, 64)
+STEPS, BATCH = (60, 32) if SMALL else (200, 64)
 mm.manual_seed(0)
 data_rng = np.random.default_rng(0)
 config = GPTConfig.gpt2(vocab_size=VOCAB, block_size=T_COPY, n_layer=1, n_head=2, n_embd=32)
@@ -450,23 +450,13 @@ def copy_batch(batch_size):
     return x, y
 
 
-losses, started = [], time.perf_counter()
-for step in range(STEPS):
-    x_batch, y_batch = copy_batch(BATCH)
-    _, loss = model(x_batch, y_batch)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    losses.append(loss.item())
-print(f"{STEPS} steps in {time.perf_counter() - started:.1f} s; loss {losses[0]:.3f} -> {losses[-1]:.4f} "
-      f"(chance: ln {VOCAB} = {math.log(VOCAB):.3f})")
-assert losses[-1] < 0.2 * math.log(VOCAB)
-
 # %% [markdown]
 # To look inside, recompute the block's attention from its public pieces: the embeddings, the
 # first norm, `project_qkv`, then $\operatorname{softmax}(QK^\top/\sqrt{D} + M)$. The assert confirms it is the
-# computation the model ran (the same weights times $V$ and $W_O$ give the attention layer's
-# output).
+# computation the model runs (these weights times $V$, merged and through $W_O$, give the
+# attention layer's output). The number that matters is the weight each copying query
+# $t \ge N-1$ puts on its source key $t - N + 1$; before training it is close to what a uniform
+# spread over the $t+1$ visible keys would give.
 
 # %%
 def attention_maps(model, ids):
@@ -483,14 +473,47 @@ def attention_maps(model, ids):
     return weights.numpy()
 
 
-x_eval, _ = copy_batch(256)
-maps = attention_maps(model, x_eval)                                         # (256, H, T, T)
 queries = np.arange(N_COPY - 1, T_COPY)                                      # positions whose target is a copy
-on_source = maps[:, :, queries, queries - (N_COPY - 1)].mean(axis=(0, 2))    # (H,) weight on key t - N + 1
+
+
+def weight_on_source(maps):
+    """(H,): the mean weight that copying queries t put on key t - N + 1, over sequences and t."""
+    return maps[:, :, queries, queries - (N_COPY - 1)].mean(axis=(0, 2))
+
+
+x_eval, _ = copy_batch(256)
+print(f"before training: weight on the copy source per head {weight_on_source(attention_maps(model, x_eval))}; "
+      f"uniform attention would give {np.mean(1 / (queries + 1)):.3f}")
+
+# %% [markdown]
+# Train, keeping a snapshot of the attention maps on the same 256 held-out sequences every few
+# steps, to watch the pattern form.
+
+# %%
+SNAPSHOTS = [0, 10, 20, 30, 40, STEPS]                                       # steps at which to record the maps
+losses, snapshots, started = [], {}, time.perf_counter()
+for step in range(STEPS + 1):
+    if step in SNAPSHOTS:
+        snapshots[step] = attention_maps(model, x_eval)                      # (256, H, T, T)
+    if step == STEPS:
+        break
+    x_batch, y_batch = copy_batch(BATCH)
+    _, loss = model(x_batch, y_batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    losses.append(loss.item())
+print(f"{STEPS} steps in {time.perf_counter() - started:.1f} s; loss {losses[0]:.3f} -> {losses[-1]:.4f} "
+      f"(chance: ln {VOCAB} = {math.log(VOCAB):.3f})")
+assert losses[-1] < 0.2 * math.log(VOCAB)
+
+maps = snapshots[STEPS]                                                      # the trained model's (256, H, T, T)
+on_source = weight_on_source(maps)
 for head, weight in enumerate(on_source):
     print(f"head {head}: average weight on the key {N_COPY - 1} back (the copy source) = {weight:.3f}")
 assert on_source.max() > 0.5
 
+# %%
 fig, axes = plt.subplots(1, 4, figsize=(16, 4.2), layout="constrained",
                          gridspec_kw={"width_ratios": [1.25, 1, 1, 1]})
 axes[0].plot(losses)
@@ -517,11 +540,24 @@ axes[3].legend(loc="lower right", fontsize=7)
 fig.colorbar(im, ax=axes[1:], shrink=0.8, label="attention weight")
 plt.show()
 
+# %%
+best = int(on_source.argmax())
+fig, axes = plt.subplots(1, len(SNAPSHOTS), figsize=(2.8 * len(SNAPSHOTS), 3.4), layout="constrained")
+for ax, step in zip(axes, SNAPSHOTS):
+    ax.imshow(snapshots[step][:, best].mean(axis=0), cmap="Blues", vmin=0, vmax=1)
+    ax.set_title(f"step {step}: {weight_on_source(snapshots[step])[best]:.2f} on source", fontsize=9)
+    ax.set_xlabel("key position")
+axes[0].set_ylabel("query position")
+fig.suptitle(f"head {best}, mean of 256 sequences, as training proceeds")
+plt.show()
+
 # %% [markdown]
 # Read the maps row by row: query $t$'s row shows where position $t$ looked. In the second half
 # the copying head puts its weight on a stripe $N-1$ positions left of the diagonal: on the
 # earlier occurrence of the token that comes next. In the first half there is nothing to copy,
-# and the weights go wherever they do no harm (those targets are ignored).
+# and the weights go wherever they do no harm (those targets are ignored). The snapshots show the
+# stripe forming in the same steps in which the loss leaves $\ln V$: until the head finds the
+# source, nothing downstream can predict the copy.
 #
 # ## Checklist
 #
