@@ -6,7 +6,9 @@
 # width $C$ by looking it up in a table, the **token embedding** $W_E$ ($V \times C$). From then on
 # everything is arithmetic on vectors, and that arithmetic, attention in particular, does not know
 # in which order the vectors came: permute the tokens and self-attention permutes its outputs the
-# same way. Order has to be put in by hand. This chapter builds the three ways minillm offers:
+# same way (checked in the first cell below; the causal mask of chapter 4 leaks a little order,
+# since position $t$ sees $t+1$ tokens, but models are told positions explicitly). Order has to be
+# put in by hand. This chapter builds the three ways minillm offers:
 #
 # - **learned absolute positions** (GPT-2): a second table $W_P$ ($T_{max} \times C$), one trained
 #   row per position, added to the token embeddings;
@@ -46,6 +48,19 @@ rng = np.random.default_rng(0)
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 print("size:", "small" if SMALL else "full")
 
+# %%
+# Attention without positions is blind to order: shuffle the tokens, and the outputs are shuffled alike.
+tokens = rng.standard_normal((1, 1, 6, 4))                          # (B, H, T, D): q = k = v = the tokens
+shuffle = rng.permutation(6)
+
+
+def attend(x):
+    return F.scaled_dot_product_attention(x, x, x).numpy()         # no causal mask
+
+
+assert np.allclose(attend(mm.tensor(tokens))[:, :, shuffle], attend(mm.tensor(tokens[:, :, shuffle])), atol=1e-12)
+print("attention(shuffled tokens) = shuffled attention(tokens): nothing in it knows the order")
+
 # %% [markdown]
 # ## 3.1 The token embedding is a lookup
 #
@@ -63,8 +78,9 @@ print("size:", "small" if SMALL else "full")
 # $$\frac{\partial L}{\partial W_{v,:}} = \sum_{n\,:\,x_n = v} G_{n,:},$$
 #
 # a **scatter-add**: every position sends its upstream row to the table row it read, and rows of
-# ids that occur several times *accumulate*. Rows of ids that do not occur get zero: a training
-# step only moves the embeddings of the tokens in the batch.
+# ids that occur several times *accumulate*. Rows of ids that do not occur get zero gradient: only
+# the embeddings of the tokens in the batch are pushed (an optimizer with momentum or weight decay
+# still moves the others a little).
 #
 # Below: the lookup three ways (NumPy indexing, the one-hot product, minillm's fused
 # `F.embedding`), then the backward by hand with `np.add.at` against minillm's.
@@ -101,8 +117,9 @@ wrong = np.zeros_like(W)
 wrong[ids.reshape(-1)] += G.reshape(-1, C)
 print("row 3 (id used 3 times): scatter-add", grad_by_hand[3], " fancy +=", wrong[3])
 assert not np.allclose(wrong[3], grad_by_hand[3])
-print("rows of unused ids get zero gradient:", sorted(set(range(V)) - set(ids.reshape(-1).tolist())))
-assert np.all(weight.grad[[2, 4, 5, 6, 8]] == 0)
+unused = sorted(set(range(V)) - set(ids.reshape(-1).tolist()))
+print("rows of unused ids get zero gradient:", unused)
+assert np.all(weight.grad[unused] == 0)
 
 # %% [markdown]
 # The float64 finite-difference check: `mm.gradcheck` perturbs every entry of the table by
@@ -267,14 +284,14 @@ plt.show()
 # $$\big(R(m\theta_i)\,u\big)^\top \big(R(n\theta_i)\,w\big) = u^\top R(-m\theta_i) R(n\theta_i)\, w
 #   = u^\top R\big((n - m)\,\theta_i\big)\, w,$$
 #
-# which involves $n - m$ only. Summing over the $D/2$ pairs, $\tilde q_m \cdot \tilde k_n = q^\top
-# \mathcal{R}_{n-m}\, k$ with the block-diagonal rotation $\mathcal{R}_{n-m}$: shift both tokens by
-# the same amount and the score does not change. Norms are preserved too ($R$ is orthogonal), so
+# which involves $n - m$ only. Summing over the $D/2$ pairs,
+# $\tilde q_m \cdot \tilde k_n = q^\top \mathcal{R}_{n-m}\, k$ with the block-diagonal rotation
+# $\mathcal{R}_{n-m}$: shift both tokens by the same amount and the score does not change. Norms are preserved too ($R$ is orthogonal), so
 # RoPE changes directions only.
 #
 # **Backward.** $y = \mathcal{R}_p x$ is linear with an orthogonal matrix, so
 # $\partial L/\partial x = \mathcal{R}_p^\top\, \partial L/\partial y = \mathcal{R}_{-p}\, \partial L/\partial y$:
-# the same rotation by the opposite angle. minillm's `Rope` op hand-writes exactly that.
+# the same rotation by the opposite angle. The fused `F.rope` hand-writes exactly that backward.
 #
 # **Which components form a pair.** The RoFormer paper pairs neighbours $(x_{2i}, x_{2i+1})$.
 # minillm, like GPT-NeoX and Hugging Face's Llama, pairs $(x_i, x_{i + D/2})$: the first half of the

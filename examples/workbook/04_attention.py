@@ -20,7 +20,8 @@
 #
 # Shapes: $B$ batch, $T$ query positions, $S$ key positions ($S = T$ in self-attention), $C$
 # model width, $H$ query heads, $H_{kv}$ key/value heads, $g = H/H_{kv}$ query heads per group,
-# $D = C/H$ head size.
+# $D = C/H$ head size. The score matrix of 4.1 is called $S$ too (it is $T \times S$); the context
+# always tells which is meant.
 
 # %%
 import math
