@@ -502,7 +502,7 @@ assert greedy_after[1.0][0] > greedy_sft[0] and greedy_after[1.0][1] < greedy_sf
 # | hyperparameter | typical | when it is off |
 # |---|---|---|
 # | $\beta$ (KL strength) | 0.1 (0.01–0.5) | too small: the policy drifts far from the reference, log-probs of *both* replies sink, outputs degrade (repetition, no `<|end|>`); too large: margins stay near 0, loss stays near $\ln 2$, nothing changes |
-# | learning rate | 10–100× below pretraining (1e-6–1e-4 on real models) | too high: the chosen log-prob collapses in a few steps, reward accuracy hits 1 while generations get worse |
+# | learning rate | well below pretraining's (`examples/align_dpo.py`: 2e-4 at its scale; billion-parameter models: around 1e-6) | too high: the chosen log-prob collapses in a few steps, reward accuracy hits 1 while generations get worse |
 # | NLL weight $\alpha$ | 0 (plain) or ~1 (RPO) | 0 on small/narrow data: the right answer's probability falls with the wrong one's, greedy accuracy drops |
 # | reference model | the exact SFT weights, eval mode | first logged loss $\neq \ln 2$: the reference is a different model, or dropout is on |
 # | pair quality | chosen really better | noisy labels put a ceiling on reward accuracy; identical chosen/rejected give zero gradient |
