@@ -152,6 +152,9 @@ with mm.no_grad():
         z = z - z.max(-1, keepdims=True)
         log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))                    # (b, T, V)
         nll = -np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]         # (b, T)
+        if first == 0:
+            print(f"shapes: windows {windows.shape} -> x, y {x.shape} -> logits {logits.shape} -> "
+                  f"log-probs {log_probs.shape} -> NLL of the targets {nll.shape}")
         for row, start in enumerate(batch_starts):
             new = start + 1 + np.arange(BLOCK) > scored_until                       # positions not yet scored
             total_nats += nll[row, new].sum()
