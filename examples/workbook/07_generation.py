@@ -54,8 +54,8 @@ print(f"size: {'small' if SMALL else 'full'}")
 # - a GPT-2-style model, 2 layers, 4 heads, $C = 64$, context $T = 128$, trained with AdamW,
 #   warmup + cosine and clipping (chapter 06) on random windows.
 #
-# Small size: a few hundred steps (the model learns spelling and the look of a play); full size:
-# more steps, and the samples start to look like words.
+# Small size: 200 steps, enough for letter frequencies, spaces and the layout of a play (names in
+# capitals, short lines), though hardly for words; full size: 1500 steps, and words appear.
 
 # %%
 PRETRAIN_STEPS = 200 if SMALL else 1500
@@ -71,7 +71,7 @@ def pretrain_tiny_model(steps: int, seed: int = 0):
     mm.manual_seed(seed)
     config = GPTConfig.gpt2(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2, n_head=4, n_embd=64)
     model = GPT(config)
-    schedule = CosineSchedule(lr=3e-3, min_lr=3e-4, warmup_steps=20, total_steps=steps)
+    schedule = CosineSchedule(lr=3e-3, min_lr=3e-4, warmup_steps=50, total_steps=steps)
     optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=schedule(0), betas=(0.9, 0.95))
     rng = np.random.default_rng(seed)
     batch_size, block = 8, config.block_size
@@ -278,9 +278,9 @@ print("nucleus size at p=0.9: min", nucleus.min(), "median", int(np.median(nucle
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
 axes[0].bar(np.arange(len(line_ids)), nucleus, color="tab:blue")
-axes[0].set_xticks(np.arange(len(line_ids)), [repr(c)[1:-1] for c in line[1:] + " "], fontsize=6)
+axes[0].set_xticks(np.arange(len(line_ids)), [repr(c)[1:-1] for c in line], fontsize=6)
 axes[0].set_ylabel("tokens kept (top-p = 0.9)")
-axes[0].set_title("nucleus size for the token after each character")
+axes[0].set_title("nucleus size of the next token, after each character of the line")
 position = int(np.argmax(nucleus))
 p_sorted = np.sort(softmax_with_temperature(line_logits[position], 1.0))[::-1]
 cut = len(candidates(line_logits[position], 1.0, None, 0.9)[0])
@@ -288,6 +288,7 @@ axes[1].bar(np.arange(40), p_sorted[:40], color=["tab:orange" if i < cut else "l
 twin = axes[1].twinx()
 twin.plot(np.arange(40), np.cumsum(p_sorted)[:40], color="black")
 twin.axhline(0.9, color="black", linestyle=":")
+twin.set_ylim(0, 1)
 twin.set_ylabel("cumulative mass")
 axes[1].set_title(f"position {position}: kept {cut} ids (orange) to reach 0.9")
 axes[1].set_xlabel("rank")
