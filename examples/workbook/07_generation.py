@@ -124,8 +124,19 @@ assert np.mean(pretrain_losses[-20:]) < pretrain_losses[0] - 1.5, "pretraining d
 # \qquad \frac{dH}{d\tau} = \frac{dH}{d\beta}\cdot\frac{d\beta}{d\tau} = \frac{\mathrm{Var}_p(\ell)}{\tau^3} \;\ge 0 .$$
 #
 # So $H(\tau)$ rises monotonically from $0$ (one-hot; a unique argmax) to $\log V$ (uniform).
-# Below: the model's distribution after a prompt, at three temperatures, and $H(\tau)$ with the
-# derivative formula checked against finite differences.
+#
+# **Its gradient.** Sampling needs no backward pass, but a temperature inside a *training* loss
+# (distillation, or a learned temperature) does. From $\log p_i = \ell_i/\tau - \log Z$,
+#
+# $$\frac{\partial p_i}{\partial \ell_j} = \frac{1}{\tau}\, p_i\,(\delta_{ij} - p_j),
+# \qquad \text{so for an upstream gradient } g:\quad \frac{\partial}{\partial \ell}\big(g \cdot p\big) = \frac{1}{\tau}\, p \odot (g - g\cdot p).$$
+#
+# A low temperature sharpens the gradient as much as the distribution.
+#
+# Below: the model's distribution after a prompt, the softmax composed in NumPy against
+# `F.softmax`, the gradient formula against backward and a float64 gradcheck, then the
+# distribution at three temperatures and $H(\tau)$ with the derivative formula checked against
+# finite differences.
 
 # %%
 prompt_text = "ROMEO:\nI will "
@@ -154,6 +165,16 @@ for tau in (0.5, 1.0, 2.0):
     ours = softmax_with_temperature(last, tau)
     library = F.softmax(mm.tensor(last / tau)).data
     assert np.allclose(ours, library, rtol=1e-12, atol=1e-15)
+
+# the gradient of g·softmax(ℓ/τ): (1/τ) p ⊙ (g - g·p), against backward; then finite differences
+tau = 0.7
+upstream = np.random.default_rng(0).normal(size=last.shape)
+leaf = mm.tensor(last, requires_grad=True)
+(F.softmax(leaf / tau) * mm.tensor(upstream)).sum().backward()
+p = softmax_with_temperature(last, tau)
+assert np.allclose(leaf.grad, p * (upstream - upstream @ p) / tau, rtol=1e-10, atol=1e-15)
+mm.gradcheck(lambda logits: F.softmax(logits / tau), [np.random.default_rng(1).normal(size=(3, 11))])
+print("softmax(ℓ/τ): composed == F.softmax; gradient formula == backward; gradcheck passed")
 
 taus = np.geomspace(0.05, 20, 60)
 entropies = np.array([entropy(softmax_with_temperature(last, t)) for t in taus])
