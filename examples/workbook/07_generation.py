@@ -402,8 +402,9 @@ for tau in (0.5, 0.9, 1.5):
 # differently).
 #
 # **What it saves.** Recomputing a prefix of $t$ tokens costs about $2 N t$ FLOPs for the weights
-# ($N$ parameters) plus $\approx 2 n_\text{layer} t^2 C$ for attention; with the cache a step costs
-# $2N + \approx 4 n_\text{layer} t C$: the per-token cost is nearly flat in $t$ instead of growing.
+# ($N$ parameters) plus about $4 n_\text{layer} t^2 C$ for attention (the products $QK^\top$ and
+# $AV$, $2t^2C$ each per layer); with the cache a step costs about $2N + 4 n_\text{layer} t C$
+# (one query against $t$ keys): the per-token cost is nearly flat in $t$ instead of growing.
 # The price is memory: per layer, keys and values of shape (B, H_kv, T, D), i.e.
 # $2 \cdot n_\text{layer} \cdot B \cdot H_\text{kv} \cdot T \cdot D$ numbers.
 #
