@@ -480,8 +480,8 @@ plt.show()
 # model needs only a low-rank change of its weights. This base model is tiny and knows little, so
 # the tasks ask for new abilities more than a small adjustment, and rank-4 adapters need not match
 # full fine-tuning here: compare the two held-out losses printed above (exercise 2 varies the
-# rank). What LoRA buys in any case is memory: only the adapters (and the four new embedding rows)
-# have gradients and AdamW moments.
+# rank). What LoRA buys in any case is memory: every block matrix is frozen, so only the adapters
+# and the embedding (of which only the four new rows move) get gradients and AdamW moments.
 
 # %% [markdown]
 # **Merging.** `merge_lora` folds each adapter into its weight ($W \leftarrow W + \frac{\alpha}{r}BA$)
