@@ -23,15 +23,12 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from recipes import pretrain_tiny_model  # this folder: what chapters 07-10 share
 
 import minillm as mm
 from minillm import functional as F
-from minillm.data import default_corpus_path
-from minillm.data.documents import read_text_file
 from minillm.generation import candidates, draw
 from minillm.nn import GPT, GPTConfig, KVCache
-from minillm.optim import AdamW, CosineSchedule, clip_grad_norm_, decay_groups, set_lr
-from minillm.tokenizer import BPETokenizer
 
 SMALL = os.environ.get("MINILLM_WORKBOOK_SIZE", "full") == "small"   # CI runs the small size
 # The matrices of this chapter are tiny (64 wide): one BLAS thread is as fast as two, and it does
@@ -43,9 +40,10 @@ print(f"size: {'small' if SMALL else 'full'}")
 # ## A model that writes something
 #
 # Sampling is only interesting on a model whose distributions mean something, so we first train
-# one. This is the *shared recipe* of chapters 07 and 08 (the same function, the same seed, so
-# both chapters start from the same weights; each chapter trains it itself, so it runs alone in a
-# fresh kernel):
+# one. This is the *shared recipe* of chapters 07 and 08, `pretrain_tiny_model` in
+# [`recipes.py`](recipes.py) beside this notebook (the same function, the same seed, so both chapters
+# start from the same weights; each chapter trains it itself, so it runs alone in a fresh kernel;
+# its loop, `fit`, is chapter 06's):
 #
 # - the embedded Shakespeare corpus (`minillm.data.default_corpus_path()`, what `minillm train`
 #   reads by default);
@@ -59,38 +57,6 @@ print(f"size: {'small' if SMALL else 'full'}")
 
 # %%
 PRETRAIN_STEPS = 200 if SMALL else 1500
-
-
-def pretrain_tiny_model(steps: int, seed: int = 0):
-    """The shared recipe of chapters 07-08: a byte-level 2-layer GPT trained on the embedded corpus.
-
-    Returns (model in eval mode, tokenizer, training losses per step)."""
-    text = read_text_file(default_corpus_path())
-    tokenizer = BPETokenizer([], special_tokens=["<|endoftext|>"])     # 256 byte ids + 1 special = 257
-    data = np.asarray(tokenizer.encode_ordinary(text), dtype=np.int64)
-    mm.manual_seed(seed)
-    config = GPTConfig.gpt2(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2, n_head=4, n_embd=64)
-    model = GPT(config)
-    schedule = CosineSchedule(lr=3e-3, min_lr=3e-4, warmup_steps=50, total_steps=steps)
-    optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=schedule(0), betas=(0.9, 0.95))
-    rng = np.random.default_rng(seed)
-    batch_size, block = 8, config.block_size
-    losses = []
-    for step in range(steps):
-        starts = rng.integers(0, len(data) - block - 1, size=batch_size)
-        x = np.stack([data[s:s + block] for s in starts])             # (B, T) inputs
-        y = np.stack([data[s + 1:s + block + 1] for s in starts])     # (B, T) next tokens
-        set_lr(optimizer, schedule(step))
-        _, loss = model(x, y)
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return model, tokenizer, losses
-
-
 started = time.perf_counter()
 model, tokenizer, pretrain_losses = pretrain_tiny_model(PRETRAIN_STEPS)
 print(f"{model.num_parameters():,} parameters, {PRETRAIN_STEPS} steps in {time.perf_counter() - started:.1f} s; "

@@ -26,13 +26,12 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from recipes import fit, pretrain_tiny_model  # this folder: what chapters 07-10 share
 
 import minillm as mm
 from minillm import functional as F
-from minillm.data import default_corpus_path
-from minillm.data.documents import read_text_file
-from minillm.nn import GPT, GPTConfig, Linear, functional_call, resize_token_embeddings
-from minillm.optim import AdamW, CosineSchedule, clip_grad_norm_, decay_groups, set_lr
+from minillm.nn import GPT, Linear, functional_call, resize_token_embeddings
+from minillm.optim import AdamW, CosineSchedule, decay_groups
 from minillm.posttrain import (
     IGNORE_INDEX,
     ChatTemplate,
@@ -50,7 +49,6 @@ from minillm.posttrain import (
     sft_loss,
 )
 from minillm.posttrain.lora import lora_param_groups, train_rows_from
-from minillm.tokenizer import BPETokenizer
 
 SMALL = os.environ.get("MINILLM_WORKBOOK_SIZE", "full") == "small"   # CI runs the small size
 # The matrices of this chapter are tiny (64 wide): one BLAS thread is as fast as two, and it does
@@ -61,46 +59,14 @@ print(f"size: {'small' if SMALL else 'full'}")
 # %% [markdown]
 # ## The base model
 #
-# The shared recipe of chapters 07 and 08 (the same function and seed as in chapter 07; trained
-# here again so that this chapter runs on its own): a byte-level GPT (one token per byte, plus
+# The shared recipe of chapters 07 and 08 (`pretrain_tiny_model` in [`recipes.py`](recipes.py), the
+# same seed as in chapter 07; trained here again so that this chapter runs on its own): a byte-level GPT (one token per byte, plus
 # `<|endoftext|>`: $V = 257$), 2 layers, 4 heads, $C = 64$, context 128, pretrained on the
 # embedded Shakespeare corpus. Byte-level matters here: the tasks below ask the model to copy
 # words out of the prompt, and with one token per character copying is copying tokens.
 
 # %%
 PRETRAIN_STEPS = 200 if SMALL else 1500
-
-
-def pretrain_tiny_model(steps: int, seed: int = 0):
-    """The shared recipe of chapters 07-08: a byte-level 2-layer GPT trained on the embedded corpus.
-
-    Returns (model in eval mode, tokenizer, training losses per step)."""
-    text = read_text_file(default_corpus_path())
-    tokenizer = BPETokenizer([], special_tokens=["<|endoftext|>"])     # 256 byte ids + 1 special = 257
-    data = np.asarray(tokenizer.encode_ordinary(text), dtype=np.int64)
-    mm.manual_seed(seed)
-    config = GPTConfig.gpt2(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2, n_head=4, n_embd=64)
-    model = GPT(config)
-    schedule = CosineSchedule(lr=3e-3, min_lr=3e-4, warmup_steps=50, total_steps=steps)
-    optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=schedule(0), betas=(0.9, 0.95))
-    rng = np.random.default_rng(seed)
-    batch_size, block = 8, config.block_size
-    losses = []
-    for step in range(steps):
-        starts = rng.integers(0, len(data) - block - 1, size=batch_size)
-        x = np.stack([data[s:s + block] for s in starts])             # (B, T) inputs
-        y = np.stack([data[s + 1:s + block + 1] for s in starts])     # (B, T) next tokens
-        set_lr(optimizer, schedule(step))
-        _, loss = model(x, y)
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return model, tokenizer, losses
-
-
 started = time.perf_counter()
 model, tokenizer, pretrain_losses = pretrain_tiny_model(PRETRAIN_STEPS)
 print(f"{model.num_parameters():,} parameters, {PRETRAIN_STEPS} steps in {time.perf_counter() - started:.1f} s; "
@@ -275,15 +241,7 @@ def train_sft(model, param_groups, steps: int, lr: float, seed: int = 0):
     optimizer = AdamW(param_groups, lr=schedule(0), betas=(0.9, 0.95))
     trained = [p for group in param_groups for p in group["params"]]
     model.train()
-    losses = []
-    for step in range(steps):
-        set_lr(optimizer, schedule(step))
-        loss, _ = sft_loss(model, sampler.next_batch())
-        loss.backward()
-        clip_grad_norm_(trained, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = fit(optimizer, lambda step: sft_loss(model, sampler.next_batch())[0], steps, trained, schedule)
     model.eval()
     return losses
 

@@ -27,11 +27,12 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from recipes import fit  # this folder: what chapters 07-10 share
 
 import minillm as mm
 from minillm import functional as F
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, CosineSchedule, clip_grad_norm_, set_lr
+from minillm.optim import AdamW, CosineSchedule
 from minillm.posttrain import (
     CHAT_SPECIAL_TOKENS,
     DEFAULT_NOISE,
@@ -340,15 +341,8 @@ sft_batches = SFTBatchSampler(render_sft_examples(template, conversations), batc
 schedule = CosineSchedule(3e-3, 3e-4, warmup_steps=10, total_steps=SFT_STEPS)
 optimizer = AdamW(model.parameters(), lr=schedule(0), weight_decay=0.0)
 started = time.perf_counter()
-sft_curve = []
-for step in range(SFT_STEPS):
-    set_lr(optimizer, schedule(step))
-    loss, _ = sft_loss(model, sft_batches.next_batch())
-    loss.backward()
-    clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad()
-    sft_curve.append(loss.item())
+sft_curve = fit(optimizer, lambda step: sft_loss(model, sft_batches.next_batch())[0], SFT_STEPS,
+                model.parameters(), schedule)
 print(f"SFT: {SFT_STEPS} steps in {time.perf_counter() - started:.1f} s, loss {sft_curve[0]:.2f} -> {sft_curve[-1]:.3f}")
 # The floor of this loss is not 0: 3 of 4 demonstrations disagree with the 4th.
 
@@ -414,16 +408,16 @@ def run_dpo_loop(nll_alpha):
                               pad_id=template.end_id, seed=SEED)
     opt = AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
     history = []
-    for step in range(DPO_STEPS):
+
+    def dpo_step(step):
         loss, metrics = objective(policy, batches.next_batch())
         if step == 0:
             print(f"alpha={nll_alpha}: first dpo_loss {metrics['dpo_loss']:.6f} (ln 2 = {math.log(2):.6f})")
             assert abs(metrics["dpo_loss"] - math.log(2)) < 1e-5
-        loss.backward()
-        clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
         history.append(metrics)
+        return loss
+
+    fit(opt, dpo_step, DPO_STEPS, policy.parameters())          # no schedule: a constant rate
     return policy, history
 
 

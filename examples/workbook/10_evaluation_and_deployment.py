@@ -34,11 +34,12 @@ from importlib.util import find_spec
 
 import matplotlib.pyplot as plt
 import numpy as np
+from recipes import fit  # this folder: what chapters 07-10 share
 
 import minillm as mm
 from minillm.data import RandomWindowLoader, clean_documents, default_corpus_path, read_corpus, split_train_val
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, CosineSchedule, clip_grad_norm_, decay_groups, set_lr
+from minillm.optim import AdamW, CosineSchedule, decay_groups
 from minillm.posttrain.tasks import wilson_interval
 from minillm.tokenizer import BPETokenizer
 from minillm.train import evaluate_language_model, load_model, save_checkpoint
@@ -79,16 +80,8 @@ model = GPT(config)
 loader = RandomWindowLoader(train_ids, batch_size=BATCH, block_size=BLOCK, seed=SEED)
 schedule = CosineSchedule(1e-2, 1e-3, warmup_steps=STEPS // 10, total_steps=STEPS)   # tiny models take a high rate
 optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=schedule(0), betas=(0.9, 0.95))
-started, losses = time.perf_counter(), []
-for step in range(STEPS):
-    set_lr(optimizer, schedule(step))
-    x, y = loader.next_batch()                                    # (B, T) each
-    _, loss = model(x, y)
-    loss.backward()
-    clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad()
-    losses.append(loss.item())
+started = time.perf_counter()
+losses = fit(optimizer, lambda step: model(*loader.next_batch())[1], STEPS, model.parameters(), schedule)
 model.eval()
 print(f"{model.num_parameters():,} parameters; {STEPS} steps in {time.perf_counter() - started:.1f} s; "
       f"train loss {np.mean(losses[:10]):.2f} -> {np.mean(losses[-10:]):.2f}")
