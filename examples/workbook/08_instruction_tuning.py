@@ -59,10 +59,10 @@ print(f"size: {'small' if SMALL else 'full'}")
 # %% [markdown]
 # ## The base model
 #
-# The shared recipe of chapters 07 and 08 (`pretrain_tiny_model` in [`recipes.py`](recipes.py), the
-# same seed as in chapter 07; trained here again so that this chapter runs on its own): a byte-level GPT (one token per byte, plus
-# `<|endoftext|>`: $V = 257$), 2 layers, 4 heads, $C = 64$, context 128, pretrained on the
-# embedded Shakespeare corpus. Byte-level matters here: the tasks below ask the model to copy
+# The shared recipe of chapters 07 and 08 (`pretrain_tiny_model` in [`recipes.py`](recipes.py),
+# the same seed as in chapter 07; trained here again so that this chapter runs on its own): a
+# byte-level GPT (one token per byte, plus `<|endoftext|>`: $V = 257$), 2 layers, 4 heads,
+# $C = 64$, context 128, pretrained on the embedded Shakespeare corpus. Byte-level matters here: the tasks below ask the model to copy
 # words out of the prompt, and with one token per character copying is copying tokens.
 
 # %%
