@@ -69,8 +69,8 @@ RECIPES = {
                                                        eval_interval=150),
     "llama-4x192 vocab 4096 batch 16 kv 4": recipe(vocab_size=4096, batch_size=16, max_steps=600, eval_interval=150,
                                                    n_kv_head=4),
-    "llama-4x192 vocab 4096 batch 16 untied": recipe(vocab_size=4096, batch_size=16, max_steps=600,
-                                                     eval_interval=150, tie_weights="false"),
+    "llama-4x192 vocab 4096 batch 16 tied": recipe(vocab_size=4096, batch_size=16, max_steps=600,
+                                                   eval_interval=150, tie_weights="true"),
 }
 FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
                    r"after (\d+) steps")
