@@ -151,7 +151,8 @@ print("gradcheck (float64, random upstream): layer_norm and layer_norm_composed 
 #
 # The $r = 1/\sigma$ factor has a consequence that matters for the rest of this chapter: LayerNorm
 # **forgets the scale of its input, and its gradient shrinks by that scale**. Multiply a row by $a$ and
-# the output is unchanged while $\partial L/\partial x$ is divided by $a$.
+# the output is unchanged (up to the effect of $\epsilon$ on rows of small variance) while
+# $\partial L/\partial x$ is divided by $a$.
 
 # %%
 x32, gamma32, beta32 = (a.astype(np.float32) for a in (x64, gamma64, beta64))
@@ -450,6 +451,7 @@ def stream_gradients(model, inputs, targets):
     return [float(np.linalg.norm(t.grad)) for t in inputs_of_blocks], shrink
 
 
+snapshot_steps = sorted({0, 40, norm_steps})                    # when to measure the gradient profile
 runs = {}
 for placement in ("post", "pre"):
     mm.manual_seed(0)
@@ -458,30 +460,34 @@ for placement in ("post", "pre"):
     model = GPT(config)
     optimizer = AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
     batches = np.random.default_rng(0)
-    losses, start = [], stream_gradients(model, *char_batch(np.random.default_rng(99)))
-    for step in range(norm_steps):
+    losses, snapshots = [], {}
+    for step in range(norm_steps + 1):
+        if step in snapshot_steps:                               # the same probe batch every time
+            snapshots[step] = stream_gradients(model, *char_batch(np.random.default_rng(99)))
+        if step == norm_steps:
+            break
         _, loss = model(*char_batch(batches))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    end = stream_gradients(model, *char_batch(np.random.default_rng(99)))
-    runs[placement] = dict(losses=losses, start=start[0], end=end[0], shrink=end[1])
-    print(f"{placement}-norm: mean loss of the last 10 steps {np.mean(losses[-10:]):.3f}; "
-          f"|dL/dx| at block 1 / at the last block, at the end: {end[0][1] / end[0][-1]:.1e}")
+    runs[placement] = dict(losses=losses, snapshots=snapshots)
+    ratios = ", ".join(f"step {s}: {g[1] / g[-1]:.1e}" for s, (g, _) in snapshots.items())
+    print(f"{placement + '-norm':9s}: mean loss of the last 10 steps {np.mean(losses[-10:]):.3f}; "
+          f"|dL/dx| at block 1 / at the last block: {ratios}")
 
-post = runs["post"]
-measured = np.array(post["end"][1:-1]) / np.array(post["end"][2:])
-print("\npost-norm, blocks 1..L-2: measured |dx_l| / |dx_(l+1)| vs the two norms' 1/σ of block l")
+post_gradients, post_shrink = runs["post"]["snapshots"][40]
+measured = np.array(post_gradients[1:-1]) / np.array(post_gradients[2:])
+print("\npost-norm at step 40, blocks 1..L-2: measured |dx_l| / |dx_(l+1)| vs the two norms' 1/σ of block l")
 print("  measured:", " ".join(f"{v:5.2f}" for v in measured))
-print("  1/σ·1/σ: ", " ".join(f"{v:5.2f}" for v in post["shrink"][1:-1]))
+print("  1/σ·1/σ: ", " ".join(f"{v:5.2f}" for v in post_shrink[1:-1]))
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-for placement, style in (("pre", "-"), ("post", "--")):
+for placement, color in (("pre", "tab:blue"), ("post", "tab:red")):
     run = runs[placement]
-    axes[0].semilogy(run["start"], style, marker="o", ms=3, label=f"{placement}-norm, step 0")
-    axes[0].semilogy(run["end"], style, marker="s", ms=3, label=f"{placement}-norm, step {norm_steps}")
-    axes[1].plot(run["losses"], style, label=f"{placement}-norm")
+    for (step, (gradients, _)), style in zip(run["snapshots"].items(), (":", "-", "--")):
+        axes[0].semilogy(gradients, style, color=color, marker="o", ms=3, label=f"{placement}-norm, step {step}")
+    axes[1].plot(run["losses"], color=color, lw=1, label=f"{placement}-norm")
 axes[0].set_xlabel("block l")
 axes[0].set_ylabel("|dL/dx_l| at the block's input")
 axes[0].legend(fontsize=8)
@@ -491,17 +497,20 @@ axes[1].set_ylabel("training loss (nats/char)")
 axes[1].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
-# post-norm's early blocks receive far less gradient than its last one; pre-norm's do not
-assert post["end"][1] < 0.1 * post["end"][-1]
-assert runs["pre"]["end"][1] > 0.5 * runs["pre"]["end"][-1]
+# at step 40 post-norm's early blocks receive far less gradient than its last one; pre-norm's do not
+assert post_gradients[1] < 0.1 * post_gradients[-1]
+pre_gradients = runs["pre"]["snapshots"][40][0]
+assert pre_gradients[1] > 0.5 * pre_gradients[-1]
 
 # %% [markdown]
-# Read the left plot from right to left: in the post-norm model the gradient loses a roughly constant
-# factor per block (the measured ratio follows the product of the two norms' $1/\sigma$ printed above
-# it, the rest is the branch Jacobians), so the first blocks barely move; in the pre-norm model it
-# arrives at every block at about the same size. The loss follows with a delay: both models first
-# learn the character frequencies (the grey line) and must then learn to use context, which needs the
-# early layers. At the full size the pre-norm model gets below the unigram line well before the
+# Read the left plot from right to left. At step 0 the two placements look alike. By step 40 the
+# post-norm model's gradient loses a roughly constant factor per block (the measured ratio follows the
+# product of the two norms' $1/\sigma$ printed above it; the rest is the branch Jacobians), so its first
+# blocks barely move, while in the pre-norm model the gradient arrives at every block at about the same
+# size. (At the full size a third snapshot, at the end, shows that the post-norm profile keeps changing
+# as the gains and branches adapt: it is not a stable regime either.) The loss follows with a delay:
+# both models first learn the character frequencies (the grey line) and must then learn to use context,
+# which needs the early layers. At the full size the pre-norm model gets below the unigram line well before the
 # post-norm one; the small size's 40 steps are too few to see that in the loss, only in the gradients.
 # That is why pre-norm trains at depth without warmup, and why post-norm transformers need a warmup and
 # a careful learning rate (and, at depth, tricks such as scaled initialisation).
@@ -597,9 +606,9 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_STARTED:.1f} s")
 # | hyperparameter | typical | when it is off |
 # |---|---|---|
 # | `norm_position` | `pre` | post-norm at depth: early layers' gradients shrink by a factor per layer (section 5), the loss stalls or needs a long warmup and a lower learning rate |
-# | `norm` | `layernorm` (GPT-2) / `rmsnorm` (Llama) | either works; mixing a checkpoint's norm type with the wrong module gives wrong activations silently, so load through `GPTConfig` |
-# | `norm_eps` | `1e-5` (`1e-6` in some Llamas) | too large: rows with small variance are not normalised (x̂ shrinks); too small in float16: division blow-ups on constant rows |
-# | residual branch init | `init_std / sqrt(2·n_layer)` on `o_proj`, `down_proj` | without the scaling the stream's variance grows with depth, so pre-norm's final norm and every $1/\sigma$ shrink the gradient more |
+# | `norm` | `layernorm` (GPT-2) / `rmsnorm` (Llama) | either trains; RMSNorm saves a reduction and a bias. A pretrained checkpoint needs the norm it was trained with |
+# | `norm_eps` | `1e-5` (`1e-6` in some Llamas) | too large: rows with small variance are not normalised (x̂ shrinks, see the $a = 0.1$ row above); too small: a near-constant row gets a gain of up to $1/\sqrt{\epsilon}$ on its rounding noise |
+# | residual branch init | `init_std / sqrt(2·n_layer)` on `o_proj`, `down_proj` | without the scaling the residual stream's variance grows with every block, so later norms divide by a larger $\sigma$ (section 1's table) and deep branches get smaller gradients |
 # | `mlp`, `mlp_hidden` | `gelu` with $4C$ / `swiglu` with `swiglu_hidden(C)` | a SwiGLU with $H = 4C$ has 1.5× the feed-forward parameters; comparing models at unequal sizes misleads |
 # | `gelu_approximate` | `tanh` for GPT-2 weights | loading GPT-2 weights with the exact form changes activations by up to the printed max gap: small, but logits no longer match the reference bit for bit |
 #

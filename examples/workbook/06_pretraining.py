@@ -246,6 +246,8 @@ for step in range(decay_steps):
     trajectory["AdamW"].append(np.abs(decoupled.numpy()) / initial)
     trajectory["Adam + L2"].append(np.abs(coupled.numpy()) / initial)
 np.testing.assert_allclose(decoupled.numpy(), initial * (1 - eta * lam) ** decay_steps, rtol=1e-9)
+for name, values in trajectory.items():
+    print(f"{name:10s} |θ|/|θ₀| after {decay_steps} steps:", "  ".join(f"{v:.3g}" for v in values[-1]))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
 for ax, (name, values) in zip(axes, trajectory.items()):
@@ -261,9 +263,9 @@ plt.show()
 
 # %% [markdown]
 # AdamW shrinks all three by the same factor $(1-\eta\lambda)^t$ (asserted above). With the L2 penalty
-# through Adam the normalised step is about $\eta$ per step for every weight, so the 0.01 weight is
-# gone (it then oscillates around 0 at the scale of $\eta$) within a few steps while the 100 weight has
-# barely moved: the regularisation depends on how the weight's gradient happens to be scaled.
+# through Adam the normalised step is about $\eta$ per step whatever the weight's size, so the small
+# weights are driven to zero within a few hundred steps while the 100 weight keeps most of its size:
+# the regularisation depends on how the weight's gradient happens to be scaled, not on a fixed rate.
 #
 # In a model, decay belongs on the matrices only: `decay_groups(model.named_parameters(), wd)` puts
 # every parameter with `ndim >= 2` in the decaying group and biases and norm gains in a group with
@@ -421,12 +423,13 @@ for exponent in (0, 8, 16, 24, 32):
     finite = np.isfinite(unscaled)
     error = np.median(np.abs(unscaled[finite] - exact[finite]) / np.abs(exact[finite])) if finite.any() else np.nan
     outcomes[exponent] = (zeros, infs, error)
-    print(f"{'2^' + str(exponent):>8} {zeros:13.1%} {infs:6d} {error:18.1e}")
-assert outcomes[0][0] > 0.01 and outcomes[16][0] == 0 and outcomes[32][1] > 0
+    print(f"{'2^' + str(exponent):>8} {zeros:13.3%} {infs:6d} {error:18.1e}")
+assert outcomes[0][0] > 0.01 and outcomes[16][0] < 1e-4 and outcomes[32][1] > 0
 
 # %% [markdown]
 # With $S = 1$ a share of the gradient is exactly zero and the rest has few significant bits; at $2^{16}$
-# (the `GradScaler` default) nothing flushes and the relative error is float16's rounding ($\sim 2^{-11}$);
+# (the `GradScaler` default) only the very smallest entries flush (those below $2^{-24}/S$, far too small to
+# matter) and the typical relative error is float16's rounding ($\sim 2^{-11}$);
 # at $2^{32}$ the target entries ($\approx -1/N \cdot S$) exceed 65504 and become inf, which is what the
 # scaler detects and backs off from.
 #
