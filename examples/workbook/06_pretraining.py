@@ -483,7 +483,7 @@ assert scaler.skipped_steps > 0 and all(np.isfinite(p.numpy()).all() for p in am
 
 # %%
 if SMALL:
-    run = dict(vocab=512, n_layer=2, n_embd=64, block=64, batch=16, steps=200, eval_batches=8)
+    run = dict(vocab=512, n_layer=2, n_embd=64, block=64, batch=16, steps=400, eval_batches=8)
 else:
     run = dict(vocab=1024, n_layer=4, n_embd=128, block=128, batch=16, steps=400, eval_batches=0)
 workdir = tempfile.TemporaryDirectory()
