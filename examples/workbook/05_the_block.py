@@ -208,16 +208,17 @@ print("sum of dx per row, RMSNorm (not 0: no centring):", np.round(dx_hand.sum(a
 
 # %% [markdown]
 # What the two norms do to rows: 2,000 rows with random offsets and scales, each row's mean and
-# standard deviation before and after ($\gamma = 1$, $\beta = 0$). LayerNorm maps every row to mean 0,
-# standard deviation 1; RMSNorm maps every row to root-mean-square 1, so a row with a large offset
-# keeps it (its mean and standard deviation then trade off along $\mu^2 + \sigma^2 = 1$).
+# standard deviation before and after ($\gamma = 1$, $\beta = 0$), on the same axes. LayerNorm maps every
+# row to mean 0 and standard deviation 1 (just under, because of $\epsilon$): a single point. RMSNorm maps
+# every row to root-mean-square 1, so a row with a large offset keeps it (its mean and standard deviation
+# then trade off along the half circle $\mu^2 + \sigma^2 = 1$).
 
 # %%
 rows = rng.standard_normal((2000, 64)) * rng.uniform(0.2, 3.0, (2000, 1)) + rng.normal(0, 2.0, (2000, 1))
 ones64 = mm.tensor(np.ones(64))
 after_ln = F.layer_norm(mm.tensor(rows), ones64).numpy()
 after_rms = F.rms_norm(mm.tensor(rows), ones64).numpy()
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=False)
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True, sharey=True)   # the same axes: compare shapes
 for ax, data, title in zip(axes, (rows, after_ln, after_rms), ("input rows", "after LayerNorm", "after RMSNorm")):
     ax.scatter(data.mean(axis=1), data.std(axis=1), s=3, alpha=0.4)
     ax.set_title(title)
@@ -614,10 +615,11 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_STARTED:.1f} s")
 #
 # ## Exercises
 #
-# 1. Derive the backward of LayerNorm *without* the mean subtraction's simplification: keep the term
-#    $\sum_i (x_i - \mu)$ in step 2 and show where it vanishes. Then write a NumPy version that saves
-#    $\sigma$ instead of $r$ and check it against `F.layer_norm` with the random upstream gradient above.
-#    *Hint:* the only change is $r = 1/\sqrt{\sigma^2 + \epsilon}$ recomputed from the saved $\sigma$.
+# 1. Build LayerNorm's Jacobian for one row as a $C\times C$ matrix, $\partial\hat x/\partial x =
+#    r\,(I - \mathbf 1\mathbf 1^\top/C - \hat x\hat x^\top/C)$, check it column by column against finite
+#    differences of `layer_norm_forward`, and find its null space: which directions of $x$ does LayerNorm
+#    ignore, and how does $\epsilon$ change that? *Hint:* the matrix is symmetric; `np.linalg.eigvalsh`
+#    shows two eigenvalues near 0 (exactly one at 0 when $\epsilon > 0$) and the rest equal to $r$.
 # 2. Repeat section 5 with `norm="rmsnorm"` and with `init_std=0.1` (larger branches from the start). Does
 #    post-norm's gradient decay appear already at step 0? Predict it from the printed $1/\sigma$ factors first.
 #    *Hint:* `stream_gradients(model, ...)` works for any `GPTConfig` with learned positions.

@@ -228,11 +228,11 @@ np.testing.assert_allclose(np.abs(tiny_and_huge.numpy()), 1e-3, rtol=1e-2)
 
 # %% [markdown]
 # Decoupled decay against an L2 penalty, on weights whose loss gradient is zero (only the regulariser
-# acts): three weights of sizes 0.01, 1 and 100, $\eta = 10^{-2}$, $\lambda = 0.1$, for 3,000 steps. "Adam + L2"
+# acts): three weights of sizes 0.01, 1 and 100, $\eta = 10^{-2}$, $\lambda = 0.1$, for 1,000 steps. "Adam + L2"
 # is minillm's `AdamW` with `weight_decay=0` fed the gradient $\lambda\theta$.
 
 # %%
-decay_steps, lam, eta = 3000, 0.1, 1e-2
+decay_steps, lam, eta = 1000, 0.1, 1e-2
 initial = np.array([0.01, 1.0, 100.0])
 decoupled = mm.tensor(initial.copy(), requires_grad=True)
 coupled = mm.tensor(initial.copy(), requires_grad=True)
@@ -250,12 +250,13 @@ for name, values in trajectory.items():
     print(f"{name:10s} |θ|/|θ₀| after {decay_steps} steps:", "  ".join(f"{v:.3g}" for v in values[-1]))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
-for ax, (name, values) in zip(axes, trajectory.items()):
+for ax, values in zip(axes, trajectory.values()):
     values = np.array(values)
     for column, size in enumerate(initial):
         ax.semilogy(np.maximum(values[:, column], 1e-8), label=f"θ₀ = {size:g}")
-    ax.set_title(name)
     ax.set_xlabel("step")
+axes[0].set_title("AdamW (the three curves coincide)")
+axes[1].set_title("Adam + L2")
 axes[0].set_ylabel("|θ| / |θ₀|")
 axes[0].legend()
 plt.tight_layout()
@@ -345,7 +346,8 @@ tiny.zero_grad()
 # So `backward()` on each $\bar\ell_j / k$, letting the gradients add up in `.grad`, and one optimizer step,
 # is the big batch's step with $1/k$ of the activation memory. Two caveats: micro-batches must be equal in
 # scored tokens (with padding or masks, weight each by its token count instead of $1/k$); and anything that
-# is not a sum over examples (batch statistics) would break the identity (a transformer has none). The
+# is not a sum over examples (batch statistics) would break the identity (a transformer has none; dropout
+# draws other masks for other batch shapes, so with dropout the two agree in expectation only). The
 # `Trainer` does exactly this with `loop.grad_accum_steps`. In float32 the two differ only by the order of
 # summation.
 
@@ -573,9 +575,9 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_STARTED:.1f} s")
 # | peak learning rate `optim.lr` | `2e-3`–`3e-3` for these small models (lower for larger ones) | too high: the loss spikes or goes NaN (the `Trainer` stops and names the last good checkpoint); too low: a slow, straight-line loss curve |
 # | `warmup_steps` | 5–10 % of the run | none: early steps of size $\approx\eta$ on random weights, spikes, post-norm models stall; too long: wasted steps at low rate |
 # | `min_lr` | `lr / 10` | 0: the last part of the run barely moves; equal to `lr`: no annealing, a higher final loss |
-# | `betas` | `(0.9, 0.95)`–`(0.9, 0.99)` | $\beta_2$ near 1 (0.999) with spiky gradients: a stale $v$ lets a sudden large gradient through as a huge step |
+# | `betas` | `(0.9, 0.95)`–`(0.9, 0.99)` | $\beta_2$ near 1 (0.999) with spiky gradients: $v$ adapts slowly, so a sudden large gradient makes a step several times the usual size |
 # | `weight_decay` | `0.1` on matrices only (`decay_groups`) | on gains and biases: activations shrink; far too high: underfitting |
-# | `grad_clip` | `1.0` | too low: every step is clipped and the run is slower than its learning rate says; off: one bad batch can derail the run (watch `grad_norm` in the metrics) |
+# | `grad_clip` | `1.0` | too low: nearly every step is clipped, which reweights the steps inside AdamW's moments and flattens the `grad_norm` signal you monitor; off: one bad batch can derail the run |
 # | `grad_accum_steps` | 1, or what memory needs | micro-batches of unequal token counts averaged with $1/k$: a biased gradient |
 # | `precision` | `fp32` on the host; `bf16`/`fp16` on a GPU | fp16 without a scaler: gradients flush to zero (the loss stops improving silently); a scale that keeps overflowing: many skipped steps (`skipped` in the metrics) |
 # | batch tokens $B\cdot T$ | as many as fit | too few: noisy gradients, a jagged loss curve |
@@ -587,6 +589,6 @@ print(f"chapter run time: {time.perf_counter() - CHAPTER_STARTED:.1f} s")
 #    `F.cross_entropy(z, t, label_smoothing=ε)`. *Hint:* the loss is
 #    $\operatorname{lse}(z) - (1-\varepsilon) z_t - \varepsilon\,\overline{z}$, so the gradient is
 #    $p - (1-\varepsilon)\operatorname{onehot}(t) - \varepsilon/V$.
-# 2. Rerun section 8 with `warmup_steps=0` and a learning rate 3× higher, then with `loop.grad_accum_steps=4`
-#    and a batch 4× smaller. Which curves match step for step, and why? *Hint:* section 6, and compare the
-#    `grad_norm` column of the records.
+# 2. Rerun section 8 with `warmup_steps=0` and a peak learning rate of `1e-2`, and compare the first 50 steps
+#    of the loss and the `grad_norm` of the records with the run above; then restore the warmup and keep
+#    `1e-2`. *Hint:* section 3: every early step moves every weight by about $\eta$, whatever its gradient.
