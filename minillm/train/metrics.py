@@ -89,15 +89,16 @@ def plot_loss_curve(records: list[dict], path: str) -> bool:
     Returns False (and writes nothing) without matplotlib: it is optional by design.
     """
     try:
-        import matplotlib  # noqa: PLC0415  (optional: plotting only)
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        # A bare Figure, not pyplot: pyplot would need a backend, and choosing one here
+        # (matplotlib.use) switches the caller's for the rest of the process; in a notebook,
+        # every later plt.show() would then display nothing.
+        from matplotlib.figure import Figure  # noqa: PLC0415  (optional: plotting only)
     except ImportError:
         return False
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval" and "val_loss" in r]
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     if train:
         axes.plot(*zip(*train), label="train loss", linewidth=1)
     if val:
@@ -109,7 +110,6 @@ def plot_loss_curve(records: list[dict], path: str) -> bool:
     figure.tight_layout()
     with atomic_open(path, "wb") as handle:         # like every other file: the old plot or the new one
         figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
     return True
 
 

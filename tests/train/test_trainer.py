@@ -189,3 +189,22 @@ def test_a_peak_measured_on_a_busy_machine_is_measured_again_rather_than_reporti
     records = [r for r in trainer.metrics.records if r.get("kind") == "train" and "mfu" in r]
     assert records and all(0 < r["mfu"] <= 1.0 for r in records)
     assert trainer.peak_flops > 1e6                                 # any real machine does a megaflop a second
+
+
+def test_the_loss_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """plot_loss_curve (called by Trainer.fit with an out_dir) writes the PNG without choosing a
+    backend: a notebook's inline backend must still display the plots made after a training run."""
+    pytest.importorskip("matplotlib", reason="the loss plot needs matplotlib (the workbook extra)")
+    script = textwrap.dedent(f"""
+        import matplotlib
+        matplotlib.use("svg")
+        from minillm.train.metrics import plot_loss_curve
+        records = [{{"kind": "train", "step": 1, "loss": 2.0}}, {{"kind": "eval", "step": 1, "val_loss": 2.5}}]
+        assert plot_loss_curve(records, {str(tmp_path / "loss.png")!r})
+        print(matplotlib.get_backend())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MPLBACKEND": "svg"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "svg"
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
