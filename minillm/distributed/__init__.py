@@ -4,7 +4,18 @@ masked tokens). Importing this package does not import ``mpi4py``; only a transp
 MPI launcher does."""
 from minillm.distributed.batch_share import BatchShare, current_batch_share, sharing_batch
 from minillm.distributed.data_parallel import DataParallel, ShardedAdamW, split_rows
-from minillm.distributed.world import World, abort_on_failure, current_world, launcher_rank_and_size, set_world
+from minillm.distributed.world import (
+    World,
+    abort_on_failure,
+    check_batch_split,
+    current_world,
+    from_main,
+    launcher_rank_and_size,
+    set_world,
+    silent,
+    start_ranks,
+)
 
-__all__ = ["BatchShare", "DataParallel", "ShardedAdamW", "World", "abort_on_failure", "current_batch_share",
-           "current_world", "launcher_rank_and_size", "set_world", "sharing_batch", "split_rows"]
+__all__ = ["BatchShare", "DataParallel", "ShardedAdamW", "World", "abort_on_failure", "check_batch_split",
+           "current_batch_share", "current_world", "from_main", "launcher_rank_and_size", "set_world", "sharing_batch",
+           "silent", "split_rows", "start_ranks"]

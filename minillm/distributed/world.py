@@ -99,6 +99,41 @@ def set_world(world: World | None) -> World | None:
     return previous
 
 
+def check_batch_split(batch_size: int, size: int, rows: str = "rows") -> None:
+    """``batch_size`` is the global batch: refuse one that ``size`` ranks cannot share equally
+    (``rows``: what one batch row is, for the message)."""
+    if size > 1 and batch_size % size:
+        raise ValueError(f"loop.batch_size={batch_size} is not divisible by the {size} ranks of this job; expected a "
+                         f"multiple of {size} (batch_size is the global batch of {rows}, each rank takes an equal "
+                         "share of them)")
+
+
+def silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def start_ranks(rows: str, loop, log):
+    """This process's world, checked and set up before any work by a command that trains on
+    ``loop`` (anything with ``batch_size`` and ``device``, a ``LoopSection``): the global batch of
+    ``rows`` (sequences, conversations, preference pairs) must split evenly over the ranks; on CUDA
+    each rank's GPU (and NCCL) is chosen before any allocation. Returns ``(world, log)``, the log
+    silenced on ranks other than 0."""
+    world = current_world()
+    check_batch_split(loop.batch_size, world.size, rows)
+    if world.under_mpi and loop.device == "cuda":
+        world.transport("cuda")
+    return world, (log if world.is_main else silent)
+
+
+def from_main(world: World, make):
+    """``make()`` run by rank 0 alone, its (JSON) result handed to every rank, which wait for it
+    (in one process: ``make()``)."""
+    value = make() if world.is_main else None
+    if world.distributed:
+        value = world.control().broadcast_json(value, root=0)
+    return value
+
+
 def abort_on_failure(error: BaseException, command: str, exit_status: int) -> None:
     """Called by the command-line error boundary after it reported ``error``: in a job of more
     than one rank, say which rank failed and abort the whole job with ``exit_status`` (the other

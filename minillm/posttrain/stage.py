@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm.config import Config, Section, option
-from minillm.distributed import current_world
+from minillm.distributed import from_main, start_ranks  # noqa: F401  (sft and dpo import them from here)
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.nn.vocab import resize_token_embeddings
@@ -156,34 +156,6 @@ def check_paths(where: str, cfg) -> None:
 # ------------------------------------------------------------------------------------------------
 # data parallelism: who does what
 # ------------------------------------------------------------------------------------------------
-def silent(*args, **kwargs) -> None:
-    """The log of ranks other than 0."""
-
-
-def start_ranks(rows: str, loop: LoopSection, log):
-    """This process's world, checked and set up before any work: the global batch of ``rows``
-    (what a batch row is: conversations, preference pairs) must split evenly over the ranks; on
-    CUDA each rank's GPU (and NCCL) is chosen before any allocation. Returns ``(world, log)``,
-    the log silenced on ranks other than 0."""
-    world = current_world()
-    if world.distributed and loop.batch_size % world.size:
-        raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this job; "
-                         f"expected a multiple of {world.size} (batch_size is the global batch of {rows}, each rank "
-                         "takes an equal share of them)")
-    if world.under_mpi and loop.device == "cuda":
-        world.transport("cuda")
-    return world, (log if world.is_main else silent)
-
-
-def from_main(world, make):
-    """``make()`` run by rank 0 alone, its (JSON) result handed to every rank, which wait for it
-    (in one process: ``make()``)."""
-    value = make() if world.is_main else None
-    if world.distributed:
-        value = world.control().broadcast_json(value, root=0)
-    return value
-
-
 def rank_summary(stage: str, world, trainer) -> dict:
     """What a rank other than 0 returns: rank 0 evaluates and writes the summary."""
     return {"stage": stage, "steps": trainer.step, "rank": world.rank, "world_size": world.size}

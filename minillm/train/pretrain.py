@@ -31,7 +31,7 @@ from minillm.data import (
     read_corpus,
     split_train_val,
 )
-from minillm.distributed import current_world
+from minillm.distributed import from_main, start_ranks
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.optim import decay_groups
@@ -100,10 +100,6 @@ def check_resume_data(checkpoint, resume_path: str, corpus_path: str, num_tokens
                          "trained on, or start a new run without --resume")
 
 
-def _silent(*args, **kwargs) -> None:
-    """The log of ranks other than 0."""
-
-
 def _barrier(world) -> None:
     if world.distributed:
         world.control().barrier()
@@ -115,20 +111,10 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     data, loop, optim = cfg.data, cfg.loop, cfg.optim
     # Under mpiexec every rank runs this function; rank 0 alone prints and writes files (the
     # others wait for them at the barriers and read them). Without MPI: one rank, no barriers.
-    world = current_world()
-    if not world.is_main:
-        log = _silent
-    if world.distributed and loop.batch_size % world.size:     # before any work (Trainer checks it too)
-        raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this job; "
-                         f"expected a multiple of {world.size} (batch_size is the global batch, each rank takes an "
-                         "equal share of its rows)")
+    world, log = start_ranks("sequences", loop, log)   # before any work: the batch split, this rank's GPU
     manual_seed(loop.seed)
-    if world.under_mpi and loop.device == "cuda":
-        world.transport("cuda")          # this rank's GPU selected (and NCCL bootstrapped) before any allocation
     resume_from = load_checkpoint(loop.resume) if loop.resume else None
-    if world.is_main:
-        prepare_run_folder(loop, log)        # refuses to replace an earlier run (unless --overwrite)
-    _barrier(world)
+    from_main(world, lambda: prepare_run_folder(loop, log))   # refuses to replace an earlier run (unless --overwrite)
 
     corpus_path = data.corpus or default_corpus_path()
     docs, cleaning = clean_documents(read_corpus(corpus_path), min_chars=data.min_chars)

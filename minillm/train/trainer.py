@@ -96,7 +96,16 @@ from tqdm import tqdm
 
 from minillm.amp import GradScaler, autocast
 from minillm.backend import get_array_module, get_rng_state, item, set_rng_state, to_device, to_numpy
-from minillm.distributed import BatchShare, DataParallel, ShardedAdamW, World, current_world, sharing_batch, split_rows
+from minillm.distributed import (
+    BatchShare,
+    DataParallel,
+    ShardedAdamW,
+    World,
+    check_batch_split,
+    current_world,
+    sharing_batch,
+    split_rows,
+)
 from minillm.errors import TrainingDiverged
 from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 from minillm.health import HealthObserver, is_health_step
@@ -290,10 +299,7 @@ class Trainer:
         zero = getattr(loop, "zero", 0)
         if not world.under_mpi and not zero:
             return None
-        if loop.batch_size % world.size:
-            raise ValueError(f"loop.batch_size={loop.batch_size} is not divisible by the {world.size} ranks of this "
-                             f"job; expected a multiple of {world.size} (batch_size is the global batch, each rank "
-                             "takes an equal share of its rows)")
+        check_batch_split(loop.batch_size, world.size)
         if zero and self.scaler is not None:
             raise ValueError(f"loop.zero={zero} with loop.precision={loop.precision!r}: ZeRO-1 does not support the "
                              "fp16 loss scaler; use precision fp32 or bf16, or loop.zero 0")
