@@ -281,8 +281,8 @@ def train_stage(stage: str, cfg, model, optimizer, schedule, compute_loss, sampl
     trainer = Trainer(model, optimizer, schedule, loop, compute_loss, sampler, evaluate=evaluate,
                       grad_clip=cfg.optim.grad_clip, tokens_per_batch=tokens_per_batch,
                       checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict(), "extra": extra})
-    if trainer.parallel_summary():
-        log(trainer.parallel_summary())
+    if summary := trainer.parallel_summary():
+        log(summary)
     if loop.resume:
         trainer.resume(loop.resume)
         log(f"resumed from {loop.resume} at step {trainer.step}")

@@ -175,8 +175,8 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
                       grad_clip=optim.grad_clip, tokens_per_batch=loop.batch_size * block_size,
                       flops_per_token=model.flops_per_token(), peak_flops=measure_matmul_peak(loop.device),
                       checkpoint_metadata={"tokenizer": tokenizer, "train_config": cfg.to_dict()})
-    if trainer.parallel_summary():
-        log(trainer.parallel_summary())
+    if summary := trainer.parallel_summary():
+        log(summary)
     if resume_from is not None:
         trainer.resume(loop.resume)
         log(f"resumed from {loop.resume} at step {trainer.step}")

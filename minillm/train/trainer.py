@@ -616,12 +616,12 @@ class Trainer:
                     record["tokens_per_s"] = tokens_per_s
                     if self.flops_per_token and self.peak_flops:
                         # tokens/s is the job's (the global batch); the peak is one rank's
-                        record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world.size)
-                        if record["mfu"] > 1.0:
+                        rank_flops = tokens_per_s * self.flops_per_token / self.world.size
+                        if rank_flops > self.peak_flops:
                             # The peak was measured while other work held the cores (a few matmuls at
                             # start-up): the model cannot beat the machine, so measure it again now.
                             self.peak_flops = max(self.peak_flops, measure_matmul_peak(self.device))
-                            record["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world.size)
+                        record["mfu"] = rank_flops / self.peak_flops
                     self.metrics.write(**record)
                     window_start, window_tokens = time.perf_counter(), 0
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{record['lr']:.1e}",
