@@ -131,6 +131,20 @@ class _SplitWriter:
         self.pending, self.pending_tokens = [], 0
 
 
+def claim_dataset_folder(out_dir, caller: str, overwrite: bool, how_to_overwrite: str) -> str:
+    """Make ``out_dir`` ready for a new dataset and return it as a str: created if missing; refused
+    (``refuse_to_overwrite``, naming ``caller``) when it already holds a dataset's ``meta.json`` or
+    shards, unless ``overwrite``; an old ``meta.json`` removed first, so that a write cut short
+    leaves no ``meta.json`` describing shards that are not there."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    existing = [name for name in os.listdir(out_dir) if name == META_FILE or _SHARD_NAME.match(name)]
+    refuse_to_overwrite(f"{caller}: {out_dir!r}", "a dataset", sorted(existing), overwrite, how_to_overwrite)
+    if os.path.exists(os.path.join(out_dir, META_FILE)):
+        os.remove(os.path.join(out_dir, META_FILE))
+    return out_dir
+
+
 def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, val_fraction: float = 0.1,
                     shard_tokens: int = DEFAULT_SHARD_TOKENS, eot_token_id: int | None = None,
                     overwrite: bool = False, progress: bool = False) -> dict:
@@ -160,13 +174,8 @@ def prepare_dataset(docs: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
         if eot_token_id not in dict(tokenizer.special_tokens).values():
             raise ValueError(f"prepare_dataset: eot_token_id {eot_token_id} is not one of the tokenizer's special "
                              f"tokens {dict(tokenizer.special_tokens)}")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    existing = [name for name in os.listdir(out_dir) if name == META_FILE or _SHARD_NAME.match(name)]
-    refuse_to_overwrite(f"prepare_dataset: {out_dir!r}", "a dataset", sorted(existing), overwrite,
-                        "pass overwrite=True (CLI: --overwrite) or choose another folder")
-    if os.path.exists(os.path.join(out_dir, META_FILE)):
-        os.remove(os.path.join(out_dir, META_FILE))
+    out_dir = claim_dataset_folder(out_dir, "prepare_dataset", overwrite,
+                                   "pass overwrite=True (CLI: --overwrite) or choose another folder")
     try:
         tokenizer_config = tokenizer.to_dict()
         json.dumps(tokenizer_config)

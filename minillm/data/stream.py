@@ -51,12 +51,12 @@ from dataclasses import fields
 import numpy as np
 
 from minillm.data.clean import CleaningReport, clean_document
-from minillm.data.dataset import _SHARD_NAME, META_FILE, cut_document, split_target, write_dataset_meta
+from minillm.data.dataset import claim_dataset_folder, cut_document, split_target, write_dataset_meta
 from minillm.data.dedup import StreamingDeduplicator, content_key
 from minillm.data.documents import expand_inputs, iter_documents, read_document_at
 from minillm.data.minhash import MinHasher, band_keys
 from minillm.data.shards import SHARD_HEADER_BYTES, ShardWriter, read_shard_header, token_dtype
-from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
+from minillm.fileio import remove_stale_temp_files
 
 BATCH_BYTES = 1 << 20       # text per batch sent to a worker
 BATCH_DOCS = 2048           # documents per batch at most
@@ -283,13 +283,7 @@ def prepare_corpus(inputs, tokenizer, out_dir: str | os.PathLike, *, tokenizer_p
     settings = {"min_chars": min_chars, "dtype": dtype.str, "dedup": dedup, "seed": seed,
                 "bands": deduplicator.bands if dedup else 1, "rows": deduplicator.rows if dedup else 1}
 
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    existing = [name for name in os.listdir(out_dir) if name == META_FILE or _SHARD_NAME.match(name)]
-    refuse_to_overwrite(f"prepare: {out_dir!r}", "a dataset", sorted(existing), overwrite,
-                        "pass --overwrite or choose another folder")
-    if os.path.exists(os.path.join(out_dir, META_FILE)):
-        os.remove(os.path.join(out_dir, META_FILE))         # a crash from here on leaves no meta.json
+    out_dir = claim_dataset_folder(out_dir, "prepare", overwrite, "pass --overwrite or choose another folder")
     remove_stale_temp_files(out_dir)
     tokenizer_config = tokenizer.to_dict()
 
