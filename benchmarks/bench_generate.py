@@ -59,17 +59,11 @@ def parse_args(argv=None):
     return args
 
 
-def set_threads(threads: int) -> None:
-    """Must run before NumPy is imported: BLAS reads these once."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from common import OtherCpu, alternate, format_table, median, save_results, set_threads  # noqa: PLC0415
     set_threads(args.threads)
     import numpy as np  # noqa: PLC0415  (after the thread count is set)
-    from common import OtherCpu, alternate, format_table, median, save_results  # noqa: PLC0415
 
     import minillm as mm  # noqa: PLC0415
     from minillm.nn import GPT, GPTConfig  # noqa: PLC0415
