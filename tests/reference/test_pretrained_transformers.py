@@ -57,12 +57,7 @@ BUILDERS = {"gpt2": gpt2, "llama-gqa-untied-theta500": llama_gqa_untied, "llama-
 IDS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 23))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/reference/conftest.py
 
 
 def build(name):

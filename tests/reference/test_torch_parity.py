@@ -14,13 +14,7 @@ torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is fastest, and immune to a busy neighbour on a 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/reference/conftest.py
 
 TINY = dict(vocab_size=37, block_size=16, n_layer=2, n_head=4, n_embd=32)
 CONFIGS = {
