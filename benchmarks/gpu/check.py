@@ -225,6 +225,16 @@ def _metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+# 20 steps of the main job (warmup 5), every step's loss logged, one evaluation, no samples
+SHORT_MAIN_JOB = ["--max_steps", "20", "--warmup_steps", "5", "--log_interval", "1", "--eval_interval", "20",
+                  "--sample_tokens", "0", "--progress", "false"]
+
+
+def _train_losses(out_dir: str) -> list[float]:
+    """The per-step training losses a ``minillm train --out_dir out_dir`` run logged."""
+    return [r["loss"] for r in _metrics(os.path.join(out_dir, "metrics.jsonl")) if r.get("kind") == "train"]
+
+
 def part_mainjob(check: Check) -> None:
     """The whole main job on the GPU against the CPU reference run, at every evaluation."""
     with open(os.path.join(ROOT, "benchmarks", "gpu", "main_job_cpu.json"), encoding="utf-8") as handle:
@@ -252,16 +262,13 @@ def part_mainjob(check: Check) -> None:
 
 def part_parity20(check: Check) -> None:
     """20 steps of the main job on this machine's CPU and on its GPU, loss by loss."""
-    short = ["--max_steps", "20", "--warmup_steps", "5", "--log_interval", "1", "--eval_interval", "20",
-             "--sample_tokens", "0", "--progress", "false"]
     losses = {}
     with tempfile.TemporaryDirectory() as tmp:
         for device in ("cpu", "cuda"):
             folder = os.path.join(tmp, device)
             status = check.run(f"parity20_{device}", [PY, "-m", "minillm", "train", "--device", device,
-                                                      "--out_dir", folder, *short], 120)[0]
-            losses[device] = [r["loss"] for r in _metrics(os.path.join(folder, "metrics.jsonl"))
-                              if r.get("kind") == "train"]
+                                                      "--out_dir", folder, *SHORT_MAIN_JOB], 120)[0]
+            losses[device] = _train_losses(folder)
     if not (losses.get("cpu") and losses.get("cuda")):
         check.record("parity20", {"status": f"incomplete: {status}", "losses": losses})
         return
@@ -318,8 +325,6 @@ def part_nccl_mpiexec(check: Check) -> None:
         check.record("nccl_mpiexec", {"status": "skipped", "why": "no mpiexec on PATH (pip install mpich, or set "
                                                                   "MINILLM_MPIEXEC)"})
         return
-    short = ["--device", "cuda", "--max_steps", "20", "--warmup_steps", "5", "--log_interval", "1",
-             "--eval_interval", "20", "--sample_tokens", "0", "--progress", "false"]
     runs = {"plain": [], "mpiexec": [launcher, "-n", "1"], "mpiexec_zero1": [launcher, "-n", "1"]}
     losses, logs, statuses = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,12 +332,12 @@ def part_nccl_mpiexec(check: Check) -> None:
             extra = ["--zero", "1"] if name.endswith("zero1") else []
             folder = os.path.join(tmp, name)
             status, output, _ = check.run(f"nccl_mpiexec_{name}", [*prefix, PY, "-m", "minillm", "train",
-                                                                   "--out_dir", folder, *short, *extra], 120,
+                                                                   "--device", "cuda", "--out_dir", folder,
+                                                                   *SHORT_MAIN_JOB, *extra], 120,
                                           env=ROOT_ALLOWED)
             statuses[name] = status
             logs[name] = [line for line in output.splitlines() if line.startswith("data parallel:")]
-            losses[name] = [r["loss"] for r in _metrics(os.path.join(folder, "metrics.jsonl"))
-                            if r.get("kind") == "train"]
+            losses[name] = _train_losses(folder)
     if not all(len(v) == 20 for v in losses.values()):
         check.record("nccl_mpiexec", {"status": f"incomplete: {statuses}", "losses": losses, "logs": logs})
         return
