@@ -66,8 +66,10 @@ class Checkpoint:
 
 def save_checkpoint(path: str | os.PathLike, *, model, step: int, optimizer=None, loader_state=None,
                     tokenizer=None, train_config: dict | None = None, extra: dict | None = None,
-                    rng_state: dict | None = None) -> None:
-    """Write a checkpoint atomically (see the module docstring for the layout)."""
+                    rng_state: dict | None = None, optimizer_state: dict | None = None) -> None:
+    """Write a checkpoint atomically (see the module docstring for the layout). The optimizer's
+    state is ``optimizer.state_dict()``, or ``optimizer_state`` when that was taken already (under
+    ZeRO-1 taking it is a collective every rank joins, while one rank writes)."""
     tensors = {f"model.{name}": to_numpy(array) for name, array in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -76,8 +78,10 @@ def save_checkpoint(path: str | os.PathLike, *, model, step: int, optimizer=None
         "model_config": json.dumps(model.config.to_dict()),
         "rng": json.dumps(rng_state if rng_state is not None else get_rng_state()),
     }
-    if optimizer is not None:
-        state = optimizer.state_dict()
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    if optimizer_state is not None:
+        state = optimizer_state
         for key, array in state["state"].items():
             tensors[f"optim.{key}"] = to_numpy(array)
         metadata["optimizer"] = json.dumps({k: v for k, v in state.items() if k != "state"})

@@ -369,11 +369,11 @@ class Trainer:
             # every rank's generator (a resume on as many ranks continues each exactly)
             parallel_extra = {"world_size": self.world.size,
                               "rank_rng_states": self.parallel.transport.allgather_json(get_rng_state())}
-        optimizer = _StateOnce(self.optimizer.state_dict()) if self.parallel is not None else self.optimizer
-        if not self.world.is_main:       # the state was gathered (a collective); rank 0 writes
+        optimizer_state = self.optimizer.state_dict()     # under ZeRO-1 a gather: every rank takes part
+        if not self.world.is_main:       # rank 0 writes
             self.last_good_checkpoint, self.last_good_step = path, self.step
             return
-        save_checkpoint(path, model=self.model, step=self.step, optimizer=optimizer,
+        save_checkpoint(path, model=self.model, step=self.step, optimizer_state=optimizer_state,
                         loader_state=self.batches.state_dict(), rng_state=get_rng_state(),
                         tokenizer=self.checkpoint_metadata.get("tokenizer"),
                         train_config=self.checkpoint_metadata.get("train_config"),
@@ -669,13 +669,3 @@ def rank_rng_state(seed: int, rank: int, step: int = 0) -> dict:
     return {"bit_generator": state["bit_generator"],
             "state": {"state": int(state["state"]["state"]), "inc": int(state["state"]["inc"])},
             "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
-
-
-class _StateOnce:
-    """An optimizer stand-in whose ``state_dict()`` is one already taken (the gathered ZeRO state)."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
