@@ -38,7 +38,7 @@ import time
 from minillm import functional as F
 from minillm.autograd import no_grad
 from minillm.backend import get_array_module, item, manual_seed, to_device, to_numpy
-from minillm.distributed import current_batch_share
+from minillm.distributed import current_batch_share, from_main, start_ranks
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.posttrain.batches import IGNORE_INDEX, DPOBatchSampler, dpo_batch
@@ -50,14 +50,12 @@ from minillm.posttrain.stage import (
     DPOConfig,
     build_optimizer,
     check_paths,
-    from_main,
     load_chat_model,
     load_eval_prompts,
     model_source,
     prepare_task_data,
     rank_summary,
     setup_lora,
-    start_ranks,
     train_stage,
 )
 from minillm.posttrain.tasks import make_preference_pairs

@@ -31,7 +31,7 @@ import time
 from minillm import functional as F
 from minillm.autograd import no_grad
 from minillm.backend import item, manual_seed, to_device
-from minillm.distributed import current_batch_share
+from minillm.distributed import current_batch_share, from_main, start_ranks
 from minillm.fileio import atomic_write_text
 from minillm.posttrain.batches import IGNORE_INDEX, SFTBatchSampler, sft_batch
 from minillm.posttrain.datasets import load_sft_jsonl, render_sft_examples
@@ -42,14 +42,12 @@ from minillm.posttrain.stage import (
     SFTConfig,
     build_optimizer,
     check_paths,
-    from_main,
     load_chat_model,
     load_eval_prompts,
     model_source,
     prepare_task_data,
     rank_summary,
     setup_lora,
-    start_ranks,
     train_stage,
 )
 from minillm.posttrain.tasks import DEFAULT_NOISE

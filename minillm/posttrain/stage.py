@@ -12,7 +12,7 @@ with the stage's own defaults (``SFTConfig.defaults``, ``DPOConfig.defaults``).
 Under ``mpiexec -n N`` (:mod:`minillm.distributed`) every rank runs the whole stage: it reads the
 checkpoint and the data, draws the same batches and trains on its 1/N of each batch's rows
 through the Trainer (``--zero 1`` included). Rank 0 alone prepares the run folder, generates the
-task files (the others wait for it: :func:`from_main`), logs, evaluates and writes files
+task files (the others wait for it: :func:`minillm.distributed.from_main`), logs, evaluates and writes files
 (adapters, ``model.safetensors``, ``summary.json``); the other ranks return a short summary
 after training (:func:`rank_summary`).
 """
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from minillm.config import Config, Section, option
-from minillm.distributed import from_main, start_ranks  # noqa: F401  (sft and dpo import them from here)
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.nn.vocab import resize_token_embeddings
