@@ -14,9 +14,10 @@
 from minillm.optim.adamw import AdamW
 from minillm.optim.clip import clip_grad_norm_
 from minillm.optim.groups import decay_groups
+from minillm.optim.muon import Muon, muon_groups, orthogonalize
 from minillm.optim.optimizer import Optimizer
 from minillm.optim.schedule import CosineSchedule, cosine_schedule, set_lr
 from minillm.optim.sgd import SGD
 
-__all__ = ["SGD", "AdamW", "CosineSchedule", "Optimizer", "clip_grad_norm_", "cosine_schedule", "decay_groups",
-           "set_lr"]
+__all__ = ["SGD", "AdamW", "CosineSchedule", "Muon", "Optimizer", "clip_grad_norm_", "cosine_schedule", "decay_groups",
+           "muon_groups", "orthogonalize", "set_lr"]

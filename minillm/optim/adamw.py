@@ -40,14 +40,15 @@ class AdamW(Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def _validate_group(self, group: dict) -> None:
-        group["lr"] = check_number("AdamW", "lr", group["lr"])
+        owner = type(self).__name__          # Muon checks its AdamW groups' hyperparameters here too
+        group["lr"] = check_number(owner, "lr", group["lr"])
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"AdamW: betas={betas!r} is invalid; expected a pair (beta1, beta2)")
-        group["betas"] = (check_number("AdamW", "betas[0]", betas[0], below=1.0),
-                          check_number("AdamW", "betas[1]", betas[1], below=1.0))
-        group["eps"] = check_number("AdamW", "eps", group["eps"], strictly_above=True)
-        group["weight_decay"] = check_number("AdamW", "weight_decay", group["weight_decay"])
+            raise ValueError(f"{owner}: betas={betas!r} is invalid; expected a pair (beta1, beta2)")
+        group["betas"] = (check_number(owner, "betas[0]", betas[0], below=1.0),
+                          check_number(owner, "betas[1]", betas[1], below=1.0))
+        group["eps"] = check_number(owner, "eps", group["eps"], strictly_above=True)
+        group["weight_decay"] = check_number(owner, "weight_decay", group["weight_decay"])
 
     def _buffer_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

@@ -10,7 +10,7 @@ import pytest
 
 import minillm as mm
 from minillm import backend
-from minillm.optim import SGD, AdamW, clip_grad_norm_
+from minillm.optim import SGD, AdamW, Muon, clip_grad_norm_
 
 SHAPES = [(6, 5), (5,), (3, 2, 2)]
 
@@ -52,7 +52,8 @@ def gradients(step):
     lambda ps: AdamW(ps, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1),
     lambda ps: SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.01),
     lambda ps: SGD(ps, lr=1e-2, momentum=0.9, dampening=0.2),
-], ids=["adamw", "sgd_nesterov", "sgd_dampening"])
+    lambda ps: Muon([{"params": ps[:1]}, {"params": ps[1:], "orthogonalize": False}], lr=1e-2, weight_decay=0.1),
+], ids=["adamw", "sgd_nesterov", "sgd_dampening", "muon"])
 def test_steps_on_the_device_match_the_host(device_under_test, make):
     host, dev = host_and_device_params()
     host_opt, dev_opt = make(host), make(dev)
