@@ -1,14 +1,19 @@
-"""AdamW step time: minillm vs torch.optim.AdamW on a ~10M-parameter set of float32 arrays.
+"""Optimizer step time: minillm's AdamW vs torch.optim.AdamW (and minillm's Muon) on a ~10M-parameter
+set of float32 arrays.
 
     python benchmarks/bench_optim.py                  # 10.45M params, 3 rounds x 20 timed steps
     python benchmarks/bench_optim.py --rounds 5 --steps 20 --layers 8
     python benchmarks/bench_optim.py --rounds 1 --steps 2 --vocab 64 --n-embd 32 --layers 1   # a smoke test
+    python benchmarks/bench_optim.py --contenders minillm,minillm-muon --ns-steps 3    # what Muon costs
 
 The parameter shapes are those of a small GPT (vocab 4096, n_embd 384, 5 layers: embedding,
 attention and MLP matrices, their biases, LayerNorm gains and biases), with gradients set once;
 each timed call is one ``step()``. Contenders: ``minillm.optim.AdamW``, and
 ``torch.optim.AdamW`` three ways: ``foreach=False`` (a loop over the parameters),
 its default (foreach on the CPU), and ``fused=True``. Same hyperparameters, the same arrays.
+``minillm-muon`` is ``minillm.optim.Muon`` on the same arrays (the blocks' matrices
+orthogonalised with ``--ns-steps`` Newton-Schulz iterations, AdamW for the embedding and the
+vectors): what Muon adds to a step.
 
 Method
 - Every contender runs in a fresh process of its own (never two libraries' thread pools in one
@@ -44,7 +49,7 @@ HYPER = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
 TORCH_VARIANTS = {"torch-foreach-false": ("torch foreach=False", {"foreach": False}),
                   "torch-default": ("torch default", {}),
                   "torch-fused": ("torch fused=True", {"fused": True})}
-CONTENDERS = ("minillm", *TORCH_VARIANTS)
+CONTENDERS = ("minillm", "minillm-muon", *TORCH_VARIANTS)
 
 
 def parse_args(argv=None):
@@ -59,6 +64,7 @@ def parse_args(argv=None):
                         help="BLAS / intra-op threads for all (default: the environment's, else the cores)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    parser.add_argument("--ns-steps", type=int, default=5, help="minillm-muon's Newton-Schulz iterations")
     parser.add_argument("--no-torch", action="store_true", help="time minillm alone")
     parser.add_argument("--out", default=None, help="write the JSON and Markdown results here")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per contender process")
@@ -69,9 +75,11 @@ def parse_args(argv=None):
     if bad:
         parser.error(f"--contenders: unknown {bad}; expected a subset of {list(CONTENDERS)}")
     if args.no_torch:
-        args.contenders = [c for c in args.contenders if c == "minillm"]
-    if min(args.rounds, args.steps, args.threads, args.vocab, args.n_embd, args.layers) < 1 or args.warmup < 0:
-        parser.error("--rounds, --steps, --threads, --vocab, --n-embd and --layers must be positive, --warmup >= 0")
+        args.contenders = [c for c in args.contenders if c.startswith("minillm")]
+    if min(args.rounds, args.steps, args.threads, args.vocab, args.n_embd, args.layers, args.ns_steps) < 1 \
+            or args.warmup < 0:
+        parser.error("--rounds, --steps, --threads, --vocab, --n-embd, --layers and --ns-steps must be positive, "
+                     "--warmup >= 0")
     return args
 
 
@@ -99,15 +107,21 @@ def child(args) -> None:
     """One contender in this process: warm-up and timed steps; prints one JSON line."""
     result = {}
     shapes = gpt_shapes(args.vocab, args.n_embd, args.layers)
-    if args.child == "minillm":
+    if args.child.startswith("minillm"):
         import minillm as mm  # first: minillm.host sets OpenBLAS's thread wait before NumPy loads it
-        from minillm.optim import AdamW
+        from minillm.optim import AdamW, Muon
 
         arrays, grads = make_arrays(shapes)
         params = [mm.tensor(a.copy(), requires_grad=True) for a in arrays]
         for p, g in zip(params, grads):
             p.grad = g
-        step = AdamW(params, **HYPER).step
+        if args.child == "minillm":
+            step = AdamW(params, **HYPER).step
+        else:                       # the blocks' matrices (not the embedding, params[0]) orthogonalised
+            hidden = [p for p in params[1:] if p.ndim == 2]
+            rest = [params[0]] + [p for p in params[1:] if p.ndim != 2]
+            step = Muon([{"params": hidden}, {"params": rest, "orthogonalize": False}], ns_steps=args.ns_steps,
+                        **HYPER).step
         result["host"] = common.minillm_host()
     else:
         import torch
@@ -127,7 +141,7 @@ def child(args) -> None:
 def run_child(contender: str, args) -> dict:
     argv = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--vocab", str(args.vocab),
             "--n-embd", str(args.n_embd), "--layers", str(args.layers), "--threads", str(args.threads),
-            "--child", contender]
+            "--ns-steps", str(args.ns_steps), "--child", contender]
     return common.run_script_child(__file__, argv, args.threads, args.timeout)
 
 
@@ -144,9 +158,9 @@ def main(argv=None) -> int:
     import platform
 
     contenders = list(args.contenders)
-    if any(c != "minillm" for c in contenders) and importlib.util.find_spec("torch") is None:
+    if any(not c.startswith("minillm") for c in contenders) and importlib.util.find_spec("torch") is None:
         print("torch is not installed: timing minillm alone")
-        contenders = [c for c in contenders if c == "minillm"]
+        contenders = [c for c in contenders if c.startswith("minillm")]
     shapes = gpt_shapes(args.vocab, args.n_embd, args.layers)
     n_params = sum(math.prod(s) for s in shapes)
     runs = common.alternate_rounds(contenders, args.rounds, lambda c: run_child(c, args),
@@ -155,15 +169,16 @@ def main(argv=None) -> int:
     ours = summary.get("minillm", {}).get("median")
     rows, warnings = [], []
     for contender, s in summary.items():
-        label = "minillm AdamW" if contender == "minillm" else TORCH_VARIANTS[contender][0]
+        label = {"minillm": "minillm AdamW", "minillm-muon": f"minillm Muon ({args.ns_steps} Newton-Schulz "
+                 "iterations)"}.get(contender) or TORCH_VARIANTS[contender][0]
         if "median" not in s:
             rows.append([label, "failed", "", "", ""])
             continue
-        ratio = f"{ours / s['median']:.2f}x" if ours is not None and contender != "minillm" else ""
+        ratio = f"{ours / s['median']:.2f}x" if ours is not None and not contender.startswith("minillm") else ""
         rows.append([label, s["median"], common.spread(s["round_medians"]), ratio, f"{s['other_cores']:.2f}"])
         if s["other_cores"] > common.BUSY_CORES:
             warnings.append(f"{label}: other processes kept {s['other_cores']:.2f} cores busy: re-run")
-    text = common.format_table(["AdamW step", "ms/step (median)", "round medians", "minillm / this", "other cores"],
+    text = common.format_table(["optimizer step", "ms/step (median)", "round medians", "minillm / this", "other cores"],
                                rows)
     hosts = {json.dumps(r["host"], sort_keys=True) for r in runs.get("minillm", []) if "host" in r}
     text += (f"\n\n{n_params / 1e6:.2f}M float32 parameters in {len(shapes)} arrays; {args.threads} threads; "
