@@ -42,7 +42,7 @@ from minillm.backend import manual_seed, to_numpy
 from minillm.data import RandomWindowLoader
 from minillm.errors import EXIT_DOCTOR, MinillmError
 from minillm.nn import GPT, GPTConfig, KVCache
-from minillm.optim import SGD, CosineSchedule, decay_groups
+from minillm.optim import SGD, CosineSchedule
 from minillm.posttrain.dpo import DPOObjective, frozen_copy
 from minillm.train.config import LoopSection, TrainConfig
 from minillm.train.pretrain import language_model_loss
@@ -212,7 +212,8 @@ def check_overfit(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
     model = build(twin)
     ids = tokens((4, twin.block_size + 1), twin.vocab_size)
     batch = (ids[:, :-1], ids[:, 1:])
-    optimizer = cfg.optim.optimizer(decay_groups(model.named_parameters(), 0.0), lambda step: OVERFIT_LR)
+    optimizer = cfg.optim.build_optimizer(cfg.optim.param_groups(model.named_parameters(), 0.0),
+                                          lambda step: OVERFIT_LR)
     trainer = Trainer(model, optimizer, lambda step: OVERFIT_LR, _quiet_loop(), language_model_loss,
                       _Batches([batch]), grad_clip=1.0, data_parallel=False)
     first = last = math.nan
@@ -221,10 +222,11 @@ def check_overfit(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
         first = last if step == 0 else first
     return CheckResult(
         "overfit", bool(last < OVERFIT_THRESHOLD), f"{first:.3f} -> {last:.4f} in {OVERFIT_STEPS} steps",
-        f"< {OVERFIT_THRESHOLD} (AdamW lr {OVERFIT_LR:g})",
+        f"< {OVERFIT_THRESHOLD} ({type(optimizer).__name__} lr {OVERFIT_LR:g})",
         "the model cannot learn even one batch: the optimizer does not update the weights, gradients do not "
         "reach some parameters, the targets are not the inputs shifted by one, or the learning rate is ignored",
-        "AdamW.step and zero_grad, Trainer.train_step, set_lr, which parameters have requires_grad")
+        f"{type(optimizer).__name__}.step and zero_grad, Trainer.train_step, set_lr, which parameters have "
+        "requires_grad")
 
 
 def check_grad_accumulation(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
@@ -298,7 +300,7 @@ def check_resume(config: GPTConfig, cfg: TrainConfig) -> CheckResult:
     def trainer(seed: int) -> Trainer:
         model = build(twin, seed=seed)
         schedule = CosineSchedule(cfg.optim.lr, cfg.optim.min_lr, 2, 6)
-        optimizer = cfg.optim.optimizer(decay_groups(model.named_parameters(), cfg.optim.weight_decay), schedule)
+        optimizer = cfg.optim.build_optimizer(cfg.optim.param_groups(model.named_parameters()), schedule)
         loader = RandomWindowLoader(data, batch_size=2, block_size=twin.block_size, seed=seed)
         return Trainer(model, optimizer, schedule, _quiet_loop(precision=precision), language_model_loss, loader,
                        grad_clip=cfg.optim.grad_clip, data_parallel=False)

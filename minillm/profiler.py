@@ -393,7 +393,8 @@ CATEGORIES = {                # the ledger's rows, in order, and what each holds
     "parameters": "the weights (under fp16/bf16 these are the float32 master weights: no "
                   "low-precision copy outlives an op)",
     "gradients": "one per trainable parameter, as backward leaves them",
-    "optimizer_state": "per parameter (AdamW: exp_avg m and exp_avg_sq v)",
+    "optimizer_state": "per parameter (AdamW: exp_avg m and exp_avg_sq v; Muon: a momentum_buffer per "
+                       "orthogonalised matrix, AdamW's two for the rest)",
     "optimizer_scratch": "the optimizer's reusable temporary",
     "buffers": "the modules' tables (RoPE, sinusoidal positions)",
     "saved_activations": "what the graph keeps for backward, at the start of backward",

@@ -28,7 +28,6 @@ from minillm.config import Config, Section, option
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
 from minillm.nn.vocab import resize_token_embeddings
-from minillm.optim import decay_groups
 from minillm.posttrain.lora import (
     apply_lora,
     lora_param_groups,
@@ -249,9 +248,9 @@ def save_final_model(path: str, model, tokenizer, step: int, train_config: dict,
 
 
 def build_optimizer(model, param_groups, optim: OptimSection, schedule):
-    """AdamW over ``param_groups`` (LoRA) or over every parameter with the usual decay groups."""
-    groups = param_groups if param_groups is not None else decay_groups(model.named_parameters(), optim.weight_decay)
-    return optim.optimizer(groups, schedule)
+    """The optimizer over ``param_groups`` (LoRA) or over every parameter in the usual groups."""
+    groups = param_groups if param_groups is not None else optim.param_groups(model.named_parameters())
+    return optim.build_optimizer(groups, schedule)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
     [model]  ModelSection: the preset and every GPTConfig field (None = the preset's value)
     [data]   DataSection: corpus, tokenizer, cleaning, split (pretraining)
-    [optim]  OptimSection: the learning-rate schedule (lr, min_lr, warmup_steps), AdamW, clipping
+    [optim]  OptimSection: the optimizer (AdamW or Muon), the learning-rate schedule (lr, min_lr,
+             warmup_steps), clipping
     [loop]   LoopSection: the Trainer's loop (steps, batches, device, precision, checkpoints, logs)
 
 ``TrainConfig`` (``minillm train``) is all four, with the main job's sizes as its defaults; SFT and
@@ -20,7 +21,7 @@ from minillm.backend import DEVICES
 from minillm.config import Config, Section, option
 from minillm.nn.gpt import CHOICES as MODEL_CHOICES
 from minillm.nn.gpt import GPTConfig
-from minillm.optim import AdamW, CosineSchedule
+from minillm.optim import AdamW, CosineSchedule, Muon, decay_groups, muon_groups
 
 
 @dataclass
@@ -91,20 +92,27 @@ class DataSection(Section):
 
 @dataclass
 class OptimSection(Section):
-    """The optimizer: the learning-rate schedule (warmup, cosine decay) is the one owner of the
-    learning rate; AdamW's other hyperparameters; gradient clipping."""
+    """The optimizer: AdamW, or Muon (AdamW for what it does not orthogonalise); the learning-rate
+    schedule (warmup, cosine decay) is the one owner of the learning rate, for every param group;
+    gradient clipping."""
 
     name: ClassVar[str] = "optim"
-    title: ClassVar[str] = "learning-rate schedule, AdamW, clipping"
+    title: ClassVar[str] = "optimizer (AdamW or Muon), learning-rate schedule, clipping"
 
+    optimizer: str = option("adamw", "adamw, or muon (orthogonalised momentum for the blocks' matrices, AdamW for "
+                            "the embedding, the head and the vectors)", choices=("adamw", "muon"))
     lr: float = option(2e-3, "peak learning rate (the schedule's)", minimum=0.0)
     min_lr: float = option(2e-4, "learning rate at the end of the cosine decay", minimum=0.0)
     warmup_steps: int = option(50, "linear warmup steps (clamped to max_steps for shorter runs)", minimum=0)
-    weight_decay: float = option(0.1, "AdamW decoupled weight decay (matrices only)", minimum=0.0)
-    beta1: float = option(0.9, "AdamW beta1", minimum=0.0, below=1.0)
+    weight_decay: float = option(0.1, "decoupled weight decay (matrices only; Muon's too)", minimum=0.0)
+    beta1: float = option(0.9, "AdamW beta1 (with muon: of the AdamW groups)", minimum=0.0, below=1.0)
     beta2: float = option(0.99, "AdamW beta2", minimum=0.0, below=1.0)
     eps: float = option(1e-8, "AdamW epsilon", above=0.0)
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = off", minimum=0.0)
+    momentum: float = option(0.95, "(muon) momentum of the orthogonalised updates", minimum=0.0, below=1.0)
+    update_rms: float = option(0.2, "(muon) root-mean-square of a matrix update per unit of learning rate",
+                               above=0.0)
+    ns_steps: int = option(5, "(muon) Newton-Schulz iterations that orthogonalise each update", minimum=1)
 
     def check(self) -> None:
         if self.min_lr > self.lr:
@@ -115,8 +123,20 @@ class OptimSection(Section):
         """The run's :class:`~minillm.optim.CosineSchedule`."""
         return CosineSchedule(self.lr, self.min_lr, self.warmup_steps, total_steps)
 
-    def optimizer(self, param_groups, schedule):
-        """AdamW over ``param_groups`` (or parameters), starting at the schedule's first rate."""
+    def param_groups(self, named_parameters, weight_decay: float | None = None) -> list[dict]:
+        """The optimizer's groups for a model's ``named_parameters()``: decay_groups (AdamW) or
+        muon_groups (Muon), with ``weight_decay`` (None: this section's)."""
+        weight_decay = self.weight_decay if weight_decay is None else weight_decay
+        if self.optimizer == "muon":
+            return muon_groups(named_parameters, weight_decay)
+        return decay_groups(named_parameters, weight_decay)
+
+    def build_optimizer(self, param_groups, schedule):
+        """The optimizer over ``param_groups`` (or parameters), starting at the schedule's first rate."""
+        if self.optimizer == "muon":
+            return Muon(param_groups, lr=schedule(0), momentum=self.momentum, ns_steps=self.ns_steps,
+                        update_rms=self.update_rms, betas=(self.beta1, self.beta2), eps=self.eps,
+                        weight_decay=self.weight_decay)
         return AdamW(param_groups, lr=schedule(0), betas=(self.beta1, self.beta2), eps=self.eps,
                      weight_decay=self.weight_decay)
 

@@ -6,7 +6,7 @@
         --vocab_size 65 --batch_size 8 --json ledger.json
 
 It takes the options of ``minillm train`` (the model, the batch size, precision, device, seed,
-``--recompute``), builds the model and AdamW as training would (weight decay groups, the
+``--recompute``), builds the model and its optimizer as training would (AdamW or Muon, their groups, the
 schedule's first learning rate, fp16's loss scaler), and feeds it random token ids of one
 micro-batch (``loop.batch_size`` x ``block_size``; no corpus or tokenizer is read: the vocabulary
 is ``model.vocab_size``, else ``data.vocab_size``). One warm-up step creates the optimizer's state,
@@ -30,7 +30,6 @@ from minillm.backend import check_device, manual_seed, synchronize
 from minillm.config import Section, option
 from minillm.fileio import refuse_to_overwrite
 from minillm.nn import GPT
-from minillm.optim import decay_groups
 from minillm.profiler import memory_ledger
 from minillm.train.config import TrainConfig
 
@@ -71,8 +70,7 @@ class TrainingStep:
         self.model.recompute = loop.recompute
         self.model.train()
         schedule = cfg.optim.schedule(loop.max_steps)
-        self.optimizer = cfg.optim.optimizer(decay_groups(self.model.named_parameters(), cfg.optim.weight_decay),
-                                             schedule)
+        self.optimizer = cfg.optim.build_optimizer(cfg.optim.param_groups(self.model.named_parameters()), schedule)
         self.scaler = GradScaler() if loop.precision == "fp16" else None
         self.precision, self.device = loop.precision, loop.device
         rng = np.random.default_rng(loop.seed)              # host: the batch is made on the host, as a loader would

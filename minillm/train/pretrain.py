@@ -34,7 +34,6 @@ from minillm.data import (
 from minillm.distributed import from_main, start_ranks
 from minillm.fileio import atomic_write_text
 from minillm.nn import GPT
-from minillm.optim import decay_groups
 from minillm.tokenizer import END_OF_TEXT, BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
 from minillm.train.checkpoint import load_checkpoint
 from minillm.train.config import DataSection, TrainConfig
@@ -153,7 +152,7 @@ def run_pretraining(cfg: TrainConfig, log=print) -> dict:
     if schedule.warmup_clamped:
         log(f"schedule: optim.warmup_steps={optim.warmup_steps} is longer than the run; warming up over all "
             f"{loop.max_steps} steps")
-    optimizer = optim.optimizer(decay_groups(model.named_parameters(), optim.weight_decay), schedule)
+    optimizer = optim.build_optimizer(optim.param_groups(model.named_parameters()), schedule)
     block_size = model_config.block_size
     loader = RandomWindowLoader(train_tokens, loop.batch_size, block_size, seed=loop.seed)
 

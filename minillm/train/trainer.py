@@ -109,7 +109,7 @@ from minillm.distributed import (
 from minillm.errors import TrainingDiverged
 from minillm.fileio import refuse_to_overwrite, remove_stale_temp_files
 from minillm.health import HealthObserver, is_health_step
-from minillm.optim import clip_grad_norm_, set_lr
+from minillm.optim import AdamW, clip_grad_norm_, set_lr
 from minillm.profiler import Profile
 from minillm.train.checkpoint import load_checkpoint, save_checkpoint
 from minillm.train.config import LoopSection
@@ -303,6 +303,9 @@ class Trainer:
         if zero and self.scaler is not None:
             raise ValueError(f"loop.zero={zero} with loop.precision={loop.precision!r}: ZeRO-1 does not support the "
                              "fp16 loss scaler; use precision fp32 or bf16, or loop.zero 0")
+        if zero and not isinstance(self.optimizer, AdamW):
+            raise ValueError(f"loop.zero={zero} with a {type(self.optimizer).__name__} optimizer: ZeRO-1 shards "
+                             "AdamW's moments only; use optim.optimizer adamw, or loop.zero 0")
         parallel = DataParallel(self.model.parameters(), world.transport(self.device), shard=bool(zero))
         if world.distributed:
             parallel.broadcast_parameters()

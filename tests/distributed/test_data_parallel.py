@@ -28,7 +28,7 @@ from minillm.distributed import (
 )
 from minillm.distributed.transport import LocalTransport
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, CosineSchedule, decay_groups
+from minillm.optim import AdamW, CosineSchedule, Muon, decay_groups, muon_groups
 from minillm.posttrain.batches import IGNORE_INDEX
 from minillm.posttrain.dpo import DPOObjective, frozen_copy
 from minillm.posttrain.sft import sft_loss
@@ -139,9 +139,10 @@ def test_sharded_adamw_updates_like_adamw_and_saves_its_layout():
     parallel.close()
 
 
-def make_trainer(out_dir, **loop):
+def make_trainer(out_dir, optimizer_class=AdamW, **loop):
     model = tiny_model()
-    optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3)
+    groups = (muon_groups if optimizer_class is Muon else decay_groups)(model.named_parameters(), 0.1)
+    optimizer = optimizer_class(groups, lr=3e-3)
     loader = RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=0)
     settings = dict(max_steps=4, eval_interval=10, log_interval=1, progress=False, out_dir=str(out_dir))
     settings.update(loop)
@@ -167,6 +168,11 @@ def test_zero_1_in_one_process_trains_like_the_plain_loop(tmp_path):
 def test_zero_1_refuses_the_fp16_loss_scaler(tmp_path):
     with pytest.raises(ValueError, match="ZeRO-1 does not support the fp16 loss scaler"):
         make_trainer(tmp_path, zero=1, precision="fp16")
+
+
+def test_zero_1_refuses_muon(tmp_path):
+    with pytest.raises(ValueError, match="loop.zero=1 with a Muon optimizer: ZeRO-1 shards AdamW's moments only"):
+        make_trainer(tmp_path, optimizer_class=Muon, zero=1)
 
 
 def test_each_rank_has_its_own_repeatable_generator():
