@@ -10,7 +10,7 @@ load recorded; the final validation bits per byte and the run's wall time go in 
 runs share nothing (each its own out_dir), and run one after another, never two at once.
 
 A recipe is a list of ``minillm train`` options (``recipe(...)``: BASE with some changed); the
-chosen one ("llama-4x192 vocab 4096 batch 16") became ``minillm train``'s defaults
+chosen one ("llama-4x192 vocab 4096 batch 16 muon wd 1.0 ns 3") became ``minillm train``'s defaults
 (minillm/train/config.py) and examples/configs/shakespeare_bpe.toml.
 Results: benchmarks/results/sweep_main_job.json and .md (git-ignored), or in ``--out DIR``.
 """
@@ -33,8 +33,10 @@ from common import OtherCpu, format_table, save_results  # noqa: E402
 # minillm train's defaults are): BASE, with a recipe's changes on top.
 BASE = {"preset": "llama", "n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 192, "block_size": 128,
         "dropout": 0.0, "vocab_size": 1024, "batch_size": 32, "max_steps": 400, "eval_interval": 100,
-        "lr": 2e-3, "min_lr": 2e-4}
-OPTION_NAMES = {"vocab_size": "data.vocab_size"}     # the tokenizer's vocabulary (the model's follows it)
+        "lr": 2e-3, "min_lr": 2e-4, "optimizer": "adamw", "weight_decay": 0.1}
+OPTION_NAMES = {"vocab_size": "data.vocab_size",     # the tokenizer's vocabulary (the model's follows it)
+                "optimizer": "optim.optimizer", "weight_decay": "optim.weight_decay", "update_rms": "optim.update_rms",
+                "ns_steps": "optim.ns_steps"}
 
 
 def recipe(**changes) -> list[str]:
@@ -71,6 +73,25 @@ RECIPES = {
                                                    n_kv_head=4),
     "llama-4x192 vocab 4096 batch 16 tied": recipe(vocab_size=4096, batch_size=16, max_steps=600,
                                                    eval_interval=150, tie_weights="true"),
+    # Muon for the blocks' matrices (AdamW for the rest): the update's RMS per unit of lr, the
+    # cosine's floor, weight decay, dropout, Newton-Schulz iterations; and AdamW with Muon's decay
+    **{f"llama-4x192 vocab 4096 batch 16 {name}": recipe(vocab_size=4096, batch_size=16, max_steps=600,
+                                                        eval_interval=150, **changes)
+       for name, changes in {
+           "muon": dict(optimizer="muon"),
+           "muon rms 0.4": dict(optimizer="muon", update_rms=0.4),
+           "muon rms 0.15": dict(optimizer="muon", update_rms=0.15),
+           "muon decay to 2e-5": dict(optimizer="muon", min_lr=2e-5),
+           "muon dropout 0.1": dict(optimizer="muon", dropout=0.1),
+           "muon wd 0.3": dict(optimizer="muon", weight_decay=0.3),
+           "muon wd 0.3 ns 3": dict(optimizer="muon", weight_decay=0.3, ns_steps=3),
+           "muon wd 0.6": dict(optimizer="muon", weight_decay=0.6),
+           "muon wd 0.6 ns 3": dict(optimizer="muon", weight_decay=0.6, ns_steps=3),
+           "muon wd 1.0": dict(optimizer="muon", weight_decay=1.0),
+           "muon wd 1.0 ns 3": dict(optimizer="muon", weight_decay=1.0, ns_steps=3),
+           "muon wd 2.0": dict(optimizer="muon", weight_decay=2.0),
+           "wd 1.0": dict(weight_decay=1.0),
+       }.items()},
 }
 FINAL = re.compile(r"final validation: loss ([0-9.]+) nats/token, perplexity ([0-9.]+), ([0-9.]+) bits/byte "
                    r"after (\d+) steps")

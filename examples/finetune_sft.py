@@ -46,7 +46,8 @@ def pretrain_config(out_dir: str, steps: int) -> TrainConfig:
     return TrainConfig.create({"out_dir": out_dir, "max_steps": steps, "tokenizer": "bpe", "vocab_size": 257,
                                "preset": "gpt2", "n_kv_head": 4,
                                "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "dropout": 0.0,
-                               "batch_size": 32, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": min(30, steps),
+                               "batch_size": 32, "optimizer": "adamw", "weight_decay": 0.1, "lr": 3e-3,
+                               "min_lr": 3e-4, "warmup_steps": min(30, steps),
                                "eval_interval": steps, "eval_batches": 8, "sample_tokens": 0})
 
 

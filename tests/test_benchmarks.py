@@ -46,8 +46,16 @@ def test_train_step_benchmark_runs_minillm_and_the_gemm_floor(tmp_path):
     assert list(tmp_path.glob("*.json")) and list(tmp_path.glob("*.md"))
 
 
+def test_optimizer_benchmark_times_adamw_and_muon(tmp_path):
+    done = run("bench_optim.py", "--rounds", "1", "--steps", "1", "--vocab", "64", "--n-embd", "16", "--layers", "1",
+               "--threads", "1", "--contenders", "minillm,minillm-muon", "--ns-steps", "3", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| minillm")]
+    assert labels == ["minillm AdamW", "minillm Muon (3 Newton-Schulz iterations)"]
+
+
 def test_the_sweeps_chosen_recipe_is_the_main_jobs_defaults():
-    """README: 'llama-4x192 vocab 4096 batch 16' of benchmarks/sweep_main_job.py is what
+    """README: 'llama-4x192 vocab 4096 batch 16 muon wd 1.0 ns 3' of benchmarks/sweep_main_job.py is what
     `minillm train` runs with no options."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -57,7 +65,7 @@ def test_the_sweeps_chosen_recipe_is_the_main_jobs_defaults():
     from minillm.commandline import load_config
     from minillm.train.config import TrainConfig
 
-    chosen = load_config(TrainConfig, sweep_main_job.RECIPES["llama-4x192 vocab 4096 batch 16"])
+    chosen = load_config(TrainConfig, sweep_main_job.RECIPES["llama-4x192 vocab 4096 batch 16 muon wd 1.0 ns 3"])
     assert chosen == TrainConfig.create({})
     earlier = load_config(TrainConfig, sweep_main_job.RECIPES["gpt2-4x192 (old default)"])
     assert (earlier.model.preset, earlier.model.n_kv_head, earlier.data.vocab_size) == ("gpt2", 4, 1024)

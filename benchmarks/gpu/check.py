@@ -319,7 +319,8 @@ ROOT_ALLOWED = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM":
 def part_nccl_mpiexec(check: Check) -> None:
     """The launch users type, ``mpiexec -n 1 minillm train --device cuda``: the NCCL communicator
     bootstrapped over real MPI, 20 steps of the main job plain, under mpiexec, and under mpiexec
-    with ``--zero 1``, loss by loss. Needs an ``mpiexec`` on PATH (the ``mpich`` wheel has one)."""
+    with ``--zero 1``, loss by loss, all three with AdamW (ZeRO-1 shards AdamW's moments; the main
+    job's Muon runs in ``parity20``). Needs an ``mpiexec`` on PATH (the ``mpich`` wheel has one)."""
     launcher = os.environ.get("MINILLM_MPIEXEC") or shutil.which("mpiexec")
     if not launcher:
         check.record("nccl_mpiexec", {"status": "skipped", "why": "no mpiexec on PATH (pip install mpich, or set "
@@ -333,7 +334,8 @@ def part_nccl_mpiexec(check: Check) -> None:
             folder = os.path.join(tmp, name)
             status, output, _ = check.run(f"nccl_mpiexec_{name}", [*prefix, PY, "-m", "minillm", "train",
                                                                    "--device", "cuda", "--out_dir", folder,
-                                                                   *SHORT_MAIN_JOB, *extra], 120,
+                                                                   *SHORT_MAIN_JOB, "--optimizer", "adamw",
+                                                                   *extra], 120,
                                           env=ROOT_ALLOWED)
             statuses[name] = status
             logs[name] = [line for line in output.splitlines() if line.startswith("data parallel:")]

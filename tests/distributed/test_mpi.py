@@ -30,8 +30,10 @@ def corpus(word_corpus):
     return word_corpus
 
 
-def tiny(corpus, out, *extra):
-    return ["train", "--corpus", corpus, "--tokenizer", "char", "--n_layer", "2", "--n_embd", "32", "--n_head", "2",
+def tiny(corpus, out, *extra, optimizer="adamw"):
+    # AdamW unless asked: ZeRO-1 shards AdamW's moments, and its runs compare with the one-process curve.
+    return ["train", "--corpus", corpus, "--optimizer", optimizer, "--tokenizer", "char", "--n_layer", "2",
+            "--n_embd", "32", "--n_head", "2",
             "--n_kv_head", "2", "--block_size", "16", "--batch_size", "4", "--max_steps", "6", "--warmup_steps", "2",
             "--eval_interval", "3", "--eval_batches", "2", "--log_interval", "1", "--sample_tokens", "0",
             "--progress", "false", "--out_dir", str(out), *extra]
@@ -85,6 +87,15 @@ def test_two_ranks_give_the_single_process_curve_and_gradient_accumulation(corpu
     both = launch(tiny(corpus, tmp_path / "both", "--batch_size", "2", "--grad_accum_steps", "2"), ranks=2)
     assert both.returncode == 0, both.stderr                  # 2 ranks x 2 micro-batches of 1 row each
     assert_same_curve(train_losses(tmp_path / "both"), one_process)
+
+
+def test_muon_on_two_ranks_gives_its_single_process_curve(corpus, tmp_path):
+    # The gradients are averaged before the step, so every rank orthogonalises the same momentum.
+    alone = launch(tiny(corpus, tmp_path / "alone", optimizer="muon"), ranks=None)
+    assert alone.returncode == 0, alone.stderr
+    two = launch(tiny(corpus, tmp_path / "two", optimizer="muon"), ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert_same_curve(train_losses(tmp_path / "two"), train_losses(tmp_path / "alone"))
 
 
 def test_zero_stage_1_gives_the_same_curve(corpus, tmp_path, one_process):

@@ -8,6 +8,6 @@ from minillm.train.pretrain import run_pretraining
 @pytest.mark.slow
 def test_the_main_job_reaches_2_bits_per_byte(tmp_path):
     summary = run_pretraining(TrainConfig.create({"out_dir": str(tmp_path), "progress": False}))
-    assert summary["final"]["val_bpb"] <= 2.0        # README: 1.9x on an idle machine
+    assert summary["final"]["val_bpb"] <= 1.90       # README: 1.8912 on the project's machine (issue 11's target)
     assert summary["minutes"] <= 10
     assert all(len(sample) > 50 for sample in summary["samples"])

@@ -129,6 +129,7 @@ def test_main_job_in_fp16_and_bf16_ends_within_2_percent_of_fp32(tmp_path):
     losses = {}
     for precision in ("fp32", "fp16", "bf16"):
         cfg = TrainConfig.create({"preset": "gpt2", "n_kv_head": 4, "dropout": 0.1, "data.vocab_size": 1024,
+                                  "optimizer": "adamw", "weight_decay": 0.1,
                                   "batch_size": 32, "max_steps": 300, "eval_interval": 300, "sample_tokens": 0, "progress": False,
                                   "precision": precision, "out_dir": str(tmp_path / precision)})
         losses[precision] = run_pretraining(cfg, log=lambda *a: None)["final"]["val_loss"]
