@@ -396,6 +396,11 @@ class Trainer:
         self.model.load_state_dict(checkpoint.model_state)
         if checkpoint.optimizer_state is None:
             raise ValueError(f"checkpoint {path!r} holds no optimizer state; it cannot resume training")
+        saved_by = checkpoint.optimizer_state.get("optimizer")
+        ours = "AdamW" if isinstance(self.optimizer, ShardedAdamW) else type(self.optimizer).__name__
+        if saved_by in ("AdamW", "Muon") and saved_by != ours:      # e.g. a run from before Muon became the default
+            raise ValueError(f"checkpoint {path!r} was trained with {saved_by}, this run builds {ours}: resume it "
+                             f"with --optim.optimizer {saved_by.lower()}")
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
         if checkpoint.loader_state is not None:
             self.batches.load_state_dict(checkpoint.loader_state)

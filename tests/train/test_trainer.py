@@ -13,18 +13,22 @@ import pytest
 import minillm as mm
 from minillm.data import RandomWindowLoader
 from minillm.nn import GPT, GPTConfig
-from minillm.optim import AdamW, CosineSchedule, decay_groups
+from minillm.optim import AdamW, CosineSchedule, Muon, decay_groups, muon_groups
 from minillm.train import LoopSection, NonFiniteLossError, Trainer, evaluate_language_model, load_checkpoint
 from minillm.train.pretrain import language_model_loss
 
 TOKENS = np.random.default_rng(0).integers(0, 50, size=3000).astype(np.uint16)
 
 
-def make_trainer(out_dir, max_steps=20, seed=0, dropout=0.1, lr=3e-3, on_nonfinite="stop", n_embd=32, profile=0):
+def make_trainer(out_dir, max_steps=20, seed=0, dropout=0.1, lr=3e-3, on_nonfinite="stop", n_embd=32, profile=0,
+                 optimizer="adamw"):
     mm.manual_seed(seed)
     config = GPTConfig.gpt2(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=n_embd, dropout=dropout)
     model = GPT(config)
-    optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=lr)
+    if optimizer == "muon":
+        optimizer = Muon(muon_groups(model.named_parameters(), 0.1), lr=lr)
+    else:
+        optimizer = AdamW(decay_groups(model.named_parameters(), 0.1), lr=lr)
     loader = RandomWindowLoader(TOKENS, batch_size=4, block_size=16, seed=seed)
     loop = LoopSection(max_steps=max_steps, eval_interval=10, log_interval=1, on_nonfinite=on_nonfinite,
                        progress=False, out_dir=str(out_dir), profile=profile)
@@ -41,13 +45,14 @@ def train_losses(records):
     return [r["loss"] for r in records if r.get("kind") == "train"]
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    straight = train_losses(make_trainer(tmp_path / "a", max_steps=20).fit())
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, optimizer):
+    straight = train_losses(make_trainer(tmp_path / "a", max_steps=20, optimizer=optimizer).fit())
 
-    first = make_trainer(tmp_path / "b", max_steps=20)
+    first = make_trainer(tmp_path / "b", max_steps=20, optimizer=optimizer)
     first.fit(stop_at=10)                          # interrupted after 10 of 20 steps
     mm.manual_seed(999)                            # disturb the global RNG: resume must restore it
-    resumed = make_trainer(tmp_path / "b", max_steps=20, seed=5)   # different init and loader seed
+    resumed = make_trainer(tmp_path / "b", max_steps=20, seed=5, optimizer=optimizer)   # another init and loader seed
     resumed.resume(str(tmp_path / "b" / "last.safetensors"))
     assert resumed.step == 10
     records = resumed.fit()
@@ -144,6 +149,14 @@ def test_resume_into_a_different_model_shape_is_refused(tmp_path):
     make_trainer(tmp_path, max_steps=3).fit()
     other = make_trainer(tmp_path / "other", max_steps=3, n_embd=64)
     with pytest.raises(ValueError, match="different model shape"):
+        other.resume(str(tmp_path / "last.safetensors"))
+
+
+def test_resume_with_another_optimizer_is_refused_with_the_option_to_pass(tmp_path):
+    make_trainer(tmp_path, max_steps=3).fit()                       # AdamW, as the main job was before Muon
+    other = make_trainer(tmp_path / "other", max_steps=3, optimizer="muon")
+    with pytest.raises(ValueError, match="was trained with AdamW, this run builds Muon: resume it with "
+                                         "--optim.optimizer adamw"):
         other.resume(str(tmp_path / "last.safetensors"))
 
 
