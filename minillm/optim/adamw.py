@@ -10,6 +10,19 @@ _HOST_BLOCK = 1 << 18     # elements per block of a host update: the five slices
                           # block is long enough that its array passes, not the Python between them, dominate
 
 
+def check_adam_hyperparameters(owner: str, group: dict) -> None:
+    """Check (and normalise) a group's lr, betas, eps and weight_decay, naming ``owner`` in errors:
+    AdamW's groups, and the AdamW groups of :class:`~minillm.optim.Muon`."""
+    group["lr"] = check_number(owner, "lr", group["lr"])
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{owner}: betas={betas!r} is invalid; expected a pair (beta1, beta2)")
+    group["betas"] = (check_number(owner, "betas[0]", betas[0], below=1.0),
+                      check_number(owner, "betas[1]", betas[1], below=1.0))
+    group["eps"] = check_number(owner, "eps", group["eps"], strictly_above=True)
+    group["weight_decay"] = check_number(owner, "weight_decay", group["weight_decay"])
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay.
 
@@ -40,15 +53,7 @@ class AdamW(Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def _validate_group(self, group: dict) -> None:
-        owner = type(self).__name__          # Muon checks its AdamW groups' hyperparameters here too
-        group["lr"] = check_number(owner, "lr", group["lr"])
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{owner}: betas={betas!r} is invalid; expected a pair (beta1, beta2)")
-        group["betas"] = (check_number(owner, "betas[0]", betas[0], below=1.0),
-                          check_number(owner, "betas[1]", betas[1], below=1.0))
-        group["eps"] = check_number(owner, "eps", group["eps"], strictly_above=True)
-        group["weight_decay"] = check_number(owner, "weight_decay", group["weight_decay"])
+        check_adam_hyperparameters(type(self).__name__, group)
 
     def _buffer_names(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

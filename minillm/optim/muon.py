@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from minillm.backend import get_array_module
-from minillm.optim.adamw import AdamW
+from minillm.optim.adamw import AdamW, check_adam_hyperparameters
 from minillm.optim.optimizer import Optimizer, check_number
 from minillm.tensor import Tensor
 
@@ -97,7 +97,7 @@ class Muon(Optimizer):
                                   "weight_decay": weight_decay})
 
     def _validate_group(self, group: dict) -> None:
-        AdamW._validate_group(self, group)          # lr, betas, eps, weight_decay, with Muon's name in errors
+        check_adam_hyperparameters("Muon", group)     # lr, betas, eps, weight_decay
         group["momentum"] = check_number("Muon", "momentum", group["momentum"], below=1.0)
         group["update_rms"] = check_number("Muon", "update_rms", group["update_rms"], strictly_above=True)
         for key in ("orthogonalize", "nesterov"):
