@@ -123,6 +123,9 @@ class SFTConfig(Config):
     def stage(self) -> PostTrainSection:
         return self.sft
 
+    def check(self) -> None:
+        _check_muon_without_lora(self)
+
 
 @dataclass
 class DPOConfig(Config):
@@ -140,6 +143,17 @@ class DPOConfig(Config):
     @property
     def stage(self) -> PostTrainSection:
         return self.dpo
+
+    def check(self) -> None:
+        _check_muon_without_lora(self)
+
+
+def _check_muon_without_lora(cfg) -> None:
+    """Muon orthogonalises whole weight matrices; LoRA trains two thin factors of an update instead."""
+    if cfg.optim.optimizer == "muon" and cfg.stage.lora_rank:
+        raise ValueError(f"optim.optimizer='muon' with {cfg.stage.name}.lora_rank={cfg.stage.lora_rank}: Muon "
+                         "orthogonalises whole weight matrices, not LoRA's low-rank factors; use optim.optimizer "
+                         "adamw with LoRA, or lora_rank 0 (full fine-tuning) with Muon")
 
 
 def check_paths(where: str, cfg) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -50,6 +51,16 @@ def test_sft_then_dpo_from_the_command_line(tmp_path, capsys):
     assert model.config.vocab_size == tokenizer.vocab_size
 
 
+def test_full_fine_tuning_with_muon(tmp_path, capsys):
+    pretrained = make_pretrained(tmp_path / "pre.safetensors")
+    out_dir = os.fspath(tmp_path / "muon")
+    assert main(["sft", "--checkpoint", pretrained, "--out-dir", out_dir, "--optimizer", "muon", *SMALL]) == 0
+    assert "sft: 2 steps" in capsys.readouterr().out
+    records = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8")]
+    losses = [r["loss"] for r in records if r.get("kind") == "train"]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+
+
 def test_lora_from_the_command_line_reports_the_trained_fraction(tmp_path, capsys):
     pretrained = make_pretrained(tmp_path / "pre.safetensors")
     out_dir = os.fspath(tmp_path / "lora")
@@ -66,6 +77,7 @@ def test_lora_from_the_command_line_reports_the_trained_fraction(tmp_path, capsy
     (["--max-steps", "0"], "max_steps=0"),
     (["--lora-targets", "nope"], "targets ['nope'] match no Linear layer"),
     (["--data", "missing.jsonl"], "missing.jsonl"),
+    (["--lora-rank", "2", "--optimizer", "muon"], "optim.optimizer='muon' with sft.lora_rank=2: Muon orthogonalises"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, extra, message):
     pretrained = make_pretrained(tmp_path / "pre.safetensors")
