@@ -22,8 +22,8 @@ import math
 
 from minillm.backend import get_array_module
 from minillm.optim.adamw import AdamW, check_adam_hyperparameters
+from minillm.optim.groups import trainable_parameters
 from minillm.optim.optimizer import Optimizer, check_number
-from minillm.tensor import Tensor
 
 # The quintic Newton–Schulz iteration's coefficients (Jordan et al.): chosen to raise small
 # singular values fast (slope 3.4445 at 0) at the price of leaving them in about [0.7, 1.2]
@@ -160,21 +160,10 @@ def muon_groups(named_parameters, weight_decay: float, hidden=None) -> list[dict
     if hidden is None:
         def hidden(name, tensor):
             return tensor.ndim == 2 and name.startswith("blocks.")
-    if hasattr(named_parameters, "items"):
-        named_parameters = named_parameters.items()
     groups = [{"params": [], "orthogonalize": True, "weight_decay": weight_decay, "names": []},
               {"params": [], "orthogonalize": False, "weight_decay": weight_decay, "names": []},
               {"params": [], "orthogonalize": False, "weight_decay": 0.0, "names": []}]
-    seen = set()
-    for index, pair in enumerate(named_parameters):
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
-                and isinstance(pair[1], Tensor)):
-            raise TypeError(f"muon_groups: item {index} is {pair!r:.80}, expected a (name, Tensor) pair as "
-                            "model.named_parameters() yields")
-        name, p = pair
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
+    for name, p in trainable_parameters(named_parameters, "muon_groups"):
         group = groups[0] if (p.ndim == 2 and hidden(name, p)) else groups[1] if p.ndim >= 2 else groups[2]
         group["params"].append(p)
         group["names"].append(name)
