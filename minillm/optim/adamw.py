@@ -23,6 +23,16 @@ def check_adam_hyperparameters(owner: str, group: dict) -> None:
     group["weight_decay"] = check_number(owner, "weight_decay", group["weight_decay"])
 
 
+def adam_moments(param, state: dict):
+    """The state's (exp_avg, exp_avg_sq), created as zeros at the first update: AdamW's, and those
+    of :class:`~minillm.optim.Muon`'s AdamW groups."""
+    if "exp_avg" not in state:
+        xp = get_array_module(param)
+        state["exp_avg"] = xp.zeros_like(param)
+        state["exp_avg_sq"] = xp.zeros_like(param)
+    return state["exp_avg"], state["exp_avg_sq"]
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay.
 
@@ -65,7 +75,7 @@ class AdamW(Optimizer):
         # one whole-array pass: the result does not depend on the blocks or the threads.
         flat, blocks = [], []
         for param, grad, state, group in updates:
-            m, v = self._moments(param, state)
+            m, v = adam_moments(param, state)
             if (fusable(param, grad, m, v) or not (is_host_array(param) and is_host_array(grad))
                     or not all(a.flags.c_contiguous for a in (param, m, v))):   # GPU, or no flat view
                 self._update(param, grad, state, group, self._scratch_for(param))
@@ -89,16 +99,8 @@ class AdamW(Optimizer):
 
         parallel_for(part, len(blocks), cost_per_item=_HOST_BLOCK)
 
-    def _moments(self, param, state: dict):
-        """The state's (exp_avg, exp_avg_sq), created as zeros at the first update."""
-        if "exp_avg" not in state:
-            xp = get_array_module(param)
-            state["exp_avg"] = xp.zeros_like(param)
-            state["exp_avg_sq"] = xp.zeros_like(param)
-        return state["exp_avg"], state["exp_avg_sq"]
-
     def _update(self, param, grad, state: dict, group: dict, scratch) -> None:
-        m, v = self._moments(param, state)
+        m, v = adam_moments(param, state)
         t = state["step"]
         if fusable(param, grad, m, v) and param.dtype.char == grad.dtype.char == m.dtype.char == v.dtype.char == "f":
             lr, (beta1, beta2), eps, weight_decay = (group["lr"], group["betas"], group["eps"],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from minillm.backend import get_array_module
-from minillm.optim.adamw import AdamW, check_adam_hyperparameters
+from minillm.optim.adamw import AdamW, adam_moments, check_adam_hyperparameters
 from minillm.optim.groups import trainable_parameters
 from minillm.optim.optimizer import Optimizer, check_number
 
@@ -120,9 +120,7 @@ class Muon(Optimizer):
     def _update(self, param, grad, state: dict, group: dict, scratch) -> None:
         xp = get_array_module(param)
         if not group["orthogonalize"]:
-            if "exp_avg" not in state:
-                state["exp_avg"], state["exp_avg_sq"] = xp.zeros_like(param), xp.zeros_like(param)
-            AdamW._update_arrays(param, grad, state["exp_avg"], state["exp_avg_sq"], group, state["step"], scratch)
+            AdamW._update_arrays(param, grad, *adam_moments(param, state), group, state["step"], scratch)
             return
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
         buffer = state.get("momentum_buffer")
