@@ -31,6 +31,12 @@ already) and the pool gets as many threads as BLAS (``OPENBLAS_NUM_THREADS``,
 ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, else the CPUs this process may use). When NumPy was
 loaded first with the default wait, the pool keeps one thread (everything on the calling thread).
 ``MINILLM_NUM_THREADS`` or :func:`set_num_threads` override either choice.
+
+Work made of many *small* matrix products (attention's per-head products) goes the other way:
+each product is too small for OpenBLAS to gain from splitting it, so :func:`parallel_for` hands
+whole items to the threads and :class:`single_blas_thread` keeps each part's products on its own
+thread (the OpenBLAS thread count is set at run time through the library's own function, looked
+up once).
 """
 from __future__ import annotations
 
@@ -176,6 +182,41 @@ def set_num_threads(n: int) -> None:
 
 BLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                     "openblas_set_num_threads64_", "openblas_set_num_threads")
+BLAS_GET_THREADS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                    "openblas_get_num_threads64_", "openblas_get_num_threads")
+_blas_functions: tuple | None = None   # (get, set) of the loaded OpenBLAS, () when none: looked up once
+_single_blas_lock = threading.Lock()
+_single_blas_depth = 0                 # how many single_blas_thread() blocks are open
+_single_blas_restore = 1               # the thread count to restore when the last one closes
+
+
+def _openblas_thread_functions() -> tuple:
+    """``(get, set)``: the thread-count functions of the OpenBLAS that NumPy loaded (found in
+    /proc/self/maps), or ``()`` where there is none. Looked up once (reading the map and opening
+    the library costs ~0.5 ms); calling them afterwards costs a fraction of a microsecond."""
+    global _blas_functions
+    if _blas_functions is not None:
+        return _blas_functions
+    found: tuple = ()
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
+            paths = {line.split()[-1] for line in handle if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        get = next((getattr(library, name) for name in BLAS_GET_THREADS if hasattr(library, name)), None)
+        put = next((getattr(library, name) for name in BLAS_SET_THREADS if hasattr(library, name)), None)
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            found = (get, put)
+            break
+    _blas_functions = found
+    return found
 
 
 def set_blas_threads(count: int) -> bool:
@@ -187,22 +228,45 @@ def set_blas_threads(count: int) -> bool:
     ``minillm serve``, or another process) each product then waits for a descheduled thread: measured on the
     project's machine, a 16-row step of the main job's model took 276 ms with 2 threads and 8.7 ms
     with 1."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
-            paths = {line.split()[-1] for line in handle if "openblas" in line.lower() and "/" in line}
-    except OSError:
+    functions = _openblas_thread_functions()
+    if not functions:
         return False
-    for path in sorted(paths):
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in BLAS_SET_THREADS:
-            function = getattr(library, name, None)
-            if function is not None:
-                function(int(count))
-                return True
-    return False
+    functions[1](int(count))
+    return True
+
+
+class single_blas_thread:
+    """``with single_blas_thread(): ...`` runs the block's matrix products on one OpenBLAS thread,
+    then restores the count it found (no-op where NumPy's BLAS is not OpenBLAS).
+
+    For work that :func:`parallel_for` spreads over the host threads and that calls small matrix
+    products in each part (attention's per-head products): each part then runs its products on
+    its own core, instead of every product being split over all cores one after another (which
+    for products this small costs more in hand-offs than it gains). A side effect worth knowing:
+    OpenBLAS's results differ in the last bits between 1 and several threads, so products run
+    inside the block give the same bits whatever the thread counts. Blocks may nest and may be
+    opened by several threads; the count is restored when the last one closes."""
+
+    def __enter__(self):
+        global _single_blas_depth, _single_blas_restore
+        functions = _openblas_thread_functions()
+        if functions:
+            with _single_blas_lock:
+                if _single_blas_depth == 0:
+                    _single_blas_restore = functions[0]()
+                    if _single_blas_restore != 1:
+                        functions[1](1)
+                _single_blas_depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _single_blas_depth
+        functions = _openblas_thread_functions()
+        if functions:
+            with _single_blas_lock:
+                _single_blas_depth -= 1
+                if _single_blas_depth == 0 and _single_blas_restore != 1:
+                    functions[1](_single_blas_restore)
 
 
 def _get_workers(count: int) -> list:

@@ -36,9 +36,17 @@ import math
 
 import numpy as np
 
-from minillm import amp
+from minillm import amp, host
 from minillm.autograd import Function
-from minillm.backend import cupy_module, device_of, dropout_keep_mask, fusable, get_array_module, module_for_device
+from minillm.backend import (
+    cupy_module,
+    device_of,
+    dropout_keep_mask,
+    fusable,
+    get_array_module,
+    is_host_array,
+    module_for_device,
+)
 from minillm.ops import _cuda, linalg
 from minillm.ops import activation as act
 from minillm.ops import elementwise as ew
@@ -54,6 +62,7 @@ _BLOCK_ELEMENTS = 1 << 19    # scores per batch block (2 MiB in float32): cache-
 _HOST_CAUSAL_CHUNK = 64      # causal attention on the host: query chunks of at least this many rows
 _HOST_CAUSAL_CHUNKS = 2      # ... and this many at most. Measured on 2 cores: two chunks gained at T = 128
                              # and 256 (3/4 of the square), four lost at T = 256 (products too small)
+_HOST_ITEMS = 8              # the host splits the batch into at least this many work items (threads <= 8)
 _CUDA_BLOCK_ELEMENTS = 1 << 26   # GPU: scores per batch block (256 MiB in float32) -- few, large products
 
 
@@ -143,9 +152,17 @@ class ScaledDotProductAttention(Function):
     (no user mask), so work above the diagonal may be skipped (below).
     Saves: q, k, v, o, the weights A and the dropout mask (p > 0).
 
-    Both passes run over blocks of the batch axis (about ``_BLOCK_ELEMENTS`` scores each): the
-    several in-place softmax passes then touch a slab that is still in cache, and backward
-    needs only a block-sized scratch for dL/dS instead of a second (B, H, T, S) array.
+    Both passes run over work items (:meth:`_items`): slices of the batch and key-head axes of
+    about ``_BLOCK_ELEMENTS`` scores each, so the several in-place softmax passes touch a slab
+    that is still in cache, and backward needs only an item-sized scratch for dL/dS instead of a
+    second (B, H, T, S) array. On the host the items are split across the threads
+    (:func:`minillm.host.parallel_for`), each item's whole pipeline (products, softmax, products)
+    on one thread, with the products on one BLAS thread (:class:`minillm.host.single_blas_thread`):
+    a head's products are small (on the project's 2-core machine, 64 x 32 by 32 x 128 at config B),
+    too small for OpenBLAS to gain from splitting each one, so running the items side by side
+    on their own cores took the op from 48 to 21 ms at config C's shapes, and from 19 to 9 ms at
+    B's (forward + backward). The results do not depend on the thread counts: the items do not,
+    and every product runs on one BLAS thread whatever the count outside.
 
     Causal chunks: with the causal mask, queries i0..i1-1 see only the keys before
     kend = i1 + S - T, so the queries are split into chunks of at least ``_HOST_CAUSAL_CHUNK``
@@ -164,6 +181,30 @@ class ScaledDotProductAttention(Function):
         size = max(1, min(b, _BLOCK_ELEMENTS // max(per_item, 1)))
         return [slice(i, min(i + size, b)) for i in range(0, b, size)], size
 
+    def _items(self, like, b: int, h_kv: int, g: int, chunks: list) -> list:
+        """The work items, ``(rows, heads)`` slices of the batch and key-head axes.
+
+        On the host: items of about ``_BLOCK_ELEMENTS`` scores (a chunk's scores of the item stay
+        in cache through the softmax passes), whole batch rows when a row fits; when the work is
+        large enough to be split across threads (``host.MIN_PARALLEL_SIZE``), at most
+        ``ceil(B / _HOST_ITEMS)`` rows, so that there are items for every thread (smaller work keeps
+        fewer, larger items: each costs a few NumPy calls). The items do not depend on the
+        thread count, so neither do the results. Elsewhere (CuPy arrays): blocks of the batch axis
+        with every head, the fewest and largest products.
+        """
+        widest = g * max((i1 - i0) * kend for i0, i1, kend in chunks)        # scores per key head
+        if not is_host_array(like):
+            return [(rows, slice(None)) for rows in self._blocks(b, h_kv * widest)[0]]
+        per_row = h_kv * widest
+        if per_row <= _BLOCK_ELEMENTS:
+            size = _BLOCK_ELEMENTS // per_row
+            if b * per_row >= host.MIN_PARALLEL_SIZE:
+                size = min(size, -(-b // _HOST_ITEMS))
+            size = max(1, min(size, b))
+            return [(slice(i, min(i + size, b)), slice(None)) for i in range(0, b, size)]
+        heads = max(1, _BLOCK_ELEMENTS // widest)
+        return [(slice(i, i + 1), slice(j, min(j + heads, h_kv))) for i in range(b) for j in range(0, h_kv, heads)]
+
     def _chunks(self, t: int, s: int) -> list:
         """(i0, i1, kend): query chunks and the keys each sees (all of them without the mask)."""
         if not self.causal or t < 2 * _HOST_CAUSAL_CHUNK:
@@ -176,6 +217,13 @@ class ScaledDotProductAttention(Function):
         if mask is None or mask.ndim < 5 or mask.shape[0] == 1:
             return mask                                          # (T, S) or shared by the batch
         return mask[rows]                                        # a per-batch-element mask
+
+    def _mask_item(self, rows: slice, heads: slice):
+        """The mask for one work item: its batch rows and key heads where the mask has them."""
+        mask = self.mask
+        if mask is None or mask.ndim < 5:
+            return mask                                          # (T, S) or None
+        return mask[rows if mask.shape[0] > 1 else slice(None), heads if mask.shape[1] > 1 else slice(None)]
 
     @staticmethod
     def _mask_chunk(mask, i0: int, i1: int, kend: int):
@@ -197,19 +245,34 @@ class ScaledDotProductAttention(Function):
         dropped = self.dropout_p > 0.0
         if dropped:   # one (B, Hkv, g, T, S) draw, whatever the chunks: the same mask as ever
             self.keep = dropout_keep_mask((b, h_kv, g, t, s), 1.0 - self.dropout_p, q.dtype, device_of(q))
-        blocks, _ = self._blocks(b, h * t * s)
-        for rows in blocks:
-            qs = q5[rows] * self.scale                           # (b', Hkv, g, T, D) scaled queries
-            mask = self._mask_block(rows)
-            for (i0, i1, kend), a_chunk in zip(chunks, att):
-                a = a_chunk[rows]                                # (b', Hkv, g, c, kend)
-                xp.matmul(qs[..., i0:i1, :], k5[rows, ..., :kend, :].swapaxes(-1, -2), out=a)   # (c, D) @ (D, kend)
-                _masked_softmax_inplace(a, self._mask_chunk(mask, i0, i1, kend))   # softmax(scale·QK^T + M)
-                weights = a * self.keep[rows, ..., i0:i1, :kend] if dropped else a
-                xp.matmul(weights, v5[rows, ..., :kend, :], out=out5[rows, ..., i0:i1, :])   # (c, kend) @ (kend, D)
+        items = self._items(q, b, h_kv, g, chunks)
+
+        def run(first, last):                                    # items first..last-1
+            for rows, heads in items[first:last]:
+                qs = q5[rows, heads] * self.scale                # (b', h', g, T, D) scaled queries
+                mask = self._mask_item(rows, heads)
+                for (i0, i1, kend), a_chunk in zip(chunks, att):
+                    a = a_chunk[rows, heads]                     # (b', h', g, c, kend)
+                    xp.matmul(qs[..., i0:i1, :], k5[rows, heads, :, :kend, :].swapaxes(-1, -2), out=a)   # (c, D) @ (D, kend)
+                    _masked_softmax_inplace(a, self._mask_chunk(mask, i0, i1, kend))   # softmax(scale·QK^T + M)
+                    weights = a * self.keep[rows, heads, :, i0:i1, :kend] if dropped else a
+                    xp.matmul(weights, v5[rows, heads, :, :kend, :], out=out5[rows, heads, :, i0:i1, :])   # (c, kend) @ (kend, D)
+
+        self._run_items(run, items, b * h * t * s // max(len(items), 1), q)
         out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
         self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
         return out
+
+    @staticmethod
+    def _run_items(run, items: list, scores_per_item: int, like) -> None:
+        """``run(first, last)`` over the items: on the host split across the threads, each part's
+        small products on one BLAS thread (see :class:`minillm.host.single_blas_thread`), so the
+        parts' products run side by side on their own cores; elsewhere one call."""
+        if not is_host_array(like):
+            run(0, len(items))
+            return
+        with host.single_blas_thread():
+            for_rows(run, len(items), scores_per_item, like)
 
     def backward(self, gy):
         # dV = A_d^T G;  dS = A ⊙ ((G V^T) ⊙ m - rowsum(G ⊙ O));  dQ = scale dS K;  dK = scale dS^T Q
@@ -224,46 +287,50 @@ class ScaledDotProductAttention(Function):
         q5 = q.reshape(b, h_kv, g, t, d)                         # (B, Hkv, g, T, D)
         k5 = k.reshape(b, h_kv, 1, s, d)                         # (B, Hkv, 1, S, D)
         v5 = v.reshape(b, h_kv, 1, s, d)
-        delta = xp.einsum("bhtd,bhtd->bht", gy, self.out)        # (B, H, T) rowsum(G ⊙ O)
-        delta5 = delta.reshape(b, h_kv, g, t, 1)                 # (B, Hkv, g, T, 1)
+        out5 = self.out.reshape(b, h_kv, g, t, d)                # (B, Hkv, g, T, D) view
         # The gradients are written in (B, T, heads, D) memory order, like the output, so the
         # transpose/reshape backward steps that lead to the q/k/v projections copy nothing.
         gq = xp.empty((b, t, h_kv, g, d), dtype=gy.dtype) if needs[0] else None   # (B, T, Hkv, g, D)
         gk = xp.empty((b, s, h_kv, d), dtype=gy.dtype) if needs[1] else None      # (B, S, Hkv, D)
         gv = xp.empty((b, s, h_kv, d), dtype=gy.dtype) if needs[2] else None      # (B, S, Hkv, D)
-        blocks, size = self._blocks(b, h * t * s)
+        gq5 = gq.transpose(0, 2, 3, 1, 4) if needs[0] else None  # (B, Hkv, g, T, D) view
+        gk4 = gk.transpose(0, 2, 1, 3) if needs[1] else None     # (B, Hkv, S, D) view
+        gv4 = gv.transpose(0, 2, 1, 3) if needs[2] else None     # (B, Hkv, S, D) view
         chunks = self._chunks(t, s)
+        items = self._items(gy, b, h_kv, g, chunks)
         # The last chunk sees every key, so it writes dK and dV whole; the others add to a prefix.
         order = list(reversed(range(len(chunks))))
-        scratch = xp.empty(size * h_kv * g * max((i1 - i0) * kend for i0, i1, kend in chunks), dtype=gy.dtype)
-        for rows in blocks:
-            n = rows.stop - rows.start
-            gq5 = gq[rows].transpose(0, 2, 3, 1, 4) if needs[0] else None   # (b', Hkv, g, T, D) view
-            gk4 = gk[rows].transpose(0, 2, 1, 3) if needs[1] else None      # (b', Hkv, S, D) view
-            gv4 = gv[rows].transpose(0, 2, 1, 3) if needs[2] else None      # (b', Hkv, S, D) view
-            for position, index in enumerate(order):
-                i0, i1, kend = chunks[index]
-                c = i1 - i0
-                a = att[index][rows]                             # (b', Hkv, g, c, kend)
-                gs = scratch[:n * h_kv * g * c * kend].reshape(n, h_kv, g, c, kend)   # dL/dS of the chunk
-                xp.matmul(gy5[rows, ..., i0:i1, :], v5[rows, ..., :kend, :].swapaxes(-1, -2), out=gs)   # G V^T
-                _score_gradient_inplace(gs, a, delta5[rows, ..., i0:i1, :],
-                                        self.keep[rows, ..., i0:i1, :kend] if dropped else None)   # dL/dS
+
+        def run(first, last):                                    # items first..last-1
+            for rows, heads in items[first:last]:
+                gy_i, q_i = gy5[rows, heads], q5[rows, heads]    # (b', h', g, T, D)
+                n, hk = q_i.shape[:2]
+                delta = xp.einsum("bhgtd,bhgtd->bhgt", gy_i, out5[rows, heads])[..., None]   # rowsum(G ⊙ O)
+                for position, index in enumerate(order):
+                    i0, i1, kend = chunks[index]
+                    c = i1 - i0
+                    a = att[index][rows, heads]                  # (b', h', g, c, kend)
+                    gs = xp.empty((n, hk, g, c, kend), dtype=gy.dtype)   # dL/dS of the chunk
+                    xp.matmul(gy_i[..., i0:i1, :], v5[rows, heads, :, :kend, :].swapaxes(-1, -2), out=gs)   # G V^T
+                    _score_gradient_inplace(gs, a, delta[..., i0:i1, :],
+                                            self.keep[rows, heads, :, i0:i1, :kend] if dropped else None)   # dL/dS
+                    if needs[0]:
+                        xp.matmul(gs, k5[rows, heads, :, :kend, :], out=gq5[rows, heads, :, i0:i1, :])   # (c, kend) @ (kend, D)
+                    gs_flat = gs.reshape(n, hk, g * c, kend)     # (b', h', g·c, kend)
+                    if needs[1]:
+                        q_flat = q_i[..., i0:i1, :].reshape(n, hk, g * c, d)   # (b', h', g·c, D)
+                        _write_or_add(xp, gs_flat.swapaxes(-1, -2), q_flat, gk4[rows, heads, :kend, :], position == 0)
+                    if needs[2]:
+                        weights = a * self.keep[rows, heads, :, i0:i1, :kend] if dropped else a
+                        gy_flat = gy_i[..., i0:i1, :].reshape(n, hk, g * c, d)   # (b', h', g·c, D)
+                        _write_or_add(xp, weights.reshape(n, hk, g * c, kend).swapaxes(-1, -2), gy_flat,
+                                      gv4[rows, heads, :kend, :], position == 0)
                 if needs[0]:
-                    xp.matmul(gs, k5[rows, ..., :kend, :], out=gq5[..., i0:i1, :])   # (c, kend) @ (kend, D)
-                gs_flat = gs.reshape(n, h_kv, g * c, kend)       # (b', Hkv, g·c, kend)
+                    gq5[rows, heads] *= self.scale
                 if needs[1]:
-                    q_flat = q5[rows, ..., i0:i1, :].reshape(n, h_kv, g * c, d)   # (b', Hkv, g·c, D)
-                    _write_or_add(xp, gs_flat.swapaxes(-1, -2), q_flat, gk4[..., :kend, :], position == 0)
-                if needs[2]:
-                    weights = a * self.keep[rows, ..., i0:i1, :kend] if dropped else a
-                    gy_flat = gy5[rows, ..., i0:i1, :].reshape(n, h_kv, g * c, d)   # (b', Hkv, g·c, D)
-                    _write_or_add(xp, weights.reshape(n, h_kv, g * c, kend).swapaxes(-1, -2), gy_flat,
-                                  gv4[..., :kend, :], position == 0)
-        if needs[0]:
-            gq *= self.scale
-        if needs[1]:
-            gk *= self.scale
+                    gk4[rows, heads] *= self.scale
+
+        self._run_items(run, items, b * h * t * s // max(len(items), 1), gy)
         return _gradient_views(gq, gk, gv, (b, t, h, d))
 
     def flops(self):

@@ -213,3 +213,84 @@ def test_profiled_flops_count_only_the_chunks_computed(monkeypatch):
     entry = prof.to_dict()["ops"]["ScaledDotProductAttention"]
     product = 2 * 1 * 2 * 3 * (4 * 4 + 4 * 8)            # chunks (0, 4) to key 4 and (4, 8) to key 8
     assert (entry["forward_flops"], entry["backward_flops"]) == (2 * product, 4 * product)
+
+
+# -- attention's work items and its products on one BLAS thread ---------------------------------
+def test_attention_items_are_whole_rows_when_they_fit_else_heads_of_one_row(monkeypatch):
+    op = attention_ops.ScaledDotProductAttention(1.0, None, 0.0, causal=False)
+    like = np.zeros(1, dtype=np.float32)
+    chunks = [(0, 8, 8)]                                     # 64 scores per head of a row
+    monkeypatch.setattr(attention_ops, "_BLOCK_ELEMENTS", 1 << 20)
+    monkeypatch.setattr(host, "MIN_PARALLEL_SIZE", 1)
+    rows = op._items(like, 20, 3, 2, chunks)                 # at least _HOST_ITEMS items: 3 rows each
+    assert [(r.start, r.stop) for r, _ in rows] == [(i, min(i + 3, 20)) for i in range(0, 20, 3)]
+    assert all(heads == slice(None) for _, heads in rows)
+    monkeypatch.setattr(host, "MIN_PARALLEL_SIZE", 1 << 30)
+    assert op._items(like, 20, 3, 2, chunks) == [(slice(0, 20), slice(None))]   # too small to split: one item
+    monkeypatch.setattr(attention_ops, "_BLOCK_ELEMENTS", 2 * 64 * 2)   # two key heads (g = 2) per item
+    split = op._items(like, 2, 3, 2, chunks)
+    assert [((r.start, r.stop), (h.start, h.stop)) for r, h in split] == [
+        ((0, 1), (0, 2)), ((0, 1), (2, 3)), ((1, 2), (0, 2)), ((1, 2), (2, 3))]
+
+
+@pytest.mark.parametrize("h_kv", [4, 2])
+def test_attention_split_into_heads_matches_whole_rows_with_a_mask_and_dropout(h_kv, monkeypatch, rng):
+    # A per-batch, per-head boolean mask and dropout: each item slices both the same way, so the
+    # items' results are the one-block results; float64, up to the order of additions.
+    q = rng.standard_normal((3, 4, 6, 5))
+    k, v = rng.standard_normal((3, h_kv, 9, 5)), rng.standard_normal((3, h_kv, 9, 5))
+    mask = rng.random((3, 4, 6, 9)) < 0.8
+    mask[..., 0] = True                                      # every query sees a key
+    results = []
+    for block in (1, 1 << 20):                               # one head per item, then everything in one
+        monkeypatch.setattr(attention_ops, "_BLOCK_ELEMENTS", block)
+        mm.manual_seed(5)
+        results.append(run_with_grads(lambda q, k, v: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=0.25), [q, k, v], "cpu")[:2])
+    (y1, g1), (y2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _openblas_or_skip():
+    if not host._openblas_thread_functions():
+        pytest.skip("NumPy's BLAS is not OpenBLAS here: there is no thread count to set at run time")
+
+
+def test_single_blas_thread_sets_one_thread_and_restores_the_count_on_exit():
+    _openblas_or_skip()
+    get = host._openblas_thread_functions()[0]
+    before = get()
+    try:
+        assert host.set_blas_threads(2)
+        with host.single_blas_thread():
+            assert get() == 1
+            with host.single_blas_thread():                  # nested: still one, restored only by the outer
+                assert get() == 1
+            assert get() == 1
+        assert get() == 2
+    finally:
+        host.set_blas_threads(before)
+
+
+def test_attention_gives_the_same_bits_whatever_the_blas_thread_count(rng):
+    # Its products run on one BLAS thread inside the op, so the count outside does not reach them
+    # (OpenBLAS's 1- and 2-thread kernels round differently). Large enough for OpenBLAS to thread.
+    _openblas_or_skip()
+    get = host._openblas_thread_functions()[0]
+    before = get()
+    q, k, v = (rng.standard_normal((2, 2, 160, 64)).astype(np.float32) for _ in range(3))
+    results = []
+    try:
+        for count in (1, 2):
+            host.set_blas_threads(count)
+            results.append(run_with_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                          [q, k, v], "cpu")[:2])
+            assert get() == count                            # the op restored it
+    finally:
+        host.set_blas_threads(before)
+    (y1, g1), (y2, g2) = results
+    assert np.array_equal(y1, y2)
+    for a, b in zip(g1, g2):
+        assert np.array_equal(a, b)
