@@ -116,6 +116,10 @@ class Function:
     output_hooks: list | None = None     # hooks registered on the (non-leaf) output tensor
     nests_ops = False                    # True for an op that runs other ops (minillm.nn.recompute)
     retained_output = None               # weakref to the output when retain_grad() was called
+    # Set by the engine just before backward: True when the graph is freed right after this
+    # backward (retain_graph=False), so backward may write its result into an array it saved
+    # (nothing reads it again); False for a retained graph or a direct call of backward.
+    may_overwrite_saved = False
 
     def forward(self, *arrays):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
@@ -331,6 +335,7 @@ def run_backward(root: "Tensor", grad, retain_graph: bool = False) -> None:
             raise RuntimeError(
                 f"backward through {fn.label()} a second time: the graph was freed after the "
                 "first backward; call backward(retain_graph=True) the first time to keep it")
+        fn.may_overwrite_saved = not retain_graph
         profiler = _profiler
         if profiler is None:
             grads = fn.backward(gy)

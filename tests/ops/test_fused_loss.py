@@ -92,27 +92,77 @@ def test_cross_entropy_bad_input(rng):
         F.cross_entropy(z, np.array([0, 1]), reduction="avg")
 
 
-def test_cross_entropy_holds_at_most_one_extra_logits_sized_array():
-    """Forward allocates no (N, V) array (it works in blocks of rows); backward allocates one,
-    the gradient."""
-    n, v = 1024, 2048
-    nbytes = n * v * 4
-    logits = mm.tensor(np.random.default_rng(0).standard_normal((n, v)).astype(np.float32),
-                       requires_grad=True)
-    targets = np.arange(n) % v
+def _peaks(logits, targets, make_loss, retain_graph=False):
+    """(forward peak, backward peak above what was held before backward), traced bytes."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        loss = F.cross_entropy(logits, targets, label_smoothing=0.1)
+        loss = make_loss(logits, targets)
         _, forward_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         before, _ = tracemalloc.get_traced_memory()
-        loss.backward()
+        loss.backward(retain_graph=retain_graph)
         _, backward_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return forward_peak, backward_peak - before, loss
+
+
+def _blocked_cross_entropy(logits, targets, label_smoothing=0.0):
+    """The op without kept exponentials (the path ``amp.autocast`` takes), on float32 logits."""
+    from minillm.backend import device_of, to_device
+    from minillm.ops.loss import CrossEntropy
+
+    targets = to_device(targets.data if isinstance(targets, mm.Tensor) else np.asarray(targets), device_of(logits.data))
+    valid = targets.reshape(-1) != -100
+    op = CrossEntropy(targets, -100, float(label_smoothing), "mean", valid, int(valid.sum()))
+    return op.apply(logits)
+
+
+def _big_logits():
+    n, v = 1024, 2048
+    logits = mm.tensor(np.random.default_rng(0).standard_normal((n, v)).astype(np.float32), requires_grad=True)
+    return logits, np.arange(n) % v, n * v * 4
+
+
+def test_cross_entropy_keeps_one_logits_sized_array_and_writes_the_gradient_into_it():
+    # float32 without autocast: forward allocates E = e^{z - m} (N, V); backward turns it into the
+    # gradient in place when the graph is freed, and allocates one new array when it is retained
+    logits, targets, nbytes = _big_logits()
+
+    def loss_fn(z, t):
+        return F.cross_entropy(z, t, label_smoothing=0.1)
+
+    forward_peak, backward_peak, _ = _peaks(logits, targets, loss_fn)
+    assert 0.9 * nbytes < forward_peak < 1.25 * nbytes, forward_peak / nbytes
+    assert backward_peak < 0.25 * nbytes, backward_peak / nbytes
+    first = logits.grad.copy()
+    logits.grad = None
+    _, retained_peak, loss = _peaks(logits, targets, loss_fn, retain_graph=True)
+    assert 0.9 * nbytes < retained_peak < 1.5 * nbytes, retained_peak / nbytes
+    loss.backward()                                        # E was not overwritten by the first pass
+    assert np.array_equal(logits.grad, 2 * first)
+
+
+def test_cross_entropy_without_kept_exponentials_allocates_only_the_gradient():
+    """The autocast path: forward allocates no (N, V) array (it works in blocks of rows); backward
+    allocates one, the gradient."""
+    logits, targets, nbytes = _big_logits()
+    forward_peak, backward_peak, _ = _peaks(logits, targets,
+                                            lambda z, t: _blocked_cross_entropy(z, t, label_smoothing=0.1))
     assert forward_peak < 0.25 * nbytes, forward_peak / nbytes
-    assert backward_peak - before < 1.5 * nbytes, (backward_peak - before) / nbytes
+    assert backward_peak < 1.5 * nbytes, backward_peak / nbytes
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_without_kept_exponentials_agrees_with_composed(smoothing, rng, device, monkeypatch):
+    from minillm.ops import loss
+
+    monkeypatch.setattr(loss, "_BLOCK_ELEMENTS", 2 * 7)   # blocks of 2 rows, the last one partial
+    arrays = [rng.standard_normal((5, 7)) * 3, np.array([0, 6, -100, 3, 3])]
+    assert_twins_agree(lambda z, t: _blocked_cross_entropy(z, t, label_smoothing=smoothing),
+                       lambda z, t: F.cross_entropy_composed(z, t, label_smoothing=smoothing),
+                       arrays, device)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
