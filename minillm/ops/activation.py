@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from minillm import amp
 from minillm.autograd import Function
 from minillm.backend import erf, fusable, get_array_module, is_host_array
@@ -131,13 +133,18 @@ class GELU(Function):
 
     approximate="tanh" (GPT-2):  y = x · u,  u = (1 + tanh(√(2/π) (x + 0.044715 x³))) / 2
     approximate="none" (exact):  y = x · Φ(x) = x/2 · (1 + erf(x/√2))
-    Saves: x only for "tanh" (u is recomputed in backward: the (N, 4C) feed-forward
-    activation is the largest per-layer array, and one tanh costs less than keeping a second
-    copy alive until backward); x and erf(x/√2) for "none".
+    Saves: for "tanh" x, and with ``gate_from_output`` the output y too, never a third
+    (N, 4C) array: the feed-forward activation is the largest per-layer array. Backward needs the
+    gate u: with ``gate_from_output`` it reads it back as u = y / x (u = 1/2 where |x| < 1e-30;
+    within an ulp or two of the forward's u), a division instead of the tanh and its six passes
+    (a quarter of the time); the output costs no memory there because the next layer keeps it
+    anyway as its input. Without (the default, and for float16 results, where y / x would carry
+    float16's rounding), u is recomputed from x. x and erf(x/√2) for "none".
     """
 
-    def __init__(self, approximate: str = "tanh"):
+    def __init__(self, approximate: str = "tanh", gate_from_output: bool = False):
         self.approximate = approximate
+        self.gate_from_output = gate_from_output and approximate == "tanh"
 
     def forward(self, x):
         y = self.kernel_forward(x)
@@ -145,7 +152,10 @@ class GELU(Function):
             return y
         self.x = x
         if self.approximate == "tanh":
-            return _gelu_tanh_forward(x)
+            y = _gelu_tanh_forward(x)
+            if self.gate_from_output:
+                self.y = y
+            return y
         self.t = erf(x * (1 / math.sqrt(2.0)))           # erf(x/√2) = 2Φ(x) - 1
         y = self.t + 1
         y *= x
@@ -157,7 +167,7 @@ class GELU(Function):
         if fusable(x, gy):
             return (_GELU_TANH_BACKWARD if self.approximate == "tanh" else _GELU_ERF_BACKWARD)(x, gy)
         if self.approximate == "tanh":
-            return _gelu_tanh_backward(x, gy)
+            return _gelu_tanh_backward(x, gy, self.y if self.gate_from_output else None)
         # dy/dx = Φ(x) + x φ(x),  φ(x) = e^{-x²/2} / √(2π)
         xp = get_array_module(gy)
         density = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
@@ -200,13 +210,30 @@ def _gelu_tanh_forward(x):
     return y
 
 
-def _gelu_tanh_backward(x, gy):
-    """dL/dx of the tanh GELU for saved x and upstream gy (a new array in gy's dtype)."""
+_TINY_GELU_INPUT = 1e-30         # below this |x| the gate u is 1/2 (y / x would lose its digits)
+
+
+def _gelu_gate_from_output(xs, ys, u, scratch) -> None:
+    """u = y / x, the gate of y = x · u read back from the forward's output, 1/2 where
+    |x| < _TINY_GELU_INPUT (there u(x) = 1/2 to working precision, and y / x would be 0/0 or a
+    subnormal quotient). Four passes; ``scratch`` is a float buffer of x's size."""
+    xp = get_array_module(xs)
+    with np.errstate(divide="ignore", invalid="ignore"):  # x = 0: replaced just below
+        xp.divide(ys, xs, out=u)
+    xp.abs(xs, out=scratch)
+    xp.copyto(u, 0.5, where=scratch < _TINY_GELU_INPUT)
+
+
+def _gelu_tanh_backward(x, gy, y=None):
+    """dL/dx of the tanh GELU for saved x and upstream gy (a new array in gy's dtype); with the
+    forward's output y the gate is read back from it (:func:`_gelu_gate_from_output`), else
+    recomputed from x."""
     # With t = tanh(a), a = √(2/π)(x + 0.044715 x³), u = (1 + t)/2, 1 - t² = 4u(1 - u):
     #   dy/dx = u + x · (1 - t²)/2 · da/dx = u + 2 u (1 - u) · x √(2/π)(1 + 3·0.044715 x²)
     xp = get_array_module(gy)
     g = xp.empty(x.shape, dtype=gy.dtype)
     xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
+    yf = None if y is None else y.reshape(-1)
 
     # In blocks: the two scratch arrays stay small (in cache, never page-faulted anew) and only
     # the returned gradient is a full-size allocation. On the host each thread takes a range.
@@ -217,7 +244,10 @@ def _gelu_tanh_backward(x, gy):
         for lo in range(start, stop, size):
             xs, gs = xf[lo:lo + size], gf[lo:lo + size]
             u, w = u_buf[:xs.size], w_buf[:xs.size]
-            _gelu_gate(xs, out=u)
+            if yf is None:
+                _gelu_gate(xs, out=u)
+            else:
+                _gelu_gate_from_output(xs, yf[lo:lo + size], u, w)
             xp.multiply(xs, xs, out=gs)
             gs *= 6 * _SQRT_2_OVER_PI * _GELU_CUBIC
             gs += 2 * _SQRT_2_OVER_PI
@@ -252,7 +282,10 @@ def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate={approximate!r}; expected 'tanh' or 'none'")
     # tanh: in float32 block by block for a float16 x (the erf form keeps a full-size erf(x/√2) anyway)
-    return adapt(GELU(approximate), amp.dispatch("gelu", x), blocks=approximate == "tanh").apply(x)
+    route = amp.dispatch("gelu", x)
+    # the gate read back from the output only where that output is float32 or float64 (see GELU)
+    from_output = route.kind == amp.AS_IS and x.dtype.kind == "f" and x.dtype.itemsize >= 4
+    return adapt(GELU(approximate, gate_from_output=from_output), route, blocks=approximate == "tanh").apply(x)
 
 
 def gelu_composed(x: Tensor, approximate: str = "tanh") -> Tensor:

@@ -71,6 +71,42 @@ def test_gelu_backward_in_blocks_matches_composed(rng, device, monkeypatch):
     assert_twins_agree(fused, composed, [rng.standard_normal((3, 4, 5)) * 3], device)
 
 
+def _gelu_gradient(x, gy, gate_from_output):
+    from minillm.ops.activation import GELU
+
+    op = GELU("tanh", gate_from_output=gate_from_output)
+    y = op.forward(x)
+    return y, op.backward(gy)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gelu_gate_read_back_from_the_output_matches_the_recomputed_gate(dtype, rng):
+    # u = y / x against u recomputed from x, at exact zeros, tiny and subnormal inputs (where u
+    # is taken as 1/2), and far in both tails. The two u differ by an ulp or two; the gradient
+    # gy (u + 2u(1 - u) x a'(x)), a' = √(2/π)(1 + 0.134 x²), carries that difference times about
+    # 1 + 2|x a'(x)| <= 1 + 2|x| + 0.25|x|³: the tolerance is 8 ulps of that, element by element.
+    special = np.array([0.0, -0.0, 1e-35, -1e-35, 1e-42, 1e-29, -1e-29, -12.0, -30.0, 9.0, 40.0, -5.0])
+    x = np.concatenate([rng.standard_normal(500) * 3, special]).astype(dtype)
+    gy = rng.standard_normal(x.size).astype(dtype)
+    y_read, g_read = _gelu_gradient(x, gy, True)
+    y_recomputed, g_recomputed = _gelu_gradient(x, gy, False)
+    assert np.array_equal(y_read, y_recomputed)          # forward is the same path
+    assert np.all(np.isfinite(g_read))
+    ax = np.abs(x.astype(np.float64))
+    tolerance = 8 * np.finfo(dtype).eps * np.abs(gy) * (1 + 2 * ax + 0.25 * ax ** 3)
+    difference = np.abs(g_read.astype(np.float64) - g_recomputed)
+    assert np.all(difference <= tolerance), (difference / np.maximum(tolerance, 1e-300)).max()
+
+
+def test_gelu_reads_its_gate_back_only_from_a_float32_or_float64_output(rng):
+    x32 = mm.tensor(rng.standard_normal((4, 6)).astype(np.float32), requires_grad=True)
+    assert F.gelu(x32).grad_fn.gate_from_output
+    x16 = mm.tensor(rng.standard_normal((4, 6)).astype(np.float16), requires_grad=True)
+    with mm.amp.autocast("fp16"):
+        wrapped = F.gelu(x16).grad_fn                     # InFloat32: the output is rounded to float16
+    assert not wrapped.op.gate_from_output
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["gelu", "gelu_erf", "silu", "swiglu", "logsigmoid"])
 def test_activations_of_an_empty_tensor(name, dtype, device):
