@@ -17,6 +17,7 @@ write of the result, and only the inputs saved for backward.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -167,7 +168,18 @@ class GELU(Function):
         if fusable(x, gy):
             return (_GELU_TANH_BACKWARD if self.approximate == "tanh" else _GELU_ERF_BACKWARD)(x, gy)
         if self.approximate == "tanh":
-            return _gelu_tanh_backward(x, gy, self.y if self.gate_from_output else None)
+            if not self.gate_from_output:
+                return _gelu_tanh_backward(x, gy)
+            # The gradient may go into y's own memory when nothing else can read y again: the graph
+            # is freed after this backward and no Tensor, view or other op holds y any more (the
+            # next layer, which kept it, has run its backward already). Then backward allocates no
+            # (N, 4C) array, as when u was recomputed and y was freed before this backward.
+            reuse = (self.may_overwrite_saved and is_host_array(self.y) and self.y.dtype == gy.dtype
+                     and self.y.flags.c_contiguous and _only_reference(_reference_count(self.y)))
+            y = self.y
+            if reuse:
+                self.y = None                            # its memory becomes the gradient
+            return _gelu_tanh_backward(x, gy, y, out=y if reuse else None)
         # dy/dx = Φ(x) + x φ(x),  φ(x) = e^{-x²/2} / √(2π)
         xp = get_array_module(gy)
         density = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
@@ -224,14 +236,43 @@ def _gelu_gate_from_output(xs, ys, u, scratch) -> None:
     xp.copyto(u, 0.5, where=scratch < _TINY_GELU_INPUT)
 
 
-def _gelu_tanh_backward(x, gy, y=None):
-    """dL/dx of the tanh GELU for saved x and upstream gy (a new array in gy's dtype); with the
+def _reference_count(array) -> int:
+    """sys.getrefcount of an array passed as ``_reference_count(holder.attribute)``."""
+    return sys.getrefcount(array)
+
+
+class _OneHolder:
+    """An object holding a fresh object (the count is the same for an array) in one attribute:
+    to measure the count that means "no one else"."""
+
+    def __init__(self):
+        self.array = object()
+
+
+def _sole_reference_count() -> int:
+    """What _reference_count(holder.attribute) gives when that attribute is the array's only
+    reference, measured the same way (so it includes whatever the interpreter counts for the
+    call itself, which differs between Python versions)."""
+    holder = _OneHolder()
+    return _reference_count(holder.array)
+
+
+_SOLE_REFERENCE_COUNT = _sole_reference_count()
+
+
+def _only_reference(count: int) -> bool:
+    return count <= _SOLE_REFERENCE_COUNT
+
+
+def _gelu_tanh_backward(x, gy, y=None, out=None):
+    """dL/dx of the tanh GELU for saved x and upstream gy (a new array in gy's dtype, or ``out``,
+    which may be y itself: each block's gate is read before the block is overwritten); with the
     forward's output y the gate is read back from it (:func:`_gelu_gate_from_output`), else
     recomputed from x."""
     # With t = tanh(a), a = √(2/π)(x + 0.044715 x³), u = (1 + t)/2, 1 - t² = 4u(1 - u):
     #   dy/dx = u + x · (1 - t²)/2 · da/dx = u + 2 u (1 - u) · x √(2/π)(1 + 3·0.044715 x²)
     xp = get_array_module(gy)
-    g = xp.empty(x.shape, dtype=gy.dtype)
+    g = xp.empty(x.shape, dtype=gy.dtype) if out is None else out
     xf, gyf, gf = x.reshape(-1), gy.reshape(-1), g.reshape(-1)   # flat (gy may be copied)
     yf = None if y is None else y.reshape(-1)
 

@@ -118,3 +118,49 @@ def test_activations_of_an_empty_tensor(name, dtype, device):
     y.sum().backward()
     assert y.shape == (0, 4) and y.dtype == dtype
     assert x.grad.shape == (0, 4) and x.grad.dtype == dtype
+
+
+def _gelu_mlp_backward_peak(hold_output: bool, retain_graph: bool = False):
+    """Traced peak of backward through linear -> gelu -> linear (N = 2048, 4C = 1024), and the
+    GELU output's values before and after backward when the caller holds it."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = mm.tensor(rng.standard_normal((2048, 64)).astype(np.float32), requires_grad=True)
+    w1 = mm.tensor(rng.standard_normal((1024, 64)).astype(np.float32) * 0.1, requires_grad=True)
+    w2 = mm.tensor(rng.standard_normal((8, 1024)).astype(np.float32) * 0.1, requires_grad=True)
+    h = F.gelu(F.linear(x, w1))
+    before = h.numpy().copy() if hold_output else None
+    loss = F.sum(F.linear(h, w2))
+    if not hold_output:
+        del h
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start, _ = tracemalloc.get_traced_memory()
+        loss.backward(retain_graph=retain_graph)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grads = [t.grad.copy() for t in (x, w1, w2)]
+    if retain_graph:
+        for t in (x, w1, w2):
+            t.grad = None
+        loss.backward()
+        grads = [(a, t.grad) for a, t in zip(grads, (x, w1, w2))]
+    return peak - start, before, (h.numpy() if hold_output else None), grads
+
+
+def test_gelu_backward_writes_its_gradient_into_its_output_when_no_one_else_holds_it():
+    # N x 4C float32 is 8 MiB; backward's new arrays: GELU's gradient (unless it reuses y),
+    # dL/dx of the up projection, the weight gradients (small)
+    size = 2048 * 1024 * 4
+    free_peak, _, _, free_grads = _gelu_mlp_backward_peak(hold_output=False)
+    held_peak, before, after, held_grads = _gelu_mlp_backward_peak(hold_output=True)
+    assert held_peak - free_peak > 0.9 * size, (free_peak / size, held_peak / size)
+    assert np.array_equal(before, after)                  # a held output is never overwritten
+    for a, b in zip(free_grads, held_grads):
+        assert np.array_equal(a, b)                       # same arithmetic either way
+    _, _, _, pairs = _gelu_mlp_backward_peak(hold_output=False, retain_graph=True)
+    for first, second in pairs:                           # a retained graph: y intact for the second pass
+        assert np.array_equal(first, second)
