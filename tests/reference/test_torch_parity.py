@@ -147,23 +147,40 @@ def test_ten_adamw_steps_give_the_same_losses(name):
     opt = optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     t_opt = torch.optim.AdamW(list(weights.values()), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     ours, theirs = [], []
+    # Adam's step lr·g/(|g| + eps) is sensitive to g where |g| is near eps = 1e-8: there a gradient
+    # at float32 noise level (the rounding of a cancelling sum) moves the step by
+    # lr·eps·Δg/(|g| + eps)², up to a few percent of lr for the two libraries' last-bit differences.
+    # Elements where that sensitivity, at any step, exceeds a tenth of the comparison's atol are
+    # set by each side's rounding, not by the arithmetic compared: they are left out (a few).
+    params = dict(model.named_parameters())
+    amplified = {n: np.zeros(t.shape, dtype=bool) for n, t in weights.items()}
     for step in range(10):
         idx, targets = data(cfg, seed=step)
         _, loss = model(idx, targets)
         loss.backward()
+        our_grads = {n: np.array(p.grad, dtype=np.float64) for n, p in params.items()}
         opt.step()
         opt.zero_grad()
         ours.append(loss.item())
         _, t_loss = torch_gpt(cfg, weights, torch.tensor(idx), torch.tensor(targets))
         t_loss.backward()
+        for n, t in weights.items():
+            g = t.grad.numpy().astype(np.float64)
+            smaller = np.minimum(np.abs(g), np.abs(our_grads[n]))
+            amplified[n] |= 3e-3 * 1e-8 * np.abs(g - our_grads[n]) / (smaller + 1e-8) ** 2 > 1e-5
         t_opt.step()
         t_opt.zero_grad()
         theirs.append(t_loss.item())
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    checked = [n for n in weights if not n.endswith("k_proj.bias")]
+    left_out = sum(int(amplified[n].sum()) for n in checked) / sum(amplified[n].size for n in checked)
+    assert left_out < 0.01, f"{left_out:.2%} of the elements left out"
     for n, p in model.named_parameters():
         if n.endswith("k_proj.bias"):
             # its exact gradient is 0 (adding a constant to every key shifts each query's scores
             # uniformly, which softmax ignores), so both sides see float32 rounding noise, which
             # Adam's normalisation turns into full-size random steps: nothing to compare
             continue
-        np.testing.assert_allclose(p.data, weights[n].detach().numpy(), rtol=1e-3, atol=1e-4, err_msg=n)
+        compared = ~amplified[n]
+        np.testing.assert_allclose(p.data[compared], weights[n].detach().numpy()[compared], rtol=1e-3, atol=1e-4,
+                                   err_msg=n)
