@@ -186,11 +186,11 @@ class ScaledDotProductAttention(Function):
 
         On the host: items of about ``_BLOCK_ELEMENTS`` scores (a chunk's scores of the item stay
         in cache through the softmax passes), whole batch rows when a row fits; when the work is
-        large enough to be split across threads (``host.MIN_PARALLEL_SIZE``), at most
-        ``ceil(B / _HOST_ITEMS)`` rows, so that there are items for every thread (smaller work keeps
-        fewer, larger items: each costs a few NumPy calls). The items do not depend on the
-        thread count, so neither do the results. Elsewhere (CuPy arrays): blocks of the batch axis
-        with every head, the fewest and largest products.
+        large enough to be split across threads (:meth:`_work` against ``host.MIN_PARALLEL_SIZE``),
+        at most ``ceil(B / _HOST_ITEMS)`` rows, so that there are items for every thread (smaller
+        work keeps fewer, larger items: each costs a few NumPy calls). The items do not depend on
+        the thread count, so neither do the results. Elsewhere (CuPy arrays): blocks of the batch
+        axis with every head, the fewest and largest products.
         """
         widest = g * max((i1 - i0) * kend for i0, i1, kend in chunks)        # scores per key head
         if not is_host_array(like):
@@ -198,7 +198,7 @@ class ScaledDotProductAttention(Function):
         per_row = h_kv * widest
         if per_row <= _BLOCK_ELEMENTS:
             size = _BLOCK_ELEMENTS // per_row
-            if b * per_row >= host.MIN_PARALLEL_SIZE:
+            if self._work(b * per_row, like.shape[-1]) >= host.MIN_PARALLEL_SIZE:
                 size = min(size, -(-b // _HOST_ITEMS))
             size = max(1, min(size, b))
             return [(slice(i, min(i + size, b)), slice(None)) for i in range(0, b, size)]
@@ -258,21 +258,30 @@ class ScaledDotProductAttention(Function):
                     weights = a * self.keep[rows, heads, :, i0:i1, :kend] if dropped else a
                     xp.matmul(weights, v5[rows, heads, :, :kend, :], out=out5[rows, heads, :, i0:i1, :])   # (c, kend) @ (kend, D)
 
-        self._run_items(run, items, b * h * t * s // max(len(items), 1), q)
+        self._run_items(run, items, b * h * t * s, q)
         out = out.reshape(b, t, h, d).transpose(0, 2, 1, 3)      # (B, H, T, D) view
         self.q, self.k, self.v, self.att, self.out = q, k, v, att, out
         return out
 
     @staticmethod
-    def _run_items(run, items: list, scores_per_item: int, like) -> None:
-        """``run(first, last)`` over the items: on the host split across the threads, each part's
-        small products on one BLAS thread (see :class:`minillm.host.single_blas_thread`), so the
-        parts' products run side by side on their own cores; elsewhere one call."""
+    def _work(scores: int, d: int) -> int:
+        """The op's work on ``scores`` scores in the units of :func:`minillm.host.parallel_for`
+        (elements of one elementwise pass): each score takes a D-long dot product in each of
+        the op's products (two forward, four backward) and a few softmax passes, about D
+        pass-elements per pass of the op (a multiply-add runs several times faster than one
+        element of a NumPy pass)."""
+        return scores * max(d, 1)
+
+    def _run_items(self, run, items: list, scores: int, like) -> None:
+        """``run(first, last)`` over the items (``scores`` in all): on the host split across the
+        threads, each part's small products on one BLAS thread (see
+        :class:`minillm.host.single_blas_thread`), so the parts' products run side by side on their
+        own cores; elsewhere one call."""
         if not is_host_array(like):
             run(0, len(items))
             return
         with host.single_blas_thread():
-            for_rows(run, len(items), scores_per_item, like)
+            for_rows(run, len(items), self._work(scores, like.shape[-1]) // max(len(items), 1), like)
 
     def backward(self, gy):
         # dV = A_d^T G;  dS = A ⊙ ((G V^T) ⊙ m - rowsum(G ⊙ O));  dQ = scale dS K;  dK = scale dS^T Q
@@ -330,7 +339,7 @@ class ScaledDotProductAttention(Function):
                 if needs[1]:
                     gk4[rows, heads] *= self.scale
 
-        self._run_items(run, items, b * h * t * s // max(len(items), 1), gy)
+        self._run_items(run, items, b * h * t * s, gy)
         return _gradient_views(gq, gk, gv, (b, t, h, d))
 
     def flops(self):
