@@ -1,4 +1,5 @@
-"""One helper for the tests that prove a hostile file is refused in bounded memory."""
+"""Helpers for the tests that bound memory: a hostile file refused in bounded memory, an op's
+forward or backward allocating no more than it should."""
 import tracemalloc
 
 
@@ -14,3 +15,16 @@ def peak_allocation(function) -> tuple[BaseException | None, int]:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return error, peak
+
+
+def traced_peak(function):
+    """Run ``function``; return (its result, the peak of the memory Python allocated while it ran,
+    in bytes, as tracemalloc traces it). Arrays made before the call are not traced, so the peak
+    is that of what the call allocated (freeing older arrays does not lower it)."""
+    tracemalloc.start()
+    try:
+        result = function()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak

@@ -123,7 +123,7 @@ def test_activations_of_an_empty_tensor(name, dtype, device):
 def _gelu_mlp_backward_peak(hold_output: bool, retain_graph: bool = False):
     """Traced peak of backward through linear -> gelu -> linear (N = 2048, 4C = 1024), and the
     GELU output's values before and after backward when the caller holds it."""
-    import tracemalloc
+    from tests.peak_memory import traced_peak
 
     rng = np.random.default_rng(0)
     x = mm.tensor(rng.standard_normal((2048, 64)).astype(np.float32), requires_grad=True)
@@ -134,21 +134,14 @@ def _gelu_mlp_backward_peak(hold_output: bool, retain_graph: bool = False):
     loss = F.sum(F.linear(h, w2))
     if not hold_output:
         del h
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        start, _ = tracemalloc.get_traced_memory()
-        loss.backward(retain_graph=retain_graph)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, peak = traced_peak(lambda: loss.backward(retain_graph=retain_graph))
     grads = [t.grad.copy() for t in (x, w1, w2)]
     if retain_graph:
         for t in (x, w1, w2):
             t.grad = None
         loss.backward()
         grads = [(a, t.grad) for a, t in zip(grads, (x, w1, w2))]
-    return peak - start, before, (h.numpy() if hold_output else None), grads
+    return peak, before, (h.numpy() if hold_output else None), grads
 
 
 def test_gelu_backward_writes_its_gradient_into_its_output_when_no_one_else_holds_it():

@@ -1,7 +1,6 @@
 """cross_entropy: gradcheck, agreement with the composed twin, ignore_index, label smoothing,
 reductions, dtypes, memory, bad input."""
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import pytest
 import minillm as mm
 from minillm import functional as F
 from tests.ops.twins import assert_keeps_dtype, assert_twins_agree
+from tests.peak_memory import traced_peak
 
 TARGETS = np.array([[0, 4, -100], [1, 2, 3]])      # (2, 3) with one ignored position
 
@@ -93,19 +93,10 @@ def test_cross_entropy_bad_input(rng):
 
 
 def _peaks(logits, targets, make_loss, retain_graph=False):
-    """(forward peak, backward peak above what was held before backward), traced bytes."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        loss = make_loss(logits, targets)
-        _, forward_peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        before, _ = tracemalloc.get_traced_memory()
-        loss.backward(retain_graph=retain_graph)
-        _, backward_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return forward_peak, backward_peak - before, loss
+    """(what forward allocated at its peak, what backward allocated at its peak, the loss), bytes."""
+    loss, forward_peak = traced_peak(lambda: make_loss(logits, targets))
+    _, backward_peak = traced_peak(lambda: loss.backward(retain_graph=retain_graph))
+    return forward_peak, backward_peak, loss
 
 
 def _blocked_cross_entropy(logits, targets, label_smoothing=0.0):
