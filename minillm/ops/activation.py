@@ -175,7 +175,7 @@ class GELU(Function):
             # next layer, which kept it, has run its backward already). Then backward allocates no
             # (N, 4C) array, as when u was recomputed and y was freed before this backward.
             reuse = (self.may_overwrite_saved and is_host_array(self.y) and self.y.dtype == gy.dtype
-                     and self.y.flags.c_contiguous and _only_reference(_reference_count(self.y)))
+                     and self.y.flags.c_contiguous and _reference_count(self.y) <= _SOLE_REFERENCE_COUNT)
             y = self.y
             if reuse:
                 self.y = None                            # its memory becomes the gradient
@@ -258,10 +258,6 @@ def _sole_reference_count() -> int:
 
 
 _SOLE_REFERENCE_COUNT = _sole_reference_count()
-
-
-def _only_reference(count: int) -> bool:
-    return count <= _SOLE_REFERENCE_COUNT
 
 
 def _gelu_tanh_backward(x, gy, y=None, out=None):

@@ -74,47 +74,31 @@ class CrossEntropy(Function):
         z = logits.reshape(-1, v)                                # (N, V)
         n = z.shape[0]
         lse = xp.empty((n, 1), dtype=logits.dtype)               # (N, 1)
-        if self.keep_exponentials:
+        keep = self.keep_exponentials
+        if keep:
             self.exponentials = xp.empty((n, v), dtype=logits.dtype)   # (N, V) E = e^{z - m}
             self.row_sums = xp.empty((n, 1), dtype=logits.dtype)       # (N, 1) s = Σ_j E_j
-
-            def exponentials(first, last):                       # rows first..last-1, block by block
-                rows = max(1, min(last - first, _BLOCK_ELEMENTS // v))
-                for start in range(first, last, rows):
-                    stop = min(start + rows, last)
-                    zb, eb = z[start:stop], self.exponentials[start:stop]   # (r, V)
-                    m = zb.max(axis=1, keepdims=True)            # (r, 1)
-                    xp.subtract(zb, m, out=eb)
-                    xp.exp(eb, out=eb)
-                    sums = eb.sum(axis=1, keepdims=True, out=self.row_sums[start:stop])
-                    out = lse[start:stop]
-                    xp.log(sums, out=out)
-                    out += m                                     # lse = m + ln s
-
-            for_rows(exponentials, n, v, z)
-            return self._loss(xp, logits, z, lse)
+        else:
+            self.lse, self.logits = lse, logits
 
         def log_sum_exp(first, last):                            # rows first..last-1, block by block
             rows = max(1, min(last - first, _BLOCK_ELEMENTS // v))
-            scratch = xp.empty((rows, v), dtype=logits.dtype)    # (rows, V), reused per block
+            # without kept exponentials, a (rows, V) scratch reused per block (it stays in cache)
+            scratch = None if keep else xp.empty((rows, v), dtype=logits.dtype)
             for start in range(first, last, rows):
-                zb = z[start:min(start + rows, last)]            # (r, V)
-                sb = scratch[:zb.shape[0]]
+                stop = min(start + rows, last)
+                zb = z[start:stop]                               # (r, V)
+                eb = self.exponentials[start:stop] if keep else scratch[:stop - start]   # (r, V)
                 m = zb.max(axis=1, keepdims=True)                # (r, 1)
-                xp.subtract(zb, m, out=sb)
-                xp.exp(sb, out=sb)
-                out = lse[start:start + zb.shape[0]]
-                sb.sum(axis=1, keepdims=True, out=out)
-                xp.log(out, out=out)
+                xp.subtract(zb, m, out=eb)
+                xp.exp(eb, out=eb)                               # e^{z - m}
+                out = lse[start:stop]
+                sums = eb.sum(axis=1, keepdims=True, out=self.row_sums[start:stop] if keep else out)
+                xp.log(sums, out=out)
                 out += m                                         # lse = m + ln Σ e^{z - m}
 
         for_rows(log_sum_exp, n, v, z)
-        self.lse, self.logits = lse, logits
-        return self._loss(xp, logits, z, lse)
-
-    def _loss(self, xp, logits, z, lse):
-        """The reduced loss from lse (N, 1) and the logits z (N, V); keeps what backward needs."""
-        n, eps = z.shape[0], self.label_smoothing
+        eps = self.label_smoothing
         self.rows = xp.arange(n)
         self.safe_targets = xp.where(self.valid, self.targets.reshape(-1), 0)   # (N,)
         loss = lse[:, 0] - z[self.rows, self.safe_targets] * (1.0 - eps)        # (N,)
