@@ -25,16 +25,22 @@ def decay_groups(named_parameters, weight_decay: float) -> list[dict]:
         lists the parameters of each group: it shows what decays, and load_state_dict checks it.
     """
     weight_decay = check_number("decay_groups", "weight_decay", weight_decay)
-    decay, decay_names, no_decay, no_decay_names = [], [], [], []
-    for name, p in trainable_parameters(named_parameters, "decay_groups"):
-        if p.ndim >= 2:
-            decay.append(p)
-            decay_names.append(name)
-        else:
-            no_decay.append(p)
-            no_decay_names.append(name)
-    return [{"params": decay, "weight_decay": weight_decay, "names": decay_names},
-            {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names}]
+    return assign_groups(trainable_parameters(named_parameters, "decay_groups"),
+                         [{"weight_decay": weight_decay}, {"weight_decay": 0.0}],
+                         lambda name, p: 0 if p.ndim >= 2 else 1)
+
+
+def assign_groups(pairs, settings: list[dict], choose) -> list[dict]:
+    """Param groups from ``(name, tensor)`` pairs: one group per dict of ``settings`` (its
+    hyperparameters), each pair appended to group ``choose(name, tensor)`` (an index into
+    ``settings``), with ``"params"`` and ``"names"`` in the pairs' order. Every group is returned,
+    empty or not, so an optimizer's layout does not depend on the model's details."""
+    groups = [{"params": [], **setting, "names": []} for setting in settings]
+    for name, p in pairs:
+        group = groups[choose(name, p)]
+        group["params"].append(p)
+        group["names"].append(name)
+    return groups
 
 
 def trainable_parameters(named_parameters, owner: str):

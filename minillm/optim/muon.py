@@ -22,7 +22,7 @@ import math
 
 from minillm.backend import get_array_module
 from minillm.optim.adamw import AdamW, adam_moments, check_adam_hyperparameters
-from minillm.optim.groups import trainable_parameters
+from minillm.optim.groups import assign_groups, trainable_parameters
 from minillm.optim.optimizer import Optimizer, check_number
 
 # The quintic Newton–Schulz iteration's coefficients (Jordan et al.): chosen to raise small
@@ -158,11 +158,8 @@ def muon_groups(named_parameters, weight_decay: float, hidden=None) -> list[dict
     if hidden is None:
         def hidden(name, tensor):
             return tensor.ndim == 2 and name.startswith("blocks.")
-    groups = [{"params": [], "orthogonalize": True, "weight_decay": weight_decay, "names": []},
-              {"params": [], "orthogonalize": False, "weight_decay": weight_decay, "names": []},
-              {"params": [], "orthogonalize": False, "weight_decay": 0.0, "names": []}]
-    for name, p in trainable_parameters(named_parameters, "muon_groups"):
-        group = groups[0] if (p.ndim == 2 and hidden(name, p)) else groups[1] if p.ndim >= 2 else groups[2]
-        group["params"].append(p)
-        group["names"].append(name)
-    return groups
+    return assign_groups(trainable_parameters(named_parameters, "muon_groups"),
+                         [{"orthogonalize": True, "weight_decay": weight_decay},
+                          {"orthogonalize": False, "weight_decay": weight_decay},
+                          {"orthogonalize": False, "weight_decay": 0.0}],
+                         lambda name, p: 0 if (p.ndim == 2 and hidden(name, p)) else 1 if p.ndim >= 2 else 2)

@@ -35,6 +35,7 @@ from minillm.filechecks import FLOAT_DTYPES, count_field, is_int, is_number, jso
 from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
 from minillm.nn.vocab import resize_token_embeddings
+from minillm.optim.groups import assign_groups, trainable_parameters
 from minillm.serialization import (
     _read_tensors,
     _reject_duplicate_keys,
@@ -248,18 +249,9 @@ def lora_param_groups(model: Module, weight_decay: float, row_trained=()) -> lis
     else that requires grad (biases, norm gains, ``row_trained`` parameters) without it (weight
     decay would shrink the frozen rows of a row-trained parameter)."""
     row_ids = {id(p) for p in row_trained}
-    decay, decay_names, rest, rest_names = [], [], [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if name.endswith((".lora_A", ".lora_B")) and id(parameter) not in row_ids:
-            decay.append(parameter)
-            decay_names.append(name)
-        else:
-            rest.append(parameter)
-            rest_names.append(name)
-    return [{"params": decay, "weight_decay": weight_decay, "names": decay_names},
-            {"params": rest, "weight_decay": 0.0, "names": rest_names}]
+    return assign_groups(trainable_parameters(model.named_parameters(), "lora_param_groups"),
+                         [{"weight_decay": weight_decay}, {"weight_decay": 0.0}],
+                         lambda name, p: 0 if name.endswith((".lora_A", ".lora_B")) and id(p) not in row_ids else 1)
 
 
 # ------------------------------------------------------------------------------------------------
