@@ -31,6 +31,12 @@ from minillm.optim.optimizer import Optimizer, check_number
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
+def _check_steps(owner: str, name: str, steps) -> None:
+    """A Newton–Schulz iteration count must be an int >= 1 (a ValueError naming ``owner``)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{owner}: {name}={steps!r} is invalid; expected an integer >= 1")
+
+
 def orthogonalize(matrix, steps: int = 5):
     """An approximately semi-orthogonal matrix with the singular vectors of ``matrix``.
 
@@ -47,8 +53,7 @@ def orthogonalize(matrix, steps: int = 5):
     if getattr(matrix, "ndim", None) != 2:
         raise ValueError(f"orthogonalize: matrix has shape {tuple(getattr(matrix, 'shape', ()))}, expected a "
                          "2-D array")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"orthogonalize: steps={steps!r} is invalid; expected an integer >= 1")
+    _check_steps("orthogonalize", "steps", steps)
     xp = get_array_module(matrix)
     a, b, c = NS_COEFFICIENTS
     # The tiny addend keeps a zero gradient at zero instead of dividing by 0.
@@ -103,9 +108,7 @@ class Muon(Optimizer):
         for key in ("orthogonalize", "nesterov"):
             if not isinstance(group[key], bool):
                 raise TypeError(f"Muon: {key}={group[key]!r} is not a bool")
-        steps = group["ns_steps"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"Muon: ns_steps={steps!r} is invalid; expected an integer >= 1")
+        _check_steps("Muon", "ns_steps", group["ns_steps"])
         if group["orthogonalize"]:
             for p in group["params"]:
                 if p.ndim != 2:
